@@ -1,0 +1,31 @@
+# Fresh machine: `make demo` runs the main job end to end, `make test` runs the tests.
+# Both create the virtualenv (.venv) and install the pinned, CPU-only dependencies first.
+
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+CKPT   ?= checkpoints/qatie-c16.pt
+SIZE   ?= 256x256
+OUT    ?= out/demo
+
+.PHONY: setup test demo clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+demo: setup
+	$(VENV)/bin/qatie info --width 16
+	$(VENV)/bin/qatie eval $(CKPT) --json $(OUT)/eval.json --png $(OUT)/eval.png
+	$(VENV)/bin/qatie export $(CKPT) --size $(SIZE) -o $(OUT)/qatie.onnx
+	$(VENV)/bin/qatie-compile targets
+
+clean:
+	rm -rf $(OUT) .pytest_cache

@@ -1,0 +1,9 @@
+"""The one exception type for mistakes a user can make (bad file, bad option, bad data).
+
+The CLI turns it into a one-line message and exit code 2; everything else is a bug and keeps
+its traceback.
+"""
+
+
+class QatieError(Exception):
+    """A user-caused error whose message already says what is wrong and how to fix it."""
