@@ -9,6 +9,7 @@ Under `torchrun` (WORLD_SIZE set) the same code runs data-parallel with gloo; ra
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -101,6 +102,18 @@ def _batch_generator(cfg: TrainConfig, rank: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank * 7919 + step)
 
 
+def cosine_lr(cfg: TrainConfig, phase: str, step: int) -> float:
+    """Cosine decay within each phase, from the phase's base rate to 1 % of it.
+
+    A float model that ends its phase at a low rate is converged, so the FP32 and PTQ rows of
+    the evaluation are fair baselines for QAT. Computed from the step alone, so a resumed run
+    uses exactly the rates the uninterrupted run would have used.
+    """
+    base, start, length = (cfg.lr, 0, cfg.fp32_steps) if phase == "fp32" else (cfg.qat_lr, cfg.fp32_steps, cfg.qat_steps)
+    progress = min(1.0, (step - start) / max(1, length))
+    return base * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
 def _optimizer(model: nn.Module, cfg: TrainConfig, phase: str) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.Adam(params, lr=cfg.lr if phase == "fp32" else cfg.qat_lr)
@@ -189,6 +202,8 @@ class Trainer:
             loss = enhancement_loss(output, target, cfg.ssim_weight)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            for group in self.optimizer.param_groups:
+                group["lr"] = cosine_lr(cfg, self.phase, self.step)
             self.optimizer.step()
             self.step += 1
             record = {"step": self.step, "phase": self.phase,

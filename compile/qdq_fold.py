@@ -1,0 +1,123 @@
+"""Integer QDQ folding: fake-quantized float convs become int8 x int8 -> int32 convs.
+
+TVM's ONNX frontend imports a QDQ model as fake quantization: `quantize(conv2d(dequantize(x),
+dequantize(W)) + b)`, a float conv. This pass (built on `tvm.relax.dpl` pattern rewriting)
+matches
+
+    DQ(x_q) . conv2d . DQ(W_q) [+ bias] [-> relu | leaky-relu] -> Q
+
+and rewrites it to
+
+    pad(x_q, value = z_x) -> conv2d(int8|uint8, int8, out int32)
+      -> + (round(b / (s_x s_w[c])) - z_x * sum(W_q[c]))        (int32, per channel)
+      -> float(acc) * (s_x s_w[c]) -> activation -> Q(s_y, z_y)
+
+Padding with the input's zero point keeps every window "full", so the zero-point correction
+is one constant per output channel. The requantize epilogue is elementwise and fuses into the
+conv kernel. With power-of-two scales (QATIE's default) every step is exact, so the result
+equals the QDQ graph's float semantics bit for bit; with arbitrary scales it differs only by
+the bias rounding onto the accumulator grid, as every int8 runtime does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+
+INT8_TYPES = ("int8", "uint8")
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+@dataclass
+class FoldLog:
+    """What the pass did: how many convs became integer, and why the others did not."""
+
+    folded: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+def _const(expr: relax.Expr) -> np.ndarray:
+    return expr.value.numpy()
+
+
+class _ConvPattern:
+    """The DQ -> conv2d [-> add bias] [-> relu | leakyrelu] -> Q pattern, with named parts."""
+
+    def __init__(self) -> None:
+        self.x_q, self.s_x, self.z_x = wildcard(), is_const(), is_const()
+        self.w_q, self.s_w, self.z_w = is_const(), is_const(), is_const()
+        self.conv = is_op("relax.nn.conv2d")(
+            is_op("relax.dequantize")(self.x_q, self.s_x, self.z_x),
+            is_op("relax.dequantize")(self.w_q, self.s_w, self.z_w),
+        )
+        self.bias = is_const()
+        self.biased = is_op("relax.add")(self.conv, self.bias | is_op("relax.reshape")(self.bias, wildcard()))
+        body = self.biased | self.conv
+        self.relu = is_op("relax.nn.relu")(body)
+        self.leaky = is_op("relax.nn.leakyrelu")(body)
+        self.s_y, self.z_y = is_const(), is_const()
+        self.root = is_op("relax.quantize")(self.relu | self.leaky | body, self.s_y, self.z_y)
+
+
+def _rewrite_conv(p: _ConvPattern, orig: relax.Call, m: dict, log: FoldLog) -> relax.Expr:
+    conv = m[p.conv]
+    attrs = conv.attrs
+    x_q = m[p.x_q]
+    x_dtype = str(x_q.ty.dtype)
+    w_q = _const(m[p.w_q])
+    if x_dtype not in INT8_TYPES or str(w_q.dtype) != "int8":
+        log.skipped.append(f"{x_dtype} x {w_q.dtype} operands")
+        return orig
+    if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW"):
+        log.skipped.append(f"layout {attrs.data_layout}/{attrs.kernel_layout}")
+        return orig
+    if np.any(_const(m[p.z_w]) != 0):
+        log.skipped.append("asymmetric weights (nonzero weight zero point)")
+        return orig
+    out_channels = w_q.shape[0]
+    s_x = float(_const(m[p.s_x]).reshape(-1)[0])
+    z_x = int(_const(m[p.z_x]).reshape(-1)[0])
+    s_w = np.broadcast_to(_const(m[p.s_w]).astype(np.float32).reshape(-1), (out_channels,))
+    acc_scale = (np.float32(s_x) * s_w).astype(np.float32)
+    bias = _const(m[p.bias]).reshape(-1).astype(np.float64) if p.biased in m else np.zeros(out_channels)
+    offset = np.round(bias / acc_scale.astype(np.float64)).astype(np.int64)
+    offset -= z_x * w_q.astype(np.int64).sum(axis=(1, 2, 3))
+    if offset.min() < INT32_MIN or offset.max() > INT32_MAX:
+        log.skipped.append("bias does not fit the int32 accumulator")
+        return orig
+
+    data = x_q
+    top, left, bottom, right = (int(v) for v in attrs.padding)
+    if top or left or bottom or right:
+        data = relax.op.nn.pad(data, [0, 0, 0, 0, top, bottom, left, right], pad_value=float(z_x))
+    acc = relax.op.nn.conv2d(
+        data, relax.const(w_q, "int8"), strides=attrs.strides, padding=[0, 0, 0, 0],
+        dilation=attrs.dilation, groups=attrs.groups, out_dtype="int32",
+    )
+    channel = (1, out_channels, 1, 1)
+    acc = relax.op.add(acc, relax.const(offset.astype(np.int32).reshape(channel), "int32"))
+    value = relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(acc_scale.reshape(channel), "float32"))
+    if p.relu in m:
+        value = relax.op.nn.relu(value)
+    elif p.leaky in m:
+        value = relax.op.nn.leakyrelu(value, float(m[p.leaky].attrs.alpha))
+    log.folded += 1
+    return relax.op.quantize(value, m[p.s_y], m[p.z_y], axis=orig.attrs.axis, out_dtype=orig.attrs.out_dtype)
+
+
+def fold_qdq_convs(mod: tvm.IRModule) -> tuple[tvm.IRModule, FoldLog]:
+    """Rewrite every foldable QDQ conv of every Relax function in `mod` to integer arithmetic."""
+    log = FoldLog()
+    pattern = _ConvPattern()
+    updated = {}
+    for gvar, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            updated[gvar] = rewrite_call(pattern.root, lambda orig, m: _rewrite_conv(pattern, orig, m, log), func)
+    for gvar, func in updated.items():
+        mod[gvar] = func
+    mod = relax.transform.DeadCodeElimination()(mod)
+    return mod, log
