@@ -2,15 +2,91 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import click
 
 from qatie.cli import QatieGroup
 from qatie.errors import QatieError
 
+SHAPE_PATTERN = re.compile(r"^([^:]+):(\d+(?:x\d+)*)$")
 
-@click.group(cls=QatieGroup, context_settings={"help_option_names": ["-h", "--help"]})
+
+class BuildByDefault(QatieGroup):
+    """`qatie-compile --target NAME model.onnx -o OUT` means `qatie-compile build ...`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["build", *args]
+        return super().parse_args(ctx, args)
+
+
+def parse_input_shapes(_ctx, param: click.Parameter, values: tuple[str, ...]) -> dict[str, list[int]]:
+    shapes = {}
+    for value in values:
+        match = SHAPE_PATTERN.match(value)
+        if not match:
+            raise click.BadParameter(f"'{value}' is not NAME:DxDxDxD, e.g. input:1x3x256x256", param=param)
+        shapes[match.group(1)] = [int(d) for d in match.group(2).split("x")]
+    return shapes
+
+
+input_shape_option = click.option(
+    "--input-shape", "input_shapes", multiple=True, callback=parse_input_shapes,
+    help="Fix a dynamic input, NAME:1x3xHxW (repeatable).",
+)
+
+
+@click.group(cls=BuildByDefault, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """QATIE compiler: QDQ ONNX to TVM int8 kernels for mobile targets."""
+    """QATIE compiler: QDQ ONNX to TVM int8 kernels for mobile targets.
+
+    Build: qatie-compile --target NAME model.onnx -o OUT/
+    """
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--target", "target_name", required=True, help="A target file name from `qatie-compile targets`.")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path, file_okay=False), help="Artifact folder.")
+@input_shape_option
+@click.option("--emit-source", is_flag=True, help="Also write the generated kernels (LLVM asm / OpenCL C).")
+def build(model: Path, target_name: str, out: Path, input_shapes: dict, emit_source: bool) -> None:
+    """Compile MODEL for a target: OUT/model.so and OUT/manifest.json."""
+    from compile.build import build as run_build
+    from compile.targets import get_target
+
+    manifest = run_build(model, get_target(target_name), out, input_shapes, emit_source)
+    integer = manifest["integer"]
+    click.echo(
+        f"{out}/model.so for {target_name}: {integer['integer_convs']} of "
+        f"{integer['integer_convs'] + integer['float_convs']} convs integer "
+        f"({100 * integer['integer_mac_fraction']:.1f} % of conv MACs), built in {manifest['build_seconds']} s"
+    )
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
+@input_shape_option
+def inspect(model: Path, input_shapes: dict) -> None:
+    """How many conv MACs run in integer arithmetic after QDQ folding, per target."""
+    from compile.importer import load_onnx, to_relax
+    from compile.inspect_macs import count_conv_macs
+    from compile.qdq_fold import fold_qdq_convs
+    from compile.targets import all_targets
+
+    mod, log = fold_qdq_convs(to_relax(load_onnx(model, input_shapes)))
+    macs = count_conv_macs(mod)
+    total = macs.integer_macs + macs.float_macs
+    # Folding runs before any target-specific pass, so every target gets the same split.
+    for spec in all_targets():
+        click.echo(
+            f"{spec.name:16s} integer convs {macs.integer_convs:3d}/{macs.integer_convs + macs.float_convs:<3d} "
+            f"integer MACs {macs.integer_macs:,}/{total:,} ({100 * macs.integer_fraction:.1f} %)"
+        )
+    for reason in sorted(set(log.skipped)):
+        click.echo(f"left in float: {log.skipped.count(reason)} conv(s): {reason}")
 
 
 @main.command()

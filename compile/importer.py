@@ -33,17 +33,24 @@ def load_onnx(path: Path, input_shapes: dict[str, list[int]] | None = None) -> L
         raise QatieError(f"{path}: ONNX file not found")
     try:
         proto = onnx.load(str(path))
-        onnx.checker.check_model(proto)
-    except Exception as exc:  # onnx raises DecodeError, ValidationError, ... for broken files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise QatieError(f"{path}: not a valid ONNX model ({first}); the file may be truncated") from None
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise QatieError(f"{path}: not a readable ONNX file ({_first_line(exc)}); it may be truncated") from None
     _check_opset(path, proto)
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:
+        raise QatieError(f"{path}: onnx.checker rejects the model: {_first_line(exc)}") from None
     shapes = _static_input_shapes(path, proto, input_shapes or {})
     _check_supported_ops(path, proto)
     _check_qdq_axes(path, proto)
     if _needs_simplify(proto):
         proto = _simplify(path, proto, shapes)
     return LoadedModel(path, proto, shapes)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _check_opset(path: Path, proto: onnx.ModelProto) -> None:

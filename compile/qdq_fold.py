@@ -54,8 +54,12 @@ class _ConvPattern:
             is_op("relax.dequantize")(self.x_q, self.s_x, self.z_x),
             is_op("relax.dequantize")(self.w_q, self.s_w, self.z_w),
         )
+        # bias: a float constant (QATIE, PyTorch) or int32 behind a DequantizeLinear (ORT's quantizer)
         self.bias = is_const()
-        self.biased = is_op("relax.add")(self.conv, self.bias | is_op("relax.reshape")(self.bias, wildcard()))
+        self.bias_q, self.bias_s, self.bias_z = is_const(), is_const(), is_const()
+        self.bias_dq = is_op("relax.dequantize")(self.bias_q, self.bias_s, self.bias_z)
+        bias = self.bias | self.bias_dq
+        self.biased = is_op("relax.add")(self.conv, bias | is_op("relax.reshape")(bias, wildcard()))
         body = self.biased | self.conv
         self.relu = is_op("relax.nn.relu")(body)
         self.leaky = is_op("relax.nn.leakyrelu")(body)
@@ -83,7 +87,12 @@ def _rewrite_conv(p: _ConvPattern, orig: relax.Call, m: dict, log: FoldLog) -> r
     z_x = int(_const(m[p.z_x]).reshape(-1)[0])
     s_w = np.broadcast_to(_const(m[p.s_w]).astype(np.float32).reshape(-1), (out_channels,))
     acc_scale = (np.float32(s_x) * s_w).astype(np.float32)
-    bias = _const(m[p.bias]).reshape(-1).astype(np.float64) if p.biased in m else np.zeros(out_channels)
+    bias = np.zeros(out_channels)
+    if p.bias_dq in m:
+        dq = (_const(m[p.bias_q]).astype(np.float32) - _const(m[p.bias_z]).astype(np.float32)) * _const(m[p.bias_s])
+        bias = dq.astype(np.float32).reshape(-1).astype(np.float64)
+    elif p.biased in m:
+        bias = _const(m[p.bias]).reshape(-1).astype(np.float64)
     offset = np.round(bias / acc_scale.astype(np.float64)).astype(np.int64)
     offset -= z_x * w_q.astype(np.int64).sum(axis=(1, 2, 3))
     if offset.min() < INT32_MIN or offset.max() > INT32_MAX:

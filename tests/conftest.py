@@ -27,6 +27,17 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The tiny checkpoint exported as QDQ ONNX at 40x36: (path, conv count, parity reports)."""
+    from qatie.checkpoint import load_checkpoint
+    from qatie.export import export
+
+    out = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    convs, spec, fused = export(load_checkpoint(tiny_ckpt), 40, 36, out, fp32=False)
+    return out, convs, spec, fused
+
+
 def run_cli(*args: str) -> Result:
     return CliRunner().invoke(main, [str(a) for a in args])
 
@@ -37,6 +48,12 @@ def run_console(*args: str, timeout: float = 300) -> subprocess.CompletedProcess
         [sys.executable, "-m", "qatie", *map(str, args)],
         capture_output=True, text=True, timeout=timeout,
     )
+
+
+def run_console_script(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """An installed console script (`qatie-compile`, ...) from this interpreter's environment."""
+    exe = Path(sys.executable).parent / script
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=timeout)
 
 
 def assert_one_line_error(stderr: str, returncode: int, *needles: str) -> None:

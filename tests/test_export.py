@@ -5,16 +5,13 @@ from onnx import numpy_helper
 
 from conftest import run_cli
 from qatie.checkpoint import build_model, load_checkpoint
-from qatie.export import export
 from qatie.onnx_qdq import check_conv_qdq, producers
 from qatie.quant.fake_quant import act_quantizers, set_quant_mode
 
 
 @pytest.fixture(scope="module")
-def qdq_onnx(tiny_ckpt, tmp_path_factory):
-    out = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
-    convs, spec, fused = export(load_checkpoint(tiny_ckpt), 40, 36, out, fp32=False)
-    return out, convs, spec, fused
+def qdq_onnx(tiny_onnx):
+    return tiny_onnx
 
 
 def test_every_conv_reads_dequantize_on_input_and_int8_weight(qdq_onnx):

@@ -1,0 +1,129 @@
+"""`qatie-compile --target NAME model.onnx -o OUT`: one artifact folder per build.
+
+OUT receives `model.so` (linked by the target's compiler), `manifest.json` and, on request, the
+generated kernel sources. Everything is produced in a staging folder beside OUT and moved in
+only when the whole build succeeded, so a failed build leaves OUT as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from compile.importer import LoadedModel, load_onnx, to_relax
+from compile.inspect_macs import count_conv_macs
+from compile.qdq_fold import fold_qdq_convs
+from compile.targets import TargetSpec
+
+LIBRARY, MANIFEST = "model.so", "manifest.json"
+SOURCE_FORMATS = {"llvm": ("asm", "kernels.s"), "opencl": ("cl", "kernels.cl")}
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _io_description(model: LoadedModel) -> dict:
+    """Names, shapes, dtypes of inputs/outputs, and the Q/DQ parameters at the graph boundary."""
+    inits = {i.name: numpy_helper.to_array(i) for i in model.proto.graph.initializer}
+    graph = model.proto.graph
+    made_by = {o: n for n in graph.node for o in n.output}
+    read_by = {}
+    for node in graph.node:
+        for name in node.input:
+            read_by.setdefault(name, node)
+
+    def qparams(node: onnx.NodeProto | None) -> dict | None:
+        if node is None or node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            return None
+        zp = inits.get(node.input[2]) if len(node.input) > 2 else None
+        return {
+            "op": node.op_type,
+            "scale": np.asarray(inits[node.input[1]]).tolist(),
+            "zero_point": None if zp is None else np.asarray(zp).tolist(),
+            "dtype": None if zp is None else str(zp.dtype),
+        }
+
+    def describe(value: onnx.ValueInfoProto, node: onnx.NodeProto | None) -> dict:
+        tensor = value.type.tensor_type
+        shape = model.input_shapes.get(value.name) or [d.dim_value for d in tensor.shape.dim]
+        return {"name": value.name, "shape": list(shape),
+                "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name, "quant": qparams(node)}
+
+    inputs = [describe(v, read_by.get(v.name)) for v in graph.input if v.name not in inits]
+    outputs = [describe(v, made_by.get(v.name)) for v in graph.output]
+    return {"inputs": inputs, "outputs": outputs}
+
+
+def _emit_sources(executable, folder: Path) -> list[str]:
+    """Write the generated kernels (LLVM assembly, OpenCL C) of every imported module."""
+    written = []
+    pending = list(executable.mod.imports)
+    while pending:
+        module = pending.pop()
+        pending.extend(module.imports)
+        fmt = SOURCE_FORMATS.get(module.kind)
+        if fmt is None:
+            continue
+        source = module.inspect_source(fmt[0])
+        if source:
+            (folder / fmt[1]).write_text(source)
+            written.append(fmt[1])
+    return written
+
+
+def build(onnx_path: Path, spec: TargetSpec, out: Path, input_shapes: dict | None = None,
+          emit_source: bool = False) -> dict:
+    """Compile `onnx_path` for `spec` into `out`; returns the manifest."""
+    import tvm
+    from tvm import relax
+    from tvm.support import cc
+
+    started = time.time()
+    model = load_onnx(onnx_path, input_shapes)
+    target = spec.tvm_target()
+    compiler = spec.compiler()  # fail on a missing cross compiler before the long build
+    mod, fold_log = fold_qdq_convs(to_relax(model))
+    macs = count_conv_macs(mod)
+    executable = relax.build(mod, target)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        library = staging / LIBRARY
+        executable.export_library(str(library), fcompile=cc.cross_compiler(compiler))
+        sources = _emit_sources(executable, staging) if emit_source else []
+        manifest = {
+            "model": {"path": str(onnx_path), "sha256": sha256(onnx_path), **_io_description(model)},
+            "target": {"name": spec.name, "tvm": json.loads(str(target)),
+                       "rpc_key": spec.rpc_key, "threads": spec.threads, "compiler": compiler},
+            "library": {"file": LIBRARY, "sha256": sha256(library)},
+            "integer": {"convs_folded": fold_log.folded, "convs_left_float": macs.float_convs,
+                        "not_folded_because": fold_log.skipped, **asdict(macs),
+                        "integer_mac_fraction": macs.integer_fraction},
+            "tuning": {"records_applied": 0, "database": None},
+            "sources": sources,
+            "tvm_version": tvm.__version__,
+            "build_seconds": round(time.time() - started, 1),
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        out.mkdir(parents=True, exist_ok=True)
+        for name in [LIBRARY, *sources, MANIFEST]:  # the manifest last: it vouches for the rest
+            (staging / name).replace(out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest

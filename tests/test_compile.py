@@ -1,0 +1,176 @@
+"""Compiler tests: import, integer folding, numerics against ONNX Runtime, builds, errors."""
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import tvm
+from onnx import helper
+from tvm import relax
+
+from compile.build import sha256
+from compile.importer import load_onnx, to_relax
+from compile.inspect_macs import count_conv_macs
+from compile.qdq_fold import fold_qdq_convs
+from compile.targets import all_targets, get_target
+from conftest import assert_one_line_error
+from qdq_models import float_conv_net, ort_quantized
+
+# An FMA-capable x86 target: float contraction is on, so any float rounding difference shows.
+FMA_TARGET = {"kind": "llvm", "mcpu": "haswell"}
+
+
+def _ort_reference(proto: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """ONNX Runtime with graph optimizations off: each node as the ONNX spec defines it."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def _run_tvm(mod: tvm.IRModule, x: np.ndarray, target: dict) -> np.ndarray:
+    vm = relax.VirtualMachine(relax.build(mod, tvm.target.Target(target)), tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
+def _output_scale(proto: onnx.ModelProto) -> float:
+    made_by = {o: n for n in proto.graph.node for o in n.output}
+    dq = made_by[proto.graph.output[0].name]
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    return float(inits[dq.input[1]])
+
+
+@pytest.fixture(scope="module")
+def ort_qdq(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ortq")
+    return ort_quantized(float_conv_net(folder / "float.onnx"), folder / "qdq.onnx")
+
+
+def test_qatie_model_folds_to_100_percent_integer_and_matches_ort_exactly(tiny_onnx):
+    model = load_onnx(tiny_onnx[0])
+    folded, log = fold_qdq_convs(to_relax(model))
+    macs = count_conv_macs(folded)
+    assert log.folded == macs.integer_convs == 35 and macs.float_convs == 0 and not log.skipped
+    assert macs.integer_fraction == 1.0
+    x = np.random.default_rng(0).random((1, 3, 40, 36), dtype=np.float32)
+    steps = np.abs(_run_tvm(folded, x, FMA_TARGET) - _ort_reference(model.proto, x)) / _output_scale(model.proto)
+    # power-of-two scales: integer kernels and the QDQ float definition agree bit for bit
+    assert steps.max() == 0.0
+
+
+def test_ort_quantize_static_model_uint8_per_channel_matches_ort(ort_qdq):
+    model = load_onnx(ort_qdq)
+    folded, log = fold_qdq_convs(to_relax(model))
+    assert log.folded == 3 and not log.skipped  # 3x3, depthwise stride 2, 1x1; uint8 activations
+    x = np.random.default_rng(5).random((1, 3, 24, 24), dtype=np.float32)
+    steps = np.abs(_run_tvm(folded, x, FMA_TARGET) - _ort_reference(model.proto, x)) / _output_scale(model.proto)
+    assert np.mean(steps <= 1.0 + 1e-3) >= 0.999, steps.max()
+
+
+def test_build_x86_host_writes_loadable_library_and_manifest(tiny_onnx, tmp_path):
+    from compile.build import build
+
+    out = tmp_path / "art"
+    manifest = build(tiny_onnx[0], get_target("x86-host"), out, emit_source=True)
+    assert sorted(p.name for p in out.iterdir()) == ["kernels.s", "manifest.json", "model.so"]
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk == manifest
+    assert on_disk["library"]["sha256"] == sha256(out / "model.so")
+    assert on_disk["model"]["sha256"] == sha256(tiny_onnx[0])
+    assert on_disk["model"]["inputs"][0]["shape"] == [1, 3, 40, 36]
+    assert on_disk["model"]["inputs"][0]["quant"]["zero_point"] == -128
+    assert on_disk["integer"]["integer_mac_fraction"] == 1.0
+    assert on_disk["tvm_version"] == tvm.__version__
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(out / "model.so")), tvm.cpu())
+    x = np.random.default_rng(3).random((1, 3, 40, 36), dtype=np.float32)
+    got = vm["main"](tvm.runtime.tensor(x)).numpy()
+    assert np.array_equal(got, _ort_reference(onnx.load(tiny_onnx[0]), x))
+
+
+def test_arm64_linux_library_is_really_cross_compiled(tiny_onnx, tmp_path):
+    from compile.build import build
+
+    assert shutil.which("aarch64-linux-gnu-g++"), "install g++-aarch64-linux-gnu (.ci/run does)"
+    build(tiny_onnx[0], get_target("arm64-linux"), tmp_path / "arm")
+    header = (tmp_path / "arm" / "model.so").read_bytes()[:20]
+    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
+
+
+def test_every_target_file_is_a_valid_tvm_target_and_new_files_are_picked_up(tmp_path, monkeypatch):
+    names = {t.name for t in all_targets()}
+    assert {"x86-host", "arm64-android", "arm64-linux", "mali-opencl", "adreno-opencl"} <= names
+    for spec in all_targets():
+        spec.tvm_target()
+    shutil.copy(get_target("arm64-linux").path, tmp_path / "my-board.json")
+    monkeypatch.setenv("QATIE_TARGETS_DIR", str(tmp_path))
+    assert [t.name for t in all_targets()] == ["my-board"]
+
+
+def test_missing_ndk_is_one_clear_line(monkeypatch):
+    from qatie.errors import QatieError
+
+    monkeypatch.delenv("TVM_NDK_CC", raising=False)
+    monkeypatch.delenv("ANDROID_NDK_HOME", raising=False)
+    with pytest.raises(QatieError, match="TVM_NDK_CC.*ANDROID_NDK_HOME"):
+        get_target("arm64-android").compiler()
+
+
+def _broken_models(tiny_onnx, folder):
+    src = onnx.load(tiny_onnx[0])
+    truncated = folder / "truncated.onnx"
+    truncated.write_bytes(tiny_onnx[0].read_bytes()[:3000])
+
+    old = onnx.ModelProto()
+    old.CopyFrom(src)
+    old.opset_import[0].version = 9
+    onnx.save(old, folder / "opset9.onnx")
+
+    dynamic = onnx.ModelProto()
+    dynamic.CopyFrom(src)
+    dynamic.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "height"
+    onnx.save(dynamic, folder / "dynamic.onnx")
+
+    unsupported = onnx.ModelProto()
+    unsupported.CopyFrom(src)
+    out = unsupported.graph.output[0].name
+    last = next(n for n in unsupported.graph.node if out in n.output)
+    last.output[0] = "before_celu"
+    unsupported.graph.node.append(helper.make_node("Celu", ["before_celu"], [out], name="my_celu"))
+    onnx.save(unsupported, folder / "celu.onnx")
+
+    axis = onnx.ModelProto()
+    axis.CopyFrom(src)
+    inits = {i.name for i in axis.graph.initializer}
+    weight_dq = next(n for n in axis.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits)
+    next(a for a in weight_dq.attribute if a.name == "axis").i = 1
+    onnx.save(axis, folder / "axis.onnx")
+    return {
+        "truncated.onnx": ["truncated"],
+        "opset9.onnx": ["opset 9"],
+        "dynamic.onnx": ["dynamic shape", "--input-shape"],
+        "celu.onnx": ["unsupported op types", "Celu", "my_celu"],
+        "axis.onnx": [weight_dq.name, "axis"],
+    }
+
+
+def test_malformed_onnx_is_one_line_exit_2_and_leaves_no_artifact(tiny_onnx, tmp_path):
+    from conftest import run_console_script
+
+    for name, needles in _broken_models(tiny_onnx, tmp_path).items():
+        out = tmp_path / f"out-{name}"
+        result = run_console_script("qatie-compile", "--target", "x86-host", tmp_path / name, "-o", out)
+        assert_one_line_error(result.stderr, result.returncode, name, *needles)
+        assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_inspect_reports_integer_mac_fraction_per_target(tiny_onnx):
+    from conftest import run_console_script
+
+    result = run_console_script("qatie-compile", "inspect", tiny_onnx[0])
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == len(all_targets())
+    assert all("(100.0 %)" in line and "35/35" in line for line in lines)
