@@ -26,6 +26,8 @@ demo: setup
 	$(VENV)/bin/qatie eval $(CKPT) --json $(OUT)/eval.json --png $(OUT)/eval.png
 	$(VENV)/bin/qatie export $(CKPT) --size $(SIZE) -o $(OUT)/qatie.onnx
 	$(VENV)/bin/qatie-compile targets
+	$(VENV)/bin/qatie-compile inspect $(OUT)/qatie.onnx
+	$(VENV)/bin/qatie-compile --target x86-host $(OUT)/qatie.onnx -o $(OUT)/x86-host
 
 clean:
 	rm -rf $(OUT) .pytest_cache

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from compile.cpu_schedule import build_with_default_schedules
 from compile.importer import LoadedModel, load_onnx, to_relax
 from compile.inspect_macs import count_conv_macs
 from compile.qdq_fold import fold_qdq_convs
@@ -89,7 +90,6 @@ def build(onnx_path: Path, spec: TargetSpec, out: Path, input_shapes: dict | Non
           emit_source: bool = False) -> dict:
     """Compile `onnx_path` for `spec` into `out`; returns the manifest."""
     import tvm
-    from tvm import relax
     from tvm.support import cc
 
     started = time.time()
@@ -98,7 +98,7 @@ def build(onnx_path: Path, spec: TargetSpec, out: Path, input_shapes: dict | Non
     compiler = spec.compiler()  # fail on a missing cross compiler before the long build
     mod, fold_log = fold_qdq_convs(to_relax(model))
     macs = count_conv_macs(mod)
-    executable = relax.build(mod, target)
+    executable = build_with_default_schedules(mod, target)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

@@ -12,6 +12,7 @@ from onnx import helper
 from tvm import relax
 
 from compile.build import sha256
+from compile.cpu_schedule import build_with_default_schedules
 from compile.importer import load_onnx, to_relax
 from compile.inspect_macs import count_conv_macs
 from compile.qdq_fold import fold_qdq_convs
@@ -32,7 +33,8 @@ def _ort_reference(proto: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 
 
 def _run_tvm(mod: tvm.IRModule, x: np.ndarray, target: dict) -> np.ndarray:
-    vm = relax.VirtualMachine(relax.build(mod, tvm.target.Target(target)), tvm.cpu())
+    """Built as `qatie-compile` builds: with the default CPU schedules."""
+    vm = relax.VirtualMachine(build_with_default_schedules(mod, tvm.target.Target(target)), tvm.cpu())
     return vm["main"](tvm.runtime.tensor(x)).numpy()
 
 
