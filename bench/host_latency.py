@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import click
-import numpy as np
 
 
 def _time(fn, repeats: int) -> list[float]:

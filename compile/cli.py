@@ -106,3 +106,35 @@ def targets() -> None:
     for name, key, threads, compiler, description in rows:
         click.echo(f"  {name:16s} rpc key {key:15s} threads {threads:4s} {description}")
         click.echo(f"  {'':16s} compiler: {compiler}")
+
+
+@main.command(name="check-opencl")
+@click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--target", "target_names", multiple=True, default=("mali-opencl", "adreno-opencl"), show_default=True,
+              help="OpenCL target file(s) to generate kernels for.")
+@input_shape_option
+def check_opencl_command(model: Path, target_names: tuple[str, ...], input_shapes: dict) -> None:
+    """Compile MODEL's OpenCL kernels with the local OpenCL compiler (e.g. PoCL); name any failure.
+
+    Proves the generated OpenCL C is valid; it does not run the kernels or check their numbers.
+    """
+    from tvm import relax
+
+    from compile.importer import load_onnx, to_relax
+    from compile.opencl_check import check_opencl, opencl_source
+    from compile.qdq_fold import fold_qdq_convs
+    from compile.targets import get_target
+
+    mod, _ = fold_qdq_convs(to_relax(load_onnx(model, input_shapes)))
+    failures = 0
+    for name in target_names:
+        spec = get_target(name)
+        if spec.target.get("kind") != "opencl":
+            raise QatieError(f"target {name} is not an OpenCL target")
+        result = check_opencl(opencl_source(relax.build(mod, spec.tvm_target())))
+        click.echo(f"{name}: {len(result.kernels) - len(result.failed)}/{len(result.kernels)} kernels compile on {result.device}")
+        for kernel, error in sorted(result.failed.items()):
+            click.echo(f"  FAILED {kernel}: {error}")
+        failures += len(result.failed)
+    if failures:
+        raise SystemExit(1)

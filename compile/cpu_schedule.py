@@ -96,15 +96,14 @@ class Elementwise(CPUScheduleRule):
             return None
         remaining = try_inline(sch, infos[:-1]) + [infos[-1]]
         for info in remaining:
-            loops = sch.get_loops(info.block_rv)
-            kinds = info.dom_kind()
-            spatial = [l for l, k in zip(loops, kinds) if k == "S"]
-            if not spatial or len(spatial) != len(loops) and kinds[: len(spatial)] != "S" * len(spatial):
-                continue
             if info.is_injective():
                 _parallel_vectorize(sch, info.block_rv)
-            else:
-                sch.parallel(sch.fuse(*spatial) if len(spatial) > 1 else spatial[0])
+                continue
+            kinds = info.dom_kind()
+            leading = len(kinds) - len(kinds.lstrip("S"))
+            if leading:
+                loops = sch.get_loops(info.block_rv)[:leading]
+                sch.parallel(sch.fuse(*loops) if leading > 1 else loops[0])
         return sch
 
 

@@ -57,7 +57,7 @@ def run_console_script(script: str, *args: str, timeout: float = 600) -> subproc
 
 
 def assert_one_line_error(stderr: str, returncode: int, *needles: str) -> None:
-    lines = [l for l in stderr.strip().splitlines() if l.strip()]
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
     assert returncode == 2, stderr
     assert "Traceback" not in stderr, stderr
     assert len(lines) == 1 or lines[-1].startswith("Error:"), stderr
