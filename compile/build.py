@@ -93,6 +93,7 @@ def build(onnx_path: Path, spec: TargetSpec, out: Path, input_shapes: dict | Non
     from tvm.support import cc
 
     started = time.time()
+    spec.check_buildable()
     model = load_onnx(onnx_path, input_shapes)
     target = spec.tvm_target()
     compiler = spec.compiler()  # fail on a missing cross compiler before the long build

@@ -82,7 +82,7 @@ def inspect(model: Path, input_shapes: dict) -> None:
     # Folding runs before any target-specific pass, so every target gets the same split.
     for spec in all_targets():
         click.echo(
-            f"{spec.name:16s} integer convs {macs.integer_convs:3d}/{macs.integer_convs + macs.float_convs:<3d} "
+            f"{spec.name:22s} integer convs {macs.integer_convs:3d}/{macs.integer_convs + macs.float_convs:<3d} "
             f"integer MACs {macs.integer_macs:,}/{total:,} ({100 * macs.integer_fraction:.1f} %)"
         )
     for reason in sorted(set(log.skipped)):
@@ -101,11 +101,13 @@ def targets() -> None:
             compiler = spec.compiler()
         except QatieError as exc:
             compiler = f"MISSING: {str(exc).split(': ', 1)[1]}"
+        if spec.refuse:
+            compiler = f"REFUSES TO BUILD: {spec.refuse.split(';')[0]}"
         rows.append((spec.name, spec.rpc_key or "-", str(spec.threads or "all"), compiler, spec.description))
     click.echo(f"targets in {targets_dir()}:")
     for name, key, threads, compiler, description in rows:
-        click.echo(f"  {name:16s} rpc key {key:15s} threads {threads:4s} {description}")
-        click.echo(f"  {'':16s} compiler: {compiler}")
+        click.echo(f"  {name:22s} rpc key {key:15s} threads {threads:4s} {description}")
+        click.echo(f"  {'':22s} compiler: {compiler}")
 
 
 @main.command(name="check-opencl")
@@ -131,6 +133,7 @@ def check_opencl_command(model: Path, target_names: tuple[str, ...], input_shape
         spec = get_target(name)
         if spec.target.get("kind") != "opencl":
             raise QatieError(f"target {name} is not an OpenCL target")
+        spec.check_buildable()
         result = check_opencl(opencl_source(relax.build(mod, spec.tvm_target())))
         click.echo(f"{name}: {len(result.kernels) - len(result.failed)}/{len(result.kernels)} kernels compile on {result.device}")
         for kernel, error in sorted(result.failed.items()):

@@ -33,6 +33,12 @@ class TargetSpec:
     rpc_key: str | None
     threads: int
     qemu_cpu: str | None
+    refuse: str | None = None
+
+    def check_buildable(self) -> None:
+        """A target file may say why it must not be built (known-wrong code generation)."""
+        if self.refuse:
+            raise QatieError(f"target {self.name} refuses to build: {self.refuse}")
 
     def tvm_target(self):
         """The tvm.target.Target; mcpu 'native' resolves to the CPU this process runs on."""
@@ -97,7 +103,7 @@ def load_target(path: Path) -> TargetSpec:
     return TargetSpec(
         name=path.stem, path=path, description=data["description"], target=data["target"],
         host=data.get("host"), cross_compiler=data["cross_compiler"], rpc_key=data.get("rpc_key"),
-        threads=int(data.get("threads", 0)), qemu_cpu=data.get("qemu_cpu"),
+        threads=int(data.get("threads", 0)), qemu_cpu=data.get("qemu_cpu"), refuse=data.get("refuse"),
     )
 
 

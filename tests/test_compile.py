@@ -200,3 +200,12 @@ def test_opencl_check_names_the_kernel_that_fails():
     result = check_opencl(source + source)  # TVM repeats the module source; names are de-duplicated
     assert result.kernels == ["bad_kernel", "good_kernel"]
     assert list(result.failed) == ["bad_kernel"] and "undefined_thing" in result.failed["bad_kernel"]
+
+
+def test_adreno_texture_target_refuses_to_build(tiny_onnx, tmp_path):
+    from conftest import run_console_script
+
+    out = tmp_path / "tex"
+    result = run_console_script("qatie-compile", "--target", "adreno-opencl-texture", tiny_onnx[0], "-o", out)
+    assert_one_line_error(result.stderr, result.returncode, "adreno-opencl-texture refuses to build", "adreno-opencl")
+    assert not out.exists()
