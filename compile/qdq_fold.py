@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tvm
 from tvm import relax
-from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+from tvm.relax.dpl import is_const, is_op, is_tuple, rewrite_call, wildcard
 
 INT8_TYPES = ("int8", "uint8")
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -37,6 +37,7 @@ class FoldLog:
     """What the pass did: how many convs became integer, and why the others did not."""
 
     folded: int = 0
+    exact_int8_ops: int = 0
     skipped: list[str] = field(default_factory=list)
 
 
@@ -118,15 +119,110 @@ def _rewrite_conv(p: _ConvPattern, orig: relax.Call, m: dict, log: FoldLog) -> r
     return relax.op.quantize(value, m[p.s_y], m[p.z_y], axis=orig.attrs.axis, out_dtype=orig.attrs.out_dtype)
 
 
-def fold_qdq_convs(mod: tvm.IRModule) -> tuple[tvm.IRModule, FoldLog]:
-    """Rewrite every foldable QDQ conv of every Relax function in `mod` to integer arithmetic."""
-    log = FoldLog()
-    pattern = _ConvPattern()
-    updated = {}
-    for gvar, func in mod.functions.items():
-        if isinstance(func, relax.Function):
-            updated[gvar] = rewrite_call(pattern.root, lambda orig, m: _rewrite_conv(pattern, orig, m, log), func)
+class _ExactOpPattern:
+    """Q(OP(DQ(x))) with one set of Q/DQ parameters, for ops that are exact on int8 values.
+
+    Max-pool and nearest resize only select values, and DQ is monotone, so OP(x_q) is exactly
+    Q(OP(DQ(x_q))); likewise a concat of tensors that share their Q/DQ parameters, and a
+    Q(DQ(x)) pair that re-quantizes with the same parameters is x itself.
+    """
+
+    MAX_CONCAT = 4
+
+    def __init__(self) -> None:
+        self.dequants = [is_op("relax.dequantize")(wildcard(), is_const(), is_const()) for _ in range(self.MAX_CONCAT)]
+        first = self.dequants[0]
+        self.pool = is_op("relax.nn.max_pool2d")(first)
+        self.resize = is_op("relax.image.resize2d")(first, wildcard())
+        self.concats = [is_op("relax.concat")(is_tuple(self.dequants[:n])) for n in range(2, self.MAX_CONCAT + 1)]
+        inner = self.pool | self.resize | first
+        for concat in self.concats:
+            inner = inner | concat
+        self.root = is_op("relax.quantize")(inner, is_const(), is_const())
+
+
+class _LookupPattern:
+    """Q(f(DQ(x))) for an elementwise f of one int8 tensor: a 256-entry table of output codes.
+
+    The table is computed here with numpy's float32 tanh/sigmoid and round-half-to-even, i.e.
+    the ONNX definition evaluated exactly once per input code, instead of TVM's approximate
+    float tanh at run time, whose last-bit differences flip rounding bins (this is how TFLite
+    runs int8 tanh too).
+    """
+
+    FUNCTIONS = {"relax.tanh": np.tanh, "relax.sigmoid": lambda v: 1.0 / (1.0 + np.exp(-v))}
+
+    def __init__(self) -> None:
+        self.x, self.s_x, self.z_x = wildcard(), is_const(), is_const()
+        dq = is_op("relax.dequantize")(self.x, self.s_x, self.z_x)
+        self.func = is_op("relax.tanh")(dq) | is_op("relax.sigmoid")(dq)
+        self.s_y, self.z_y = is_const(), is_const()
+        self.root = is_op("relax.quantize")(self.func, self.s_y, self.z_y)
+
+
+def _rewrite_lookup(p: _LookupPattern, orig: relax.Call, m: dict, log: FoldLog) -> relax.Expr:
+    x = m[p.x]
+    in_dtype, out_dtype = str(x.ty.dtype), str(orig.attrs.out_dtype)
+    scalars = [_const(m[k]) for k in (p.s_x, p.z_x, p.s_y, p.z_y)]
+    if in_dtype not in INT8_TYPES or out_dtype not in INT8_TYPES or any(v.size != 1 for v in scalars):
+        return orig
+    s_x, z_x, s_y, z_y = (v.reshape(-1)[0] for v in scalars)
+    info = np.iinfo(in_dtype)
+    codes = np.arange(info.min, info.max + 1)
+    real = ((codes.astype(np.float32) - np.float32(z_x)) * np.float32(s_x)).astype(np.float32)
+    value = p.FUNCTIONS[m[p.func].op.name](real).astype(np.float32)
+    out_info = np.iinfo(out_dtype)
+    table = np.clip(np.round(value / np.float32(s_y)) + np.float32(z_y), out_info.min, out_info.max).astype(out_dtype)
+    index = relax.op.subtract(relax.op.astype(x, "int32"), relax.const(int(info.min), "int32"))
+    log.exact_int8_ops += 1
+    return relax.op.take(relax.const(table, out_dtype), index, axis=0)
+
+
+def _same_qparams(dq: relax.Call, q: relax.Call) -> bool:
+    """DQ and Q use the same per-tensor scale, zero point and integer type."""
+    if str(dq.args[0].ty.dtype) != str(q.attrs.out_dtype):
+        return False
+    pairs = ((dq.args[1], q.args[1]), (dq.args[2], q.args[2]))
+    return all(_const(a).size == 1 and np.array_equal(_const(a).reshape(-1), _const(b).reshape(-1)) for a, b in pairs)
+
+
+def _rewrite_exact(p: _ExactOpPattern, orig: relax.Call, m: dict, log: FoldLog) -> relax.Expr:
+    dequants = [m[d] for d in p.dequants if d in m]
+    if not all(_same_qparams(dq, orig) for dq in dequants):
+        return orig
+    if p.pool in m:
+        op_call = m[p.pool]
+    elif p.resize in m:
+        op_call = m[p.resize]
+        if op_call.attrs.method != "nearest_neighbor":
+            return orig
+    elif any(c in m for c in p.concats):
+        op_call = next(m[c] for c in p.concats if c in m)
+        log.exact_int8_ops += 1
+        return relax.op.concat([dq.args[0] for dq in dequants], axis=int(op_call.attrs.axis))
+    else:
+        log.exact_int8_ops += 1
+        return dequants[0].args[0]  # Q(DQ(x)) with the same parameters
+    log.exact_int8_ops += 1
+    return relax.Call(op_call.op, [dequants[0].args[0], *op_call.args[1:]], op_call.attrs)
+
+
+def _rewrite_functions(mod: tvm.IRModule, pattern, rewriter) -> tvm.IRModule:
+    updated = {
+        gvar: rewrite_call(pattern.root, lambda orig, m: rewriter(pattern, orig, m), func)
+        for gvar, func in mod.functions.items()
+        if isinstance(func, relax.Function)
+    }
     for gvar, func in updated.items():
         mod[gvar] = func
-    mod = relax.transform.DeadCodeElimination()(mod)
-    return mod, log
+    return mod
+
+
+def fold_qdq_convs(mod: tvm.IRModule) -> tuple[tvm.IRModule, FoldLog]:
+    """Integer convs; int8 max-pool / nearest resize / concat / Q-DQ cancellation where exact;
+    tanh and sigmoid between a DQ and a Q as int8 lookup tables."""
+    log = FoldLog()
+    mod = _rewrite_functions(mod, _ExactOpPattern(), lambda p, orig, m: _rewrite_exact(p, orig, m, log))
+    mod = _rewrite_functions(mod, _LookupPattern(), lambda p, orig, m: _rewrite_lookup(p, orig, m, log))
+    mod = _rewrite_functions(mod, _ConvPattern(), lambda p, orig, m: _rewrite_conv(p, orig, m, log))
+    return relax.transform.DeadCodeElimination()(mod), log
