@@ -175,7 +175,7 @@ def _rewrite_lookup(p: _LookupPattern, orig: relax.Call, m: dict, log: FoldLog) 
     table = np.clip(np.round(value / np.float32(s_y)) + np.float32(z_y), out_info.min, out_info.max).astype(out_dtype)
     index = relax.op.subtract(relax.op.astype(x, "int32"), relax.const(int(info.min), "int32"))
     log.exact_int8_ops += 1
-    return relax.op.take(relax.const(table, out_dtype), index, axis=0)
+    return relax.op.take(relax.const(table, out_dtype), index, axis=0, mode="clip")
 
 
 def _same_qparams(dq: relax.Call, q: relax.Call) -> bool:

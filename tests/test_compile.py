@@ -38,6 +38,18 @@ def _run_tvm(mod: tvm.IRModule, x: np.ndarray, target: dict) -> np.ndarray:
     return vm["main"](tvm.runtime.tensor(x)).numpy()
 
 
+def _int8_op_counts(mod: tvm.IRModule) -> dict[str, int]:
+    """How many calls of each op produce an int8/uint8 tensor."""
+    counts: dict[str, int] = {}
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and hasattr(expr.op, "name") and str(getattr(expr.ty, "dtype", "")) in ("int8", "uint8"):
+            counts[expr.op.name] = counts.get(expr.op.name, 0) + 1
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return counts
+
+
 def _output_scale(proto: onnx.ModelProto) -> float:
     made_by = {o: n for n in proto.graph.node for o in n.output}
     dq = made_by[proto.graph.output[0].name]
@@ -57,6 +69,10 @@ def test_qatie_model_folds_to_100_percent_integer_and_matches_ort_exactly(tiny_o
     macs = count_conv_macs(folded)
     assert log.folded == macs.integer_convs == 35 and macs.float_convs == 0 and not log.skipped
     assert macs.integer_fraction == 1.0
+    int8_ops = _int8_op_counts(folded)
+    # max-pool, the 3 nearest resizes, the 5 shared-quantizer concats and the 4 tanh (as tables)
+    assert int8_ops["relax.nn.max_pool2d"] == 1 and int8_ops["relax.image.resize2d"] == 3
+    assert int8_ops["relax.concat"] == 5 and int8_ops["relax.take"] == 4
     x = np.random.default_rng(0).random((1, 3, 40, 36), dtype=np.float32)
     steps = np.abs(_run_tvm(folded, x, FMA_TARGET) - _ort_reference(model.proto, x)) / _output_scale(model.proto)
     # power-of-two scales: integer kernels and the QDQ float definition agree bit for bit
