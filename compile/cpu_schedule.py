@@ -42,25 +42,30 @@ def _extent(sch: s_tir.Schedule, loop) -> int | None:
     return int(value) if isinstance(value, tirx.IntImm) else None
 
 
+def _normalized(rule: CPUScheduleRule, func, target):
+    """(schedule, block infos) for a PrimFunc this rule may schedule, else None."""
+    if not isinstance(func, tirx.PrimFunc) or not rule.is_target_available(target):
+        return None
+    sch = s_tir.Schedule(func)
+    infos = normalize_prim_func(sch)
+    return None if infos is None else (sch, infos)
+
+
 class DirectConv(CPUScheduleRule):
     """NCHW conv2d (spatial n, f, y, x; reduction c, ky, kx) with inlined neighbours."""
 
     def apply(self, func: tirx.PrimFunc, target, _tunable: bool):
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+        normalized = _normalized(self, func, target)
+        if normalized is None:
             return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if infos is None:
-            return None
+        sch, infos = normalized
         reductions = [b for b in infos if not b.is_injective()]
         kinds = reductions[0].dom_kind() if len(reductions) == 1 else ""
         # unit loops are dropped by normalization: batch 1 -> SSS..., a 1x1 kernel -> ...R
         if not CONV_KINDS.match(kinds):
             return None
         conv = reductions[0].block_rv
-        rest = [b for b in infos if b.block_rv != conv]
-        remaining = try_inline(sch, rest)
-        remaining = [b for b in remaining if b.block_rv != conv]
+        remaining = try_inline(sch, [b for b in infos if b.block_rv != conv])
         if len(remaining) > 1:
             return None
         loops = sch.get_loops(conv)
@@ -88,12 +93,10 @@ class Elementwise(CPUScheduleRule):
     """Everything else: inline what can be inlined; parallel + vectorize each remaining block."""
 
     def apply(self, func: tirx.PrimFunc, target, _tunable: bool):
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+        normalized = _normalized(self, func, target)
+        if normalized is None:
             return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if infos is None:
-            return None
+        sch, infos = normalized
         remaining = try_inline(sch, infos[:-1]) + [infos[-1]]
         for info in remaining:
             if info.is_injective():
