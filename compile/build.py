@@ -17,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import tvm
 from onnx import numpy_helper
 
 from compile.cpu_schedule import build_with_default_schedules
 from compile.importer import LoadedModel, load_onnx, to_relax
 from compile.inspect_macs import count_conv_macs
-from compile.qdq_fold import fold_qdq_convs
+from compile.qdq_fold import FoldLog, fold_qdq_convs
 from compile.targets import TargetSpec
 
 LIBRARY, MANIFEST = "model.so", "manifest.json"
@@ -86,18 +87,23 @@ def _emit_sources(executable, folder: Path) -> list[str]:
     return written
 
 
+def load_and_fold(onnx_path: Path, input_shapes: dict | None = None) -> tuple[LoadedModel, tvm.IRModule, FoldLog]:
+    """Validate and import the ONNX file, then fold its QDQ ops into integer arithmetic."""
+    model = load_onnx(onnx_path, input_shapes)
+    mod, log = fold_qdq_convs(to_relax(model))
+    return model, mod, log
+
+
 def build(onnx_path: Path, spec: TargetSpec, out: Path, input_shapes: dict | None = None,
           emit_source: bool = False) -> dict:
     """Compile `onnx_path` for `spec` into `out`; returns the manifest."""
-    import tvm
     from tvm.support import cc
 
     started = time.time()
     spec.check_buildable()
-    model = load_onnx(onnx_path, input_shapes)
+    model, mod, fold_log = load_and_fold(onnx_path, input_shapes)
     target = spec.tvm_target()
     compiler = spec.compiler()  # fail on a missing cross compiler before the long build
-    mod, fold_log = fold_qdq_convs(to_relax(model))
     macs = count_conv_macs(mod)
     executable = build_with_default_schedules(mod, target)
 

@@ -71,12 +71,11 @@ def build(model: Path, target_name: str, out: Path, input_shapes: dict, emit_sou
 @input_shape_option
 def inspect(model: Path, input_shapes: dict) -> None:
     """How many conv MACs run in integer arithmetic after QDQ folding, per target."""
-    from compile.importer import load_onnx, to_relax
+    from compile.build import load_and_fold
     from compile.inspect_macs import count_conv_macs
-    from compile.qdq_fold import fold_qdq_convs
     from compile.targets import all_targets
 
-    mod, log = fold_qdq_convs(to_relax(load_onnx(model, input_shapes)))
+    _, mod, log = load_and_fold(model, input_shapes)
     macs = count_conv_macs(mod)
     total = macs.integer_macs + macs.float_macs
     # Folding runs before any target-specific pass, so every target gets the same split.
@@ -120,21 +119,19 @@ def check_opencl_command(model: Path, target_names: tuple[str, ...], input_shape
 
     Proves the generated OpenCL C is valid; it does not run the kernels or check their numbers.
     """
-    from tvm import relax
-
-    from compile.importer import load_onnx, to_relax
+    from compile.build import load_and_fold
+    from compile.cpu_schedule import build_with_default_schedules
     from compile.opencl_check import check_opencl, opencl_source
-    from compile.qdq_fold import fold_qdq_convs
     from compile.targets import get_target
 
-    mod, _ = fold_qdq_convs(to_relax(load_onnx(model, input_shapes)))
+    _, mod, _ = load_and_fold(model, input_shapes)
     failures = 0
     for name in target_names:
         spec = get_target(name)
         if spec.target.get("kind") != "opencl":
             raise QatieError(f"target {name} is not an OpenCL target")
         spec.check_buildable()
-        result = check_opencl(opencl_source(relax.build(mod, spec.tvm_target())))
+        result = check_opencl(opencl_source(build_with_default_schedules(mod, spec.tvm_target())))
         click.echo(f"{name}: {len(result.kernels) - len(result.failed)}/{len(result.kernels)} kernels compile on {result.device}")
         for kernel, error in sorted(result.failed.items()):
             click.echo(f"  FAILED {kernel}: {error}")

@@ -190,21 +190,24 @@ def _rewrite_exact(p: _ExactOpPattern, orig: relax.Call, m: dict, log: FoldLog) 
     dequants = [m[d] for d in p.dequants if d in m]
     if not all(_same_qparams(dq, orig) for dq in dequants):
         return orig
-    if p.pool in m:
-        op_call = m[p.pool]
-    elif p.resize in m:
-        op_call = m[p.resize]
-        if op_call.attrs.method != "nearest_neighbor":
-            return orig
-    elif any(c in m for c in p.concats):
-        op_call = next(m[c] for c in p.concats if c in m)
-        log.exact_int8_ops += 1
-        return relax.op.concat([dq.args[0] for dq in dequants], axis=int(op_call.attrs.axis))
-    else:
-        log.exact_int8_ops += 1
-        return dequants[0].args[0]  # Q(DQ(x)) with the same parameters
+    rewritten = _exact_int8_op(p, m, [dq.args[0] for dq in dequants])
+    if rewritten is None:
+        return orig
     log.exact_int8_ops += 1
-    return relax.Call(op_call.op, [dequants[0].args[0], *op_call.args[1:]], op_call.attrs)
+    return rewritten
+
+
+def _exact_int8_op(p: _ExactOpPattern, m: dict, codes: list[relax.Expr]) -> relax.Expr | None:
+    """The matched op applied to the int8 inputs directly (None where it would not be exact)."""
+    concat = next((m[c] for c in p.concats if c in m), None)
+    if concat is not None:
+        return relax.op.concat(codes, axis=int(concat.attrs.axis))
+    op_call = next((m[op] for op in (p.pool, p.resize) if op in m), None)
+    if op_call is None:
+        return codes[0]  # Q(DQ(x)) with the same parameters
+    if p.resize in m and op_call.attrs.method != "nearest_neighbor":
+        return None
+    return relax.Call(op_call.op, [codes[0], *op_call.args[1:]], op_call.attrs)
 
 
 def _rewrite_functions(mod: tvm.IRModule, pattern, rewriter) -> tvm.IRModule:
