@@ -7,6 +7,7 @@ STAMP  := $(VENV)/.installed
 CKPT   ?= checkpoints/qatie-c16.pt
 SIZE   ?= 256x256
 OUT    ?= out/demo
+TUNE_TRIALS ?= 64
 
 .PHONY: setup test demo clean
 
@@ -27,7 +28,9 @@ demo: setup
 	$(VENV)/bin/qatie export $(CKPT) --size $(SIZE) -o $(OUT)/qatie.onnx
 	$(VENV)/bin/qatie-compile targets
 	$(VENV)/bin/qatie-compile inspect $(OUT)/qatie.onnx
-	$(VENV)/bin/qatie-compile --target x86-host $(OUT)/qatie.onnx -o $(OUT)/x86-host
+	$(VENV)/bin/qatie-compile tune --target x86-host $(OUT)/qatie.onnx --trials $(TUNE_TRIALS) --only conv2d \
+		--log-dir $(OUT)/tuning_logs/x86-host --curve $(OUT)/tuning_curve.json
+	$(VENV)/bin/qatie-compile --target x86-host $(OUT)/qatie.onnx -o $(OUT)/x86-host --tuning-log $(OUT)/tuning_logs/x86-host
 
 clean:
 	rm -rf $(OUT) .pytest_cache

@@ -20,7 +20,7 @@ import onnx
 import tvm
 from onnx import numpy_helper
 
-from compile.cpu_schedule import build_with_default_schedules
+from compile.cpu_schedule import TunedKernels, build_with_default_schedules
 from compile.importer import LoadedModel, load_onnx, to_relax
 from compile.inspect_macs import count_conv_macs
 from compile.qdq_fold import FoldLog, fold_qdq_convs
@@ -94,9 +94,30 @@ def load_and_fold(onnx_path: Path, input_shapes: dict | None = None) -> tuple[Lo
     return model, mod, log
 
 
+def _tuning_database(spec: TargetSpec, tuning_log: Path | None, use_tuning: bool):
+    """The target's tuning database: `tuning_log` if given (must exist), else the default folder
+    if it holds a log, else none (every kernel keeps its default schedule)."""
+    from compile.cpu_intrinsics import register_cpu_intrinsics
+    from compile.tune import default_log_dir
+    from compile.tuning_log import WORKLOADS, open_database
+
+    if not use_tuning or spec.target.get("kind") != "llvm":
+        return None, None
+    folder = tuning_log or default_log_dir(spec)
+    if tuning_log is None and not (folder / WORKLOADS).is_file():
+        return None, None
+    register_cpu_intrinsics()  # tuned traces may tensorize with the CPU intrinsics
+    database, _ = open_database(folder, create=False)
+    return database, folder
+
+
 def build(onnx_path: Path, spec: TargetSpec, out: Path, input_shapes: dict | None = None,
-          emit_source: bool = False) -> dict:
-    """Compile `onnx_path` for `spec` into `out`; returns the manifest."""
+          emit_source: bool = False, tuning_log: Path | None = None, use_tuning: bool = True) -> dict:
+    """Compile `onnx_path` for `spec` into `out`; returns the manifest.
+
+    Kernels take their schedules from the target's tuning log where it has a record for them
+    (`tuning_logs/<target>/`, or `tuning_log`), and our default schedules otherwise.
+    """
     from tvm.support import cc
 
     started = time.time()
@@ -104,8 +125,10 @@ def build(onnx_path: Path, spec: TargetSpec, out: Path, input_shapes: dict | Non
     model, mod, fold_log = load_and_fold(onnx_path, input_shapes)
     target = spec.tvm_target()
     compiler = spec.compiler()  # fail on a missing cross compiler before the long build
+    database, database_dir = _tuning_database(spec, tuning_log, use_tuning)
     macs = count_conv_macs(mod)
-    executable = build_with_default_schedules(mod, target)
+    tuned = TunedKernels()
+    executable = build_with_default_schedules(mod, target, database, tuned)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -121,7 +144,8 @@ def build(onnx_path: Path, spec: TargetSpec, out: Path, input_shapes: dict | Non
             "integer": {"convs_folded": fold_log.folded, "convs_left_float": macs.float_convs,
                         "not_folded_because": fold_log.skipped, **asdict(macs),
                         "integer_mac_fraction": macs.integer_fraction},
-            "tuning": {"records_applied": 0, "database": None},
+            "tuning": {"kernels_tuned": tuned.applied, "kernels": tuned.total,
+                       "database": None if database_dir is None else str(database_dir)},
             "sources": sources,
             "tvm_version": tvm.__version__,
             "build_seconds": round(time.time() - started, 1),

@@ -52,18 +52,71 @@ def main() -> None:
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path, file_okay=False), help="Artifact folder.")
 @input_shape_option
 @click.option("--emit-source", is_flag=True, help="Also write the generated kernels (LLVM asm / OpenCL C).")
-def build(model: Path, target_name: str, out: Path, input_shapes: dict, emit_source: bool) -> None:
+@click.option("--tuning-log", type=click.Path(path_type=Path, file_okay=False),
+              help="Tuning log folder to apply (default: tuning_logs/<target>/ when it exists).")
+@click.option("--no-tuning", is_flag=True, help="Ignore tuning logs; every kernel gets the default schedule.")
+def build(model: Path, target_name: str, out: Path, input_shapes: dict, emit_source: bool,
+          tuning_log: Path | None, no_tuning: bool) -> None:
     """Compile MODEL for a target: OUT/model.so and OUT/manifest.json."""
     from compile.build import build as run_build
     from compile.targets import get_target
 
-    manifest = run_build(model, get_target(target_name), out, input_shapes, emit_source)
-    integer = manifest["integer"]
+    if tuning_log and no_tuning:
+        raise QatieError("--tuning-log and --no-tuning contradict each other; give one")
+    manifest = run_build(model, get_target(target_name), out, input_shapes, emit_source, tuning_log, not no_tuning)
+    integer, tuning = manifest["integer"], manifest["tuning"]
+    source = f"tuned from {tuning['database']}" if tuning["database"] else "no tuning log"
     click.echo(
         f"{out}/model.so for {target_name}: {integer['integer_convs']} of "
         f"{integer['integer_convs'] + integer['float_convs']} convs integer "
-        f"({100 * integer['integer_mac_fraction']:.1f} % of conv MACs), built in {manifest['build_seconds']} s"
+        f"({100 * integer['integer_mac_fraction']:.1f} % of conv MACs), {tuning['kernels_tuned']} of "
+        f"{tuning['kernels']} kernels {source}, built in {manifest['build_seconds']} s"
     )
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--target", "target_name", required=True, help="A target file name from `qatie-compile targets`.")
+@click.option("--trials", type=click.IntRange(min=1), required=True,
+              help="Measured candidates for this model in all (records already in the log count).")
+@click.option("--per-task", type=click.IntRange(min=1), help="At most this many trials per kernel.")
+@click.option("--tracker", help="RPC tracker HOST:PORT; measure on the devices registered there.")
+@click.option("--key", help="Device key at the tracker (default: the target file's rpc_key).")
+@click.option("--log-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Tuning log folder (default: tuning_logs/<target>/).")
+@click.option("--device-timeout", type=click.FloatRange(min=0), default=60, show_default=True,
+              help="Seconds to wait for a free device under the key.")
+@click.option("--builder-timeout", type=click.FloatRange(min=1), default=600, show_default=True,
+              help="Seconds one builder batch may take (TVM's 30 s fails every candidate on 2 cores).")
+@click.option("--curve", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write the tuning curve (estimated model latency vs minutes) as JSON here.")
+@click.option("--only", multiple=True, help="Tune only kernels whose name contains this, e.g. conv2d (repeatable).")
+@click.option("--population", type=click.IntRange(min=8), default=128, show_default=True,
+              help="Evolutionary search population per round (TVM's default 512 is slow on small hosts).")
+@input_shape_option
+def tune(model: Path, target_name: str, trials: int, per_task: int | None, tracker: str | None, key: str | None,
+         log_dir: Path | None, device_timeout: float, builder_timeout: float, curve: Path | None,
+         only: tuple[str, ...], population: int, input_shapes: dict) -> None:
+    """Tune MODEL's integer kernels for a target with MetaSchedule (XGBoost cost model)."""
+    from compile.build import load_and_fold
+    from compile.rpc_devices import parse_tracker
+    from compile.targets import get_target
+    from compile.tune import TuneOptions, default_log_dir
+    from compile.tune import tune as run_tune
+    from compile.tune_report import print_report, write_curve
+
+    spec = get_target(target_name)
+    if key and not tracker:
+        raise QatieError("--key needs --tracker HOST:PORT")
+    options = TuneOptions(trials=trials, per_task=per_task, tracker=parse_tracker(tracker) if tracker else None,
+                          key=key, device_timeout_s=device_timeout, builder_timeout_s=builder_timeout,
+                          population=population, only=only)
+    _, mod, _ = load_and_fold(model, input_shapes)
+    folder = log_dir or default_log_dir(spec)
+    report = run_tune(mod, spec, folder, options)
+    print_report(report, folder)
+    if curve:
+        write_curve(report, curve, model, spec.name)
 
 
 @main.command()
@@ -138,3 +191,16 @@ def check_opencl_command(model: Path, target_names: tuple[str, ...], input_shape
         failures += len(result.failed)
     if failures:
         raise SystemExit(1)
+
+
+@main.command()
+@click.option("--tracker", required=True, help="RPC tracker HOST:PORT.")
+def devices(tracker: str) -> None:
+    """The device keys an RPC tracker holds, with registered and free device counts."""
+    from compile.rpc_devices import device_counts, parse_tracker, tracker_summary
+
+    address = parse_tracker(tracker)
+    counts = device_counts(tracker_summary(address))
+    click.echo(f"RPC tracker {address}: {len(counts)} key(s)")
+    for key, (registered, free) in counts.items():
+        click.echo(f"  {key:24s} {registered} registered, {free} free")

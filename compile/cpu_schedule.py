@@ -14,6 +14,7 @@ records (MetaSchedule) replace them where they exist.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import tvm
 from tvm import relax, s_tir, tirx
@@ -122,16 +123,58 @@ def _parallel_vectorize(sch: s_tir.Schedule, block) -> None:
     sch.parallel(fused)
 
 
-def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
-    """TVM's CPU pipeline with default schedules applied after fusion."""
+def fuse_kernels(target: tvm.target.Target) -> list[tvm.transform.Pass]:
+    """Legalize and fuse: the kernels these passes produce are the tuning tasks, so tuning and
+    building must both use exactly this list for database lookups to hit."""
+    return library_dispatch_passes(target) + legalize_passes(target)
+
+
+@dataclass
+class TunedKernels:
+    """How many of the model's kernels took a schedule from the tuning database."""
+
+    applied: int = 0
+    total: int = 0
+
+
+def _apply_database(database, tuned: TunedKernels) -> tvm.transform.Pass:
+    """Replace kernels the database has records for; count them for the manifest."""
+
+    @tvm.transform.module_pass(opt_level=0)
+    def _apply(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        if database is not None:
+            with database:
+                mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+        kernels = [f for f in mod.functions.values() if isinstance(f, tirx.PrimFunc)]
+        tuned.total = len(kernels)
+        tuned.applied = sum(bool(f.attrs and f.attrs.get("tirx.is_scheduled", False)) for f in kernels)
+        return mod
+
+    return _apply
+
+
+def default_schedule(kernel: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """One fused kernel with the schedule an untuned build gives it (`kernel` is left as it is:
+    the pass would otherwise mark the caller's module scheduled in place)."""
+    with target:
+        return _default_rules()(tvm.IRModule({"main": kernel["main"]}))
+
+
+def _default_rules() -> tvm.transform.Pass:
+    return dl.ApplyDefaultSchedule(DirectConv(), dl.cpu.Reduction(), Elementwise())
+
+
+def cpu_pipeline(target: tvm.target.Target, database=None, tuned: TunedKernels | None = None) -> tvm.transform.Pass:
+    """TVM's CPU pipeline: fuse, take tuned schedules from `database` where it has them, give
+    every other kernel our default schedule, lower."""
 
     @tvm.transform.module_pass(opt_level=0)
     def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         with target:
             passes = (
-                library_dispatch_passes(target)
-                + legalize_passes(target)
-                + [dl.ApplyDefaultSchedule(DirectConv(), dl.cpu.Reduction(), Elementwise())]
+                fuse_kernels(target)
+                + [_apply_database(database, tuned or TunedKernels())]
+                + [_default_rules()]
                 + dataflow_lower_passes(target)
                 + finalize_passes(target)
             )
@@ -140,8 +183,9 @@ def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     return _pipeline
 
 
-def build_with_default_schedules(mod: tvm.IRModule, target: tvm.target.Target):
-    """relax.build with our CPU pipeline for llvm targets, TVM's default elsewhere."""
+def build_with_default_schedules(mod: tvm.IRModule, target: tvm.target.Target, database=None,
+                                 tuned: TunedKernels | None = None):
+    """relax.build with our CPU pipeline (tuned records first) for llvm targets, TVM's default elsewhere."""
     if target.kind.name == "llvm":
-        return relax.build(mod, target, relax_pipeline=cpu_pipeline(target))
+        return relax.build(mod, target, relax_pipeline=cpu_pipeline(target, database, tuned))
     return relax.build(mod, target)

@@ -1,0 +1,216 @@
+"""Tuning: records written in TVM's JSON format, used by the next build, over a real RPC tracker
+with two servers, surviving kill -9, and refusing damaged logs and unreachable devices clearly.
+
+Tuning a whole model costs minutes even when tiny, so these runs tune the first conv kernel
+only (`--only`), a handful of trials each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from compile.tuning_log import RECORDS, WORKLOADS, check_log_dir
+from qatie.errors import QatieError
+from tests.conftest import assert_one_line_error, run_console_script
+
+FIRST_CONV = "fused_conv2d_add"  # the stem conv's fused kernel in every QATIE model
+KEY = "qatie-test"
+
+
+def _tune(onnx: Path, log_dir: Path, trials: int, *extra: str) -> subprocess.CompletedProcess:
+    return run_console_script("qatie-compile", "tune", "--target", "x86-host", onnx, "--trials", trials,
+                              "--only", FIRST_CONV, "--log-dir", log_dir, *extra)
+
+
+def _records(log_dir: Path) -> list[str]:
+    path = log_dir / RECORDS
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_model(library: Path, x: np.ndarray) -> np.ndarray:
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
+@pytest.fixture(scope="module")
+def tuned_log(tiny_onnx, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    log_dir = tmp_path_factory.mktemp("logs") / "x86-host"
+    curve = log_dir.parent / "curve.json"
+    return log_dir, _tune(tiny_onnx[0], log_dir, 16, "--curve", curve)
+
+
+def test_local_tuning_writes_tvm_records_that_the_next_build_uses(tiny_onnx, tuned_log, tmp_path, monkeypatch):
+    log_dir, result = tuned_log
+    assert result.returncode == 0, result.stderr
+    records = _records(log_dir)
+    assert len(records) >= 16
+    # TVM's own JSON database: TVM reads it back and finds measured records.
+    from tvm.s_tir import meta_schedule as ms
+
+    database = ms.database.JSONDatabase(path_workload=str(log_dir / WORKLOADS), path_tuning_record=str(log_dir / RECORDS))
+    assert len(database.get_all_tuning_records()) == len(records)
+    assert "best us" in result.stdout and FIRST_CONV in result.stdout
+    curve = json.loads((log_dir.parent / "curve.json").read_text())["curve"]
+    assert curve[0]["trials"] == 0 and curve[-1]["trials"] >= 16
+    assert curve[-1]["estimated_ms"] <= curve[0]["estimated_ms"]
+
+    # The default log folder is found by target name; --no-tuning ignores it.
+    monkeypatch.setenv("QATIE_TUNING_LOGS", str(log_dir.parent))
+    from compile.build import build
+    from compile.targets import get_target
+
+    tuned = build(tiny_onnx[0], get_target("x86-host"), tmp_path / "tuned")
+    untuned = build(tiny_onnx[0], get_target("x86-host"), tmp_path / "untuned", use_tuning=False)
+    assert tuned["tuning"]["kernels_tuned"] == 1 and tuned["tuning"]["database"] == str(log_dir)
+    assert untuned["tuning"] == {"kernels_tuned": 0, "kernels": tuned["tuning"]["kernels"], "database": None}
+    # Integer kernels: another schedule must not change a single output value.
+    x = np.random.default_rng(5).random((1, 3, 40, 36), dtype=np.float32)
+    assert np.array_equal(_run_model(tmp_path / "tuned" / "model.so", x), _run_model(tmp_path / "untuned" / "model.so", x))
+
+
+def test_rerun_with_budget_already_spent_tunes_nothing_and_keeps_the_log(tiny_onnx, tuned_log):
+    log_dir, _ = tuned_log
+    before = (log_dir / RECORDS).read_bytes()
+    again = _tune(tiny_onnx[0], log_dir, 16)
+    assert again.returncode == 0, again.stderr
+    assert "0 trials this run" in again.stdout
+    assert (log_dir / RECORDS).read_bytes() == before
+
+
+def test_killed_tuning_keeps_committed_records_and_the_rerun_finishes_the_budget(tiny_onnx, tmp_path):
+    log_dir, budget = tmp_path / "x86-host", 48
+    exe = Path(sys.executable).parent / "qatie-compile"
+    args = [str(exe), "tune", "--target", "x86-host", str(tiny_onnx[0]), "--trials", str(budget),
+            "--only", FIRST_CONV, "--log-dir", str(log_dir)]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while len(_records(log_dir)) < 16 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert process.poll() is None, "tuning finished before it could be killed; raise the budget"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    committed = (log_dir / RECORDS).read_bytes()
+    committed = committed[: committed.rfind(b"\n") + 1]  # a line cut by the kill is not committed
+    assert committed.count(b"\n") >= 16
+
+    rerun = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False)
+    assert rerun.returncode == 0, rerun.stderr
+    assert (log_dir / RECORDS).read_bytes().startswith(committed)
+    assert len(_records(log_dir)) >= budget
+
+
+def test_corrupt_log_line_is_named_with_file_and_line_and_nothing_changes(tiny_onnx, tuned_log, tmp_path):
+    log_dir, _ = tuned_log
+    damaged = tmp_path / "x86-host"
+    damaged.mkdir()
+    (damaged / WORKLOADS).write_bytes((log_dir / WORKLOADS).read_bytes())
+    lines = (log_dir / RECORDS).read_text().splitlines()
+    lines[2] = lines[2][: len(lines[2]) // 2]
+    (damaged / RECORDS).write_text("\n".join(lines) + "\n")
+    before = (damaged / RECORDS).read_bytes()
+    for command in (["--target", "x86-host", tiny_onnx[0], "-o", tmp_path / "art", "--tuning-log", damaged],
+                    ["tune", "--target", "x86-host", tiny_onnx[0], "--trials", "4", "--log-dir", damaged]):
+        result = run_console_script("qatie-compile", *command)
+        assert_one_line_error(result.stderr, result.returncode, f"{damaged / RECORDS}:3", "corrupt tuning log line")
+        assert (damaged / RECORDS).read_bytes() == before
+    assert not (tmp_path / "art").exists()
+
+
+def test_unfinished_last_line_from_an_interrupted_write_is_reported_and_cut(tmp_path):
+    (tmp_path / WORKLOADS).write_text('["1", "a"]\n["2", "b"]\n')
+    complete = '[0, [["trace"], [1e-3], {}, []]]\n[1, [["trace"], [2e-3], {}, []]]\n'
+    (tmp_path / RECORDS).write_text(complete + '[1, [["tra')
+    check = check_log_dir(tmp_path)
+    assert (check.workloads, check.records) == (2, 2)
+    assert check.repaired == [f"{tmp_path / RECORDS}:3: dropped an unfinished line (interrupted write)"]
+    assert (tmp_path / RECORDS).read_text() == complete
+
+
+@pytest.fixture(scope="module")
+def rpc_cluster(tmp_path_factory):
+    """A real TVM tracker and two RPC servers under one key, all on 127.0.0.1."""
+    logs = tmp_path_factory.mktemp("rpc")
+    port = _free_port()
+    python = sys.executable
+    processes = [subprocess.Popen([python, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port),
+                                   "--port-end", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)]
+    server_logs = [logs / f"server{i}.log" for i in range(2)]
+    for log in server_logs:
+        server_port = _free_port()
+        with open(log, "w") as sink:  # the child keeps its own copy of the descriptor
+            processes.append(subprocess.Popen(
+                [python, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(server_port),
+                 "--port-end", str(server_port + 1), "--tracker", f"127.0.0.1:{port}", "--key", KEY],
+                stdout=sink, stderr=subprocess.STDOUT))
+    from compile.rpc_devices import Tracker, device_counts, tracker_summary
+
+    def free() -> int:
+        try:
+            return device_counts(tracker_summary(Tracker("127.0.0.1", port))).get(KEY, (0, 0))[1]
+        except QatieError:  # the tracker is still starting
+            return 0
+
+    deadline = time.monotonic() + 90
+    while free() < 2:
+        assert time.monotonic() < deadline, "RPC servers did not register with the tracker"
+        time.sleep(0.5)
+    yield port, server_logs
+    for process in processes:
+        process.kill()
+        process.wait()
+
+
+def test_tuning_through_a_tracker_measures_on_both_servers(tiny_onnx, rpc_cluster, tmp_path):
+    port, server_logs = rpc_cluster
+    listed = run_console_script("qatie-compile", "devices", "--tracker", f"127.0.0.1:{port}")
+    assert listed.returncode == 0, listed.stderr
+    assert f"{KEY}" in listed.stdout and "2 registered, 2 free" in listed.stdout
+    log_dir = tmp_path / "x86-host"
+    result = _tune(tiny_onnx[0], log_dir, 16, "--tracker", f"127.0.0.1:{port}", "--key", KEY)
+    assert result.returncode == 0, result.stderr
+    assert len(_records(log_dir)) >= 16
+    for log in server_logs:
+        assert "load_module" in log.read_text(), f"{log.name} measured nothing"
+
+
+def test_unreachable_tracker_is_one_line_and_touches_no_log(tiny_onnx, tuned_log):
+    log_dir, _ = tuned_log
+    before = (log_dir / RECORDS).read_bytes()
+    started = time.monotonic()
+    result = _tune(tiny_onnx[0], log_dir, 64, "--tracker", f"127.0.0.1:{_free_port()}")
+    assert_one_line_error(result.stderr, result.returncode, "RPC tracker 127.0.0.1:", "unreachable")
+    assert time.monotonic() - started < 120
+    assert (log_dir / RECORDS).read_bytes() == before
+
+
+def test_unknown_key_and_busy_devices_are_one_line_errors(tiny_onnx, rpc_cluster, tmp_path):
+    from tvm import rpc
+
+    port, _ = rpc_cluster
+    unknown = _tune(tiny_onnx[0], tmp_path / "a", 8, "--tracker", f"127.0.0.1:{port}", "--key", "no-such-phone")
+    assert_one_line_error(unknown.stderr, unknown.returncode, "no device under key 'no-such-phone'", KEY)
+
+    tracker = rpc.connect_tracker("127.0.0.1", port)
+    sessions = [tracker.request(KEY, session_timeout=120) for _ in range(2)]  # hold both devices
+    busy = _tune(tiny_onnx[0], tmp_path / "b", 8, "--tracker", f"127.0.0.1:{port}", "--key", KEY,
+                 "--device-timeout", "2")
+    del sessions
+    assert_one_line_error(busy.stderr, busy.returncode, f"under key '{KEY}' stayed busy")
