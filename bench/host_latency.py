@@ -105,7 +105,6 @@ def measure(ctx: click.Context, size: str, threads: int, repeats: int) -> None:
     """One size, one thread count: every runtime on the same input; prints one JSON line."""
     threads = threads or os.cpu_count() or 1
     os.environ["TVM_NUM_THREADS"] = str(threads)
-    import numpy as np
     import onnxruntime as ort
     import torch
     import tvm
@@ -145,7 +144,7 @@ def measure(ctx: click.Context, size: str, threads: int, repeats: int) -> None:
         samples = _time_ms(fn, repeats, min_seconds=2.0)
         rows[name] = {"median_ms": statistics.median(samples), "min_ms": min(samples), "max_ms": max(samples),
                       "runs": len(samples)}
-    click.echo(json.dumps({"size": size, "threads": threads, "rows": rows, "numpy": np.__version__}))
+    click.echo(json.dumps({"size": size, "threads": threads, "rows": rows}))
 
 
 def _markdown(report: dict) -> str:
