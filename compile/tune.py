@@ -199,7 +199,7 @@ class _Progress(ms.measure_callback.PyMeasureCallback):
         self.measured = getattr(self, "measured", 0) + len(measure_candidates)
         self.curve.append(self._point(self.measured))
         best = f"{self.best[task_id]:.1f} us" if self.best[task_id] is not None else "failed"
-        self.bar.set_postfix_str(f"{self.names[task_id][:40]} best {best} | model ~{self.estimate_us() / 1e3:.2f} ms")
+        self.bar.set_postfix_str(f"{self.names[task_id][:40]} best {best} | {len(self.best)} kernels ~{self.estimate_us() / 1e3:.2f} ms")
 
 
 def _faster(best: float | None, default: float | None) -> float | None:
