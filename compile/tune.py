@@ -105,14 +105,19 @@ def _best_and_count(database, kernel: tvm.IRModule) -> tuple[float | None, int]:
     if not database.has_workload(kernel):
         return None, 0
     records = database.get_top_k(database.commit_workload(kernel), 1 << 30)
-    times = [_seconds(r.run_secs) for r in records]
-    valid = [t for t in times if t < UNMEASURED]
-    return (min(valid) * 1e6 if valid else None), len(records)
+    valid = [t for t in (_run_us(r.run_secs) for r in records) if t is not None]
+    return (min(valid) if valid else None), len(records)
 
 
-def _seconds(run_secs) -> float:
+def _run_us(run_secs) -> float | None:
+    """Mean measured time in us, or None for a failed candidate (no times, or TVM's 1e10 s)."""
     values = [float(v) for v in (run_secs or [])]
-    return sum(values) / len(values) if values else float("inf")
+    seconds = sum(values) / len(values) if values else float("inf")
+    return seconds * 1e6 if seconds < UNMEASURED else None
+
+
+def _device_key(spec: TargetSpec, options: TuneOptions) -> str | None:
+    return options.key or spec.rpc_key
 
 
 def _runs_on_host(spec: TargetSpec) -> bool:
@@ -126,10 +131,10 @@ def _free_devices(spec: TargetSpec, options: TuneOptions) -> int:
             raise QatieError(f"target {spec.name} runs on a device, not this host: pass --tracker HOST:PORT "
                              f"(and --key, default {spec.rpc_key})")
         return 1
-    if not (options.key or spec.rpc_key):
+    if not _device_key(spec, options):
         tracker_summary(options.tracker)  # an unreachable tracker is the first thing to hear about
         raise QatieError(f"target {spec.name} names no rpc_key: pass --key")
-    return wait_for_devices(options.tracker, options.key or spec.rpc_key, options.device_timeout_s)
+    return wait_for_devices(options.tracker, _device_key(spec, options), options.device_timeout_s)
 
 
 def _make_runner(spec: TargetSpec, options: TuneOptions, devices: int):
@@ -137,7 +142,7 @@ def _make_runner(spec: TargetSpec, options: TuneOptions, devices: int):
     if options.tracker is None:
         return ms.runner.LocalRunner(timeout_sec=options.runner_timeout_s, evaluator_config=evaluator)
     config = ms.runner.RPCConfig(tracker_host=options.tracker.host, tracker_port=options.tracker.port,
-                                 tracker_key=options.key or spec.rpc_key,
+                                 tracker_key=_device_key(spec, options),
                                  session_timeout_sec=int(options.runner_timeout_s))
     return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=devices)
 
@@ -158,8 +163,7 @@ def _measure_default_schedules(tasks: list, target, builder, runner, device_type
     times: list[float | None] = []
     for b, _ in inputs:
         result = next(results) if b.error_msg is None else None
-        seconds = _seconds(result.run_secs) if result is not None and result.error_msg is None else float("inf")
-        times.append(seconds * 1e6 if seconds < UNMEASURED else None)
+        times.append(_run_us(result.run_secs) if result is not None and result.error_msg is None else None)
     for b, _ in inputs:
         if b.artifact_path:
             shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
@@ -178,6 +182,7 @@ class _Progress(ms.measure_callback.PyMeasureCallback):
                  default: list[float | None]) -> None:
         self.bar, self.names, self.calls, self.best, self.default = bar, names, calls, best, default
         self.started = time.monotonic()
+        self.measured = 0
         self.curve: list[dict] = [self._point(0)]
 
     def estimate_us(self) -> float:
@@ -192,11 +197,11 @@ class _Progress(ms.measure_callback.PyMeasureCallback):
         self.bar.update(count)
 
     def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
-        times = [_seconds(r.run_secs) for r in runner_results if r.error_msg is None]
-        valid = [t * 1e6 for t in times if t < UNMEASURED]
+        times = [_run_us(r.run_secs) for r in runner_results if r.error_msg is None]
+        valid = [t for t in times if t is not None]
         if valid and (self.best[task_id] is None or min(valid) < self.best[task_id]):
             self.best[task_id] = min(valid)
-        self.measured = getattr(self, "measured", 0) + len(measure_candidates)
+        self.measured += len(measure_candidates)
         self.curve.append(self._point(self.measured))
         best = f"{self.best[task_id]:.1f} us" if self.best[task_id] is not None else "failed"
         self.bar.set_postfix_str(f"{self.names[task_id][:40]} best {best} | {len(self.best)} kernels ~{self.estimate_us() / 1e3:.2f} ms")
@@ -218,10 +223,9 @@ class _CommittingBuilder(ms.builder.PyBuilder):
     candidates are timed, which on a 2-core host disturbs the measurements.
     """
 
-    def __init__(self, inner, progress: _Progress) -> None:
+    def __init__(self, inner, progress: _Progress, scheduler) -> None:
         super().__init__()
-        self.inner, self.progress = inner, progress
-        self.scheduler = None
+        self.inner, self.progress, self.scheduler = inner, progress, scheduler
 
     def build(self, build_inputs):
         for task_id, task in enumerate(self.scheduler.tasks_):
@@ -283,19 +287,18 @@ def _search(tasks: list, pending: list[int], known: list, target, database, spec
                        num_threads=os.cpu_count() or 1).clone()
         for i in pending
     ]
-    key = options.key or spec.rpc_key
+    key = _device_key(spec, options)
     where = f"{devices} device(s) under '{key}' at {options.tracker}" if options.tracker else "this host"
     bar = tqdm(total=budget, unit="trial", desc=f"tuning {spec.name} on {where}", dynamic_ncols=True)
     progress = _Progress(bar, [tasks[i].task_name for i in pending], [int(tasks[i].weight) for i in pending],
                          [known[i][0] for i in pending], [default_us[i] for i in pending])
     scheduler = ms.task_scheduler.TaskScheduler.create("gradient")
-    committing = _CommittingBuilder(builder, progress)
-    committing.scheduler = scheduler
     with tempfile.TemporaryDirectory(prefix="qatie-ms-") as work_dir, _quiet_meta_schedule():
         ms.tune_tasks(
             tasks=contexts, task_weights=[float(tasks[i].weight) for i in pending], work_dir=work_dir,
             max_trials_global=budget, max_trials_per_task=options.per_task or options.trials,
-            num_trials_per_iter=options.trials_per_round, builder=committing, runner=runner,
+            num_trials_per_iter=options.trials_per_round,
+            builder=_CommittingBuilder(builder, progress, scheduler), runner=runner,
             database=database, cost_model="xgb", task_scheduler=scheduler,
             measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), progress],
         )
