@@ -23,10 +23,11 @@ from onnx import numpy_helper
 from compile.cpu_schedule import TunedKernels, build_with_default_schedules
 from compile.importer import LoadedModel, load_onnx, to_relax
 from compile.inspect_macs import count_conv_macs
+from compile.kernel_table import CaptureKernels
 from compile.qdq_fold import FoldLog, fold_qdq_convs
 from compile.targets import TargetSpec
 
-LIBRARY, MANIFEST = "model.so", "manifest.json"
+LIBRARY, KERNELS, MANIFEST = "model.so", "kernels.so", "manifest.json"
 SOURCE_FORMATS = {"llvm": ("asm", "kernels.s"), "opencl": ("cl", "kernels.cl")}
 
 
@@ -128,24 +129,32 @@ def build(onnx_path: Path, spec: TargetSpec, out: Path, input_shapes: dict | Non
     database, database_dir = _tuning_database(spec, tuning_log, use_tuning)
     macs = count_conv_macs(mod)
     tuned = TunedKernels()
-    executable = build_with_default_schedules(mod, target, database, tuned)
+    capture = CaptureKernels()
+    with tvm.transform.PassContext(instruments=[capture]):
+        executable = build_with_default_schedules(mod, target, database, tuned)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         library = staging / LIBRARY
         executable.export_library(str(library), fcompile=cc.cross_compiler(compiler))
+        # The same compiled kernels as top-level functions: the profiler times each one on the
+        # device (TVM's RPC time evaluator does not look into the VM executable's imports).
+        kernels = staging / KERNELS
+        executable.mod.imports[0].export_library(str(kernels), fcompile=cc.cross_compiler(compiler))
         sources = _emit_sources(executable, staging) if emit_source else []
         manifest = {
             "model": {"path": str(onnx_path), "sha256": sha256(onnx_path), **_io_description(model)},
             "target": {"name": spec.name, "tvm": json.loads(str(target)),
                        "rpc_key": spec.rpc_key, "threads": spec.threads, "compiler": compiler},
             "library": {"file": LIBRARY, "sha256": sha256(library)},
+            "kernel_library": {"file": KERNELS, "sha256": sha256(kernels)},
             "integer": {"convs_folded": fold_log.folded, "convs_left_float": macs.float_convs,
                         "not_folded_because": fold_log.skipped, **asdict(macs),
                         "integer_mac_fraction": macs.integer_fraction},
             "tuning": {"kernels_tuned": tuned.applied, "kernels": tuned.total,
                        "database": None if database_dir is None else str(database_dir)},
+            "kernels": capture.table(tuned.names),
             "sources": sources,
             "tvm_version": tvm.__version__,
             "build_seconds": round(time.time() - started, 1),
@@ -153,7 +162,7 @@ def build(onnx_path: Path, spec: TargetSpec, out: Path, input_shapes: dict | Non
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
         out.mkdir(parents=True, exist_ok=True)
-        for name in [LIBRARY, *sources, MANIFEST]:  # the manifest last: it vouches for the rest
+        for name in [LIBRARY, KERNELS, *sources, MANIFEST]:  # the manifest last: it vouches for the rest
             (staging / name).replace(out / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

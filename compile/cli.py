@@ -204,3 +204,144 @@ def devices(tracker: str) -> None:
     click.echo(f"RPC tracker {address}: {len(counts)} key(s)")
     for key, (registered, free) in counts.items():
         click.echo(f"  {key:24s} {registered} registered, {free} free")
+
+
+def _placement_options(command):
+    """--tracker/--key or --local, shared by bench and profile."""
+    options = [
+        click.argument("artifact", type=click.Path(path_type=Path, file_okay=False)),
+        click.option("--tracker", help="RPC tracker HOST:PORT; run on every device under --key."),
+        click.option("--key", help="Device key at the tracker (default: the artifact's rpc_key)."),
+        click.option("--local", is_flag=True, help="Run on this machine (TVM's in-process RPC session)."),
+        click.option("--device-timeout", type=click.FloatRange(min=0), default=60, show_default=True,
+                     help="Seconds to wait for a free device."),
+        click.option("--repeats", type=click.IntRange(min=1), default=10, show_default=True, help="Timed runs."),
+        click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True, help="Untimed runs first."),
+        click.option("--min-ms", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Each timed run repeats the call until it lasts this long (for short kernels)."),
+        click.option("--input", "input_npy", type=click.Path(path_type=Path, dir_okay=False),
+                     help="Input tensor as .npy (default: a held-out photo at the model's size)."),
+        click.option("-o", "--out", type=click.Path(path_type=Path, file_okay=False),
+                     help="Report folder (default: ARTIFACT/reports)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _deploy_context(artifact_dir: Path, tracker: str | None, key: str | None, local: bool, device_timeout: float,
+                    repeats: int, warmup: int, min_ms: int):
+    from compile.artifact import load_artifact
+    from compile.bench import Timing
+    from compile.deploy import Placement
+    from compile.rpc_devices import parse_tracker
+
+    if local == bool(tracker):
+        raise QatieError("give either --local or --tracker HOST:PORT (with --key)")
+    artifact = load_artifact(artifact_dir)
+    placement = Placement(None, None) if local else Placement(
+        parse_tracker(tracker), key or artifact.manifest["target"]["rpc_key"] or "", device_timeout)
+    if placement.tracker and not placement.key:
+        raise QatieError(f"target {artifact.target_name} has no rpc_key; pass --key")
+    return artifact, placement, Timing(warmup, repeats, min_ms)
+
+
+def _command_line() -> str:
+    import shlex
+    import sys
+
+    return "qatie-compile " + shlex.join(sys.argv[1:])
+
+
+def _caption(artifact, placement, timing) -> str:
+    return (f"{artifact.folder} ({artifact.target_name}, {artifact.manifest['tuning']['kernels_tuned']} of "
+            f"{artifact.manifest['tuning']['kernels']} kernels tuned) on {placement.where}; {timing.warmup} warm-up "
+            f"runs, {timing.repeats} timed runs (each >= {timing.min_ms:g} ms)")
+
+
+@main.command()
+@_placement_options
+@click.option("--onnx", "onnx_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="The QDQ ONNX model the artifact was built from (default: the manifest's path).")
+@click.option("--ckpt", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also compare with the PyTorch QAT model of this checkpoint.")
+def bench(artifact: Path, tracker: str | None, key: str | None, local: bool, device_timeout: float, repeats: int,
+          warmup: int, min_ms: int, input_npy: Path | None, out: Path | None, onnx_path: Path | None,
+          ckpt: Path | None) -> None:
+    """Run ARTIFACT on each device: output vs ONNX Runtime (and PyTorch), latency statistics."""
+    from compile.bench import bench_input, bench_on, onnx_reference, pytorch_reference
+    from compile.deploy import run_everywhere
+    from compile.deploy_report import write_bench
+
+    loaded, placement, timing = _deploy_context(artifact, tracker, key, local, device_timeout, repeats, warmup, min_ms)
+    x = bench_input(loaded, input_npy)
+    references = {"onnxruntime": onnx_reference(loaded, onnx_path, x)}
+    if ckpt:
+        references["pytorch"] = pytorch_reference(ckpt, x)
+    rows = run_everywhere(placement, lambda device: bench_on(device, loaded, x, references, timing),
+                          lambda line: click.echo(line, err=True))
+    report = {"command": _command_line(), "caption": _caption(loaded, placement, timing), "artifact": str(artifact),
+              "devices": [{"device": name, **row} for name, row in rows]}
+    click.echo(write_bench(report, out or artifact / "reports"))
+
+
+@main.command()
+@_placement_options
+def profile(artifact: Path, tracker: str | None, key: str | None, local: bool, device_timeout: float, repeats: int,
+            warmup: int, min_ms: int, input_npy: Path | None, out: Path | None) -> None:
+    """Per-kernel time of ARTIFACT on each device: table, CSV, JSON, Chrome trace, PNG."""
+    from compile.bench import bench_input
+    from compile.deploy import run_everywhere
+    from compile.deploy_report import write_profile
+    from compile.profile import profile_on
+
+    loaded, placement, timing = _deploy_context(artifact, tracker, key, local, device_timeout, repeats, warmup, min_ms)
+    x = bench_input(loaded, input_npy)
+    rows = run_everywhere(placement, lambda device: profile_on(device, loaded, x, timing),
+                          lambda line: click.echo(line, err=True))
+    report = {"command": _command_line(), "caption": _caption(loaded, placement, timing), "artifact": str(artifact),
+              "call_order": loaded.manifest["kernels"]["call_order"],
+              "devices": [{"device": name, **row} for name, row in rows]}
+    folder = out or artifact / "reports"
+    click.echo(write_profile(report, folder))
+    click.echo(f"written: {folder}/profile.{{md,csv,json,trace.json,png}}")
+
+
+@main.group()
+def rpc() -> None:
+    """TVM's RPC tracker and server, bound to 127.0.0.1 unless --host says otherwise.
+
+    An RPC server runs whatever library it is sent: never expose it on a public interface.
+    """
+
+
+def _exec_tvm(module: str, args: list[str], host: str) -> None:
+    import os
+    import sys
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: listening on {host}: anyone who reaches this port can run code on this machine; "
+                   f"use a private network, SSH tunnel or `adb reverse`", err=True)
+    os.execv(sys.executable, [sys.executable, "-m", module, *args])
+
+
+@rpc.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=9190, show_default=True)
+def tracker(host: str, port: int) -> None:
+    """Start an RPC tracker (python -m tvm.exec.rpc_tracker)."""
+    _exec_tvm("tvm.exec.rpc_tracker", ["--host", host, "--port", str(port), "--port-end", str(port + 1)], host)
+
+
+@rpc.command()
+@click.option("--tracker", "tracker_address", required=True, help="RPC tracker HOST:PORT to register with.")
+@click.option("--key", required=True, help="Device key to register under, e.g. a target file's rpc_key.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=9090, show_default=True, help="First port to try.")
+def server(tracker_address: str, key: str, host: str, port: int) -> None:
+    """Start an RPC server on this machine and register it (python -m tvm.exec.rpc_server)."""
+    from compile.rpc_devices import parse_tracker
+
+    address = parse_tracker(tracker_address)
+    _exec_tvm("tvm.exec.rpc_server", ["--host", host, "--port", str(port), "--port-end", str(port + 100),
+                                      "--tracker", str(address), "--key", key], host)

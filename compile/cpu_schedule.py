@@ -14,7 +14,7 @@ records (MetaSchedule) replace them where they exist.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import tvm
 from tvm import relax, s_tir, tirx
@@ -135,6 +135,7 @@ class TunedKernels:
 
     applied: int = 0
     total: int = 0
+    names: set[str] = field(default_factory=set)
 
 
 def _apply_database(database, tuned: TunedKernels) -> tvm.transform.Pass:
@@ -145,9 +146,10 @@ def _apply_database(database, tuned: TunedKernels) -> tvm.transform.Pass:
         if database is not None:
             with database:
                 mod = relax.transform.MetaScheduleApplyDatabase()(mod)
-        kernels = [f for f in mod.functions.values() if isinstance(f, tirx.PrimFunc)]
+        kernels = {g.name_hint: f for g, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)}
         tuned.total = len(kernels)
-        tuned.applied = sum(bool(f.attrs and f.attrs.get("tirx.is_scheduled", False)) for f in kernels)
+        tuned.names = {name for name, f in kernels.items() if f.attrs and f.attrs.get("tirx.is_scheduled", False)}
+        tuned.applied = len(tuned.names)
         return mod
 
     return _apply

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from qatie.errors import QatieError
 
-_KERNEL = re.compile(r"^__kernel void (\w+)\(", re.M)
+_KERNEL = re.compile(r"^__kernel void (\w+)\(", re.MULTILINE)
 
 
 @dataclass

@@ -73,3 +73,46 @@ def wait_for_devices(tracker: Tracker, key: str, timeout_s: float) -> int:
             raise QatieError(f"RPC tracker {tracker}: all {registered} device(s) under key '{key}' stayed busy "
                              f"for {timeout_s:.0f} s; retry later or raise --device-timeout")
         time.sleep(POLL_INTERVAL_S)
+
+
+@dataclass
+class Device:
+    """An RPC session to one device, named by the server address the tracker handed out."""
+
+    name: str
+    session: object  # tvm.rpc.RPCSession
+
+    def close(self) -> None:
+        self.session = None  # TVM closes the connection when the last reference goes
+
+
+def local_device() -> Device:
+    """This machine, through TVM's in-process RPC session: the same upload/load/time path as a phone."""
+    from tvm import rpc
+
+    return Device("local", rpc.LocalSession())
+
+
+def request_device(tracker: Tracker, key: str, timeout_s: float, session_timeout_s: float = 0) -> Device:
+    """A free device under `key`, held until the returned Device is dropped.
+
+    Same protocol as TVM's `TrackerSession.request`, which hides the server address it is
+    given; we keep it so every result row names the device that produced it.
+    """
+    from tvm import rpc
+    from tvm.rpc import base
+
+    tracker_summary(tracker)  # a dead tracker is a one-line error, not TVM's 60 s of retries
+    client = rpc.connect_tracker(tracker.host, tracker.port)
+    client._sock.settimeout(timeout_s)
+    try:
+        base.sendjson(client._sock, [base.TrackerCode.REQUEST, key, "", 1])
+        code, (host, port, matchkey) = base.recvjson(client._sock)
+    except TimeoutError:
+        raise QatieError(f"RPC tracker {tracker}: no device under key '{key}' became free within "
+                         f"{timeout_s:.0f} s; retry later or raise --device-timeout") from None
+    finally:
+        client.close()
+    if code != base.TrackerCode.SUCCESS:
+        raise QatieError(f"RPC tracker {tracker} refused the request for key '{key}' (code {code})")
+    return Device(f"{host}:{port}", rpc.connect(host, port, matchkey, session_timeout_s))

@@ -50,10 +50,14 @@ def run_console(*args: str, timeout: float = 300) -> subprocess.CompletedProcess
     )
 
 
+def console_script(script: str) -> str:
+    """Path of an installed console script (`qatie-compile`, ...) in this interpreter's environment."""
+    return str(Path(sys.executable).parent / script)
+
+
 def run_console_script(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """An installed console script (`qatie-compile`, ...) from this interpreter's environment."""
-    exe = Path(sys.executable).parent / script
-    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    """Run an installed console script as a user does (real process, real exit code)."""
+    return subprocess.run([console_script(script), *map(str, args)], capture_output=True, text=True, timeout=timeout)
 
 
 def assert_one_line_error(stderr: str, returncode: int, *needles: str) -> None:

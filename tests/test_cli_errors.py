@@ -1,5 +1,4 @@
 import pytest
-
 from conftest import assert_one_line_error, run_console
 
 

@@ -8,7 +8,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 import tvm
+from conftest import assert_one_line_error
 from onnx import helper
+from qdq_models import float_conv_net, ort_quantized
 from tvm import relax
 
 from compile.build import sha256
@@ -17,8 +19,6 @@ from compile.importer import load_onnx, to_relax
 from compile.inspect_macs import count_conv_macs
 from compile.qdq_fold import fold_qdq_convs
 from compile.targets import all_targets, get_target
-from conftest import assert_one_line_error
-from qdq_models import float_conv_net, ort_quantized
 
 # An FMA-capable x86 target: float contraction is on, so any float rounding difference shows.
 FMA_TARGET = {"kind": "llvm", "mcpu": "haswell"}

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 import torch
+from conftest import assert_one_line_error, run_console
 from PIL import Image
 
-from conftest import assert_one_line_error, run_console
 from qatie.data import load_pairs
 from qatie.data.degrade import degrade
 from qatie.data.paired_folder import paired_folder

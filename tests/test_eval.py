@@ -1,8 +1,7 @@
 import json
 
-from PIL import Image
-
 from conftest import run_cli
+from PIL import Image
 
 
 def test_eval_reports_fp32_ptq_qat_with_json_and_panel(tiny_ckpt, tmp_path):

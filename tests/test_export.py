@@ -1,9 +1,9 @@
 import numpy as np
 import onnx
 import pytest
+from conftest import run_cli
 from onnx import numpy_helper
 
-from conftest import run_cli
 from qatie.checkpoint import build_model, load_checkpoint
 from qatie.onnx_qdq import check_conv_qdq, producers
 from qatie.quant.fake_quant import act_quantizers, set_quant_mode

@@ -2,7 +2,13 @@ import torch
 
 from qatie.model import ModelConfig, QATIENet
 from qatie.ptq import calibrate
-from qatie.quant.fake_quant import ActQuant, QConv2d, act_quantizers, set_quant_mode, weight_scale
+from qatie.quant.fake_quant import (
+    ActQuant,
+    QConv2d,
+    act_quantizers,
+    set_quant_mode,
+    weight_scale,
+)
 from qatie.quant.layout import ACTIVATION_ROLES
 
 

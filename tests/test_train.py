@@ -5,8 +5,8 @@ import sys
 import time
 
 import torch
-
 from conftest import TINY, assert_one_line_error, run_console
+
 from qatie.checkpoint import build_model, load_checkpoint
 from qatie.train import TrainConfig, train
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,11 +21,10 @@ import tvm
 from tvm import relax
 
 from compile.tuning_log import RECORDS, WORKLOADS, check_log_dir
-from qatie.errors import QatieError
 from tests.conftest import assert_one_line_error, run_console_script
+from tests.rpc_cluster import KEY, free_port, start_cluster
 
 FIRST_CONV = "fused_conv2d_add"  # the stem conv's fused kernel in every QATIE model
-KEY = "qatie-test"
 
 
 def _tune(onnx: Path, log_dir: Path, trials: int, *extra: str) -> subprocess.CompletedProcess:
@@ -37,12 +35,6 @@ def _tune(onnx: Path, log_dir: Path, trials: int, *extra: str) -> subprocess.Com
 def _records(log_dir: Path) -> list[str]:
     path = log_dir / RECORDS
     return path.read_text().splitlines() if path.exists() else []
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run_model(library: Path, x: np.ndarray) -> np.ndarray:
@@ -147,35 +139,9 @@ def test_unfinished_last_line_from_an_interrupted_write_is_reported_and_cut(tmp_
 @pytest.fixture(scope="module")
 def rpc_cluster(tmp_path_factory):
     """A real TVM tracker and two RPC servers under one key, all on 127.0.0.1."""
-    logs = tmp_path_factory.mktemp("rpc")
-    port = _free_port()
-    python = sys.executable
-    processes = [subprocess.Popen([python, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port),
-                                   "--port-end", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)]
-    server_logs = [logs / f"server{i}.log" for i in range(2)]
-    for log in server_logs:
-        server_port = _free_port()
-        with open(log, "w") as sink:  # the child keeps its own copy of the descriptor
-            processes.append(subprocess.Popen(
-                [python, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(server_port),
-                 "--port-end", str(server_port + 1), "--tracker", f"127.0.0.1:{port}", "--key", KEY],
-                stdout=sink, stderr=subprocess.STDOUT))
-    from compile.rpc_devices import Tracker, device_counts, tracker_summary
-
-    def free() -> int:
-        try:
-            return device_counts(tracker_summary(Tracker("127.0.0.1", port))).get(KEY, (0, 0))[1]
-        except QatieError:  # the tracker is still starting
-            return 0
-
-    deadline = time.monotonic() + 90
-    while free() < 2:
-        assert time.monotonic() < deadline, "RPC servers did not register with the tracker"
-        time.sleep(0.5)
-    yield port, server_logs
-    for process in processes:
-        process.kill()
-        process.wait()
+    cluster = start_cluster(tmp_path_factory.mktemp("rpc"))
+    yield cluster.port, cluster.server_logs
+    cluster.stop()
 
 
 def test_tuning_through_a_tracker_measures_on_both_servers(tiny_onnx, rpc_cluster, tmp_path):
@@ -195,7 +161,7 @@ def test_unreachable_tracker_is_one_line_and_touches_no_log(tiny_onnx, tuned_log
     log_dir, _ = tuned_log
     before = (log_dir / RECORDS).read_bytes()
     started = time.monotonic()
-    result = _tune(tiny_onnx[0], log_dir, 64, "--tracker", f"127.0.0.1:{_free_port()}")
+    result = _tune(tiny_onnx[0], log_dir, 64, "--tracker", f"127.0.0.1:{free_port()}")
     assert_one_line_error(result.stderr, result.returncode, "RPC tracker 127.0.0.1:", "unreachable")
     assert time.monotonic() - started < 120
     assert (log_dir / RECORDS).read_bytes() == before

@@ -1,0 +1,112 @@
+"""Run a job (bench, profile) on every device under a key, or on this machine.
+
+Devices are taken one at a time from the tracker and held until all are done, so each job
+lands on a different device. A device that fails mid-job (server killed, connection lost) is
+dropped and its job retried once on another device of the same key; a second failure is an
+error naming both devices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+
+from compile.artifact import Artifact, triple_architecture
+from compile.rpc_devices import (
+    Device,
+    Tracker,
+    local_device,
+    request_device,
+    wait_for_devices,
+)
+from qatie.errors import QatieError
+
+T = TypeVar("T")
+SYSTEM_TRIPLE = "target.llvm_get_system_triple"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where jobs run: this machine, or the devices under `key` at `tracker`."""
+
+    tracker: Tracker | None
+    key: str | None
+    device_timeout_s: float = 60.0
+
+    @property
+    def where(self) -> str:
+        return "local" if self.tracker is None else f"key '{self.key}' at {self.tracker}"
+
+
+def run_everywhere(placement: Placement, job: Callable[[Device], T], log: Callable[[str], None]) -> list[tuple[str, T]]:
+    """[(device name, job result)] — one per device under the key (or one local)."""
+    if placement.tracker is None:
+        return [("local", job(local_device()))]
+    count = wait_for_devices(placement.tracker, placement.key, placement.device_timeout_s)
+    held: list[Device] = []
+    results: list[tuple[str, T]] = []
+    for _ in range(count):
+        device = request_device(placement.tracker, placement.key, placement.device_timeout_s)
+        try:
+            results.append((device.name, job(device)))
+            held.append(device)
+        except QatieError:
+            raise
+        except Exception as exc:  # the device went away mid-job: TVM raises RPC/OS errors of many kinds
+            lost = device.name
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            log(f"device {lost} failed during the job ({reason}); retrying once on another device")
+            for other in held:  # give the devices back so the tracker can hand one out again
+                other.close()
+            held.clear()
+            retry = request_device(placement.tracker, placement.key, placement.device_timeout_s)
+            try:
+                results.append((f"{retry.name} (retry of {lost})", job(retry)))
+            except QatieError:
+                raise
+            except Exception as again:
+                raise QatieError(f"device {lost} failed ({reason}) and the retry on {retry.name} failed too "
+                                 f"({str(again).strip().splitlines()[-1]})") from None
+            held.append(retry)
+            break
+    for device in held:
+        device.close()
+    return results
+
+
+def check_architecture(device: Device, artifact: Artifact) -> str:
+    """The device's CPU architecture; an error naming both when the library was built for another."""
+    library_arch = artifact.architecture
+    try:
+        device_arch = triple_architecture(device.session.get_function(SYSTEM_TRIPLE)())
+    except Exception:  # a runtime-only server (TVM's C++ RPC app) has no LLVM to ask
+        return "unknown"
+    if device_arch != library_arch:
+        raise QatieError(f"{artifact.library} is built for {library_arch} ({artifact.target_name}) but device "
+                         f"{device.name} is {device_arch}; build for a target matching the device")
+    return device_arch
+
+
+def load_on_device(device: Device, artifact: Artifact, path) -> object:
+    """Upload and load one library; a device that cannot load it gets an error naming the arch."""
+    device.session.upload(str(path))
+    try:
+        return device.session.load_module(path.name)
+    except Exception as exc:
+        if "ELF" in str(exc) or "format" in str(exc):
+            raise QatieError(f"device {device.name} cannot load {path} (built for {artifact.architecture}, "
+                             f"{artifact.target_name}): {str(exc).strip().splitlines()[-1]}") from None
+        raise
+
+
+def device_of(device: Device, artifact: Artifact):
+    return device.session.cl(0) if artifact.on_gpu else device.session.cpu(0)
+
+
+def latency_stats(seconds: list[float]) -> dict:
+    ms = np.asarray(seconds) * 1e3
+    return {"repeats": int(ms.size), "median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)),
+            "min_ms": float(ms.min()), "max_ms": float(ms.max()), "std_ms": float(ms.std())}

@@ -1,0 +1,68 @@
+"""`qatie-compile profile`: where one inference's time goes, kernel by kernel, on the device.
+
+TVM 0.27 has no VM profiler, and `VirtualMachine.set_instrument` needs a Python callback in
+the same process, so it cannot reach a phone. Instead the artifact ships `kernels.so` (the
+very kernels of `model.so` as top-level functions) and the manifest lists each kernel's
+arguments and call count: every kernel is timed on the device with TVM's time evaluator on
+arguments of its real shapes and dtypes, and multiplied by its call count. The whole model is
+timed in the same session, so the report can say how far the kernel sum is from it (the
+difference is the VM's own work — allocation, shape checks, calls — plus cache effects).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from compile.artifact import Artifact
+from compile.bench import Timing
+from compile.deploy import check_architecture, device_of, latency_stats, load_on_device
+from compile.rpc_devices import Device
+
+
+def _argument(spec: dict, dev, rng: np.random.Generator):
+    """A device tensor of the kernel's shape and dtype. Integer tensors are zero (some are
+    indices or table offsets; zero is always in range); float tensors are uniform in [-1, 1).
+    Kernel run time does not depend on the values for these dense kernels."""
+    import tvm
+
+    dtype = spec["dtype"]
+    if dtype.startswith("float"):
+        data = rng.uniform(-1, 1, spec["shape"]).astype(dtype)
+    else:
+        data = np.zeros(spec["shape"], dtype)
+    return tvm.runtime.tensor(data, dev)
+
+
+def profile_on(device: Device, artifact: Artifact, x: np.ndarray, timing: Timing) -> dict:
+    """Per-kernel mean times and the end-to-end latency, measured in one session."""
+    import tvm
+    from tvm import relax
+
+    arch = check_architecture(device, artifact)
+    dev = device_of(device, artifact)
+    kernels_lib = load_on_device(device, artifact, artifact.kernel_library)
+    rng = np.random.default_rng(0)
+    rows = []
+    for kernel in artifact.manifest["kernels"]["kernels"]:
+        args = [_argument(spec, dev, rng) for spec in kernel["args"]]
+        timer = kernels_lib.time_evaluator(kernel["name"], dev, number=1, repeat=timing.repeats,
+                                           min_repeat_ms=timing.min_ms)
+        mean_s = float(np.median(timer(*args).results))
+        rows.append({**{k: kernel[k] for k in ("name", "calls", "macs", "bytes", "tuned")},
+                     "mean_ms": mean_s * 1e3, "total_ms": mean_s * 1e3 * kernel["calls"]})
+    executable = load_on_device(device, artifact, artifact.library)
+    vm = relax.VirtualMachine(executable, dev)
+    vm.set_input("main", tvm.runtime.tensor(x, dev))
+    for _ in range(timing.warmup):
+        vm.invoke_stateful("main")
+    end_to_end = latency_stats(list(vm.time_evaluator("invoke_stateful", dev, number=1, repeat=timing.repeats,
+                                                      min_repeat_ms=timing.min_ms)("main").results))
+    kernel_sum = sum(r["total_ms"] for r in rows)
+    for row in rows:
+        row["share"] = row["total_ms"] / kernel_sum if kernel_sum else 0.0
+        seconds = row["total_ms"] / 1e3
+        row["gmac_per_s"] = row["macs"] * row["calls"] / seconds / 1e9 if seconds else 0.0
+        row["gb_per_s"] = row["bytes"] * row["calls"] / seconds / 1e9 if seconds else 0.0
+    rows.sort(key=lambda r: r["total_ms"], reverse=True)
+    return {"arch": arch, "kernels": rows, "kernel_sum_ms": kernel_sum, "end_to_end": end_to_end,
+            "difference": (end_to_end["median_ms"] - kernel_sum) / end_to_end["median_ms"]}
