@@ -42,39 +42,50 @@ class Placement:
 
 
 def run_everywhere(placement: Placement, job: Callable[[Device], T], log: Callable[[str], None]) -> list[tuple[str, T]]:
-    """[(device name, job result)] — one per device under the key (or one local)."""
+    """[(device name, job result)] — one per live device under the key (or one local)."""
     if placement.tracker is None:
         return [("local", job(local_device()))]
-    count = wait_for_devices(placement.tracker, placement.key, placement.device_timeout_s)
+    pending = wait_for_devices(placement.tracker, placement.key, placement.device_timeout_s)
     held: list[Device] = []
     results: list[tuple[str, T]] = []
-    for _ in range(count):
-        device = request_device(placement.tracker, placement.key, placement.device_timeout_s)
+    lost: str | None = None  # the device that failed (at most one may)
+    label = ""  # marks the row that carries the failed device's retry
+    while pending:
         try:
-            results.append((device.name, job(device)))
-            held.append(device)
+            device = request_device(placement.tracker, placement.key, placement.device_timeout_s)
+        except QatieError as exc:
+            if lost is None:
+                raise
+            raise QatieError(f"device {lost} failed during the job and no other device could take the retry: {exc}") from None
+        pending -= 1
+        try:
+            result = job(device)
         except QatieError:
             raise
         except Exception as exc:  # the device went away mid-job: TVM raises RPC/OS errors of many kinds
+            if lost is not None:
+                raise QatieError(f"device {lost} failed and the retry on {device.name} failed too "
+                                 f"({_last_line(exc)})") from None
             lost = device.name
-            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            log(f"device {lost} failed during the job ({reason}); retrying once on another device")
-            for other in held:  # give the devices back so the tracker can hand one out again
-                other.close()
-            held.clear()
-            retry = request_device(placement.tracker, placement.key, placement.device_timeout_s)
-            try:
-                results.append((f"{retry.name} (retry of {lost})", job(retry)))
-            except QatieError:
-                raise
-            except Exception as again:
-                raise QatieError(f"device {lost} failed ({reason}) and the retry on {retry.name} failed too "
-                                 f"({str(again).strip().splitlines()[-1]})") from None
-            held.append(retry)
-            break
+            log(f"device {lost} failed during the job ({_last_line(exc)}); retrying once on another device")
+            label = f" (retry of {lost})"
+            if not pending:  # every other device is held by us, already measured: free one for the retry
+                for other in held:
+                    other.close()
+                held.clear()
+                pending = 1
+            continue
+        results.append((device.name + label, result))
+        label = ""
+        held.append(device)
     for device in held:
         device.close()
     return results
+
+
+def _last_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__
 
 
 def check_architecture(device: Device, artifact: Artifact) -> str:

@@ -93,10 +93,15 @@ def test_build_x86_host_writes_loadable_library_and_manifest(tiny_onnx, tmp_path
 
     out = tmp_path / "art"
     manifest = build(tiny_onnx[0], get_target("x86-host"), out, emit_source=True)
-    assert sorted(p.name for p in out.iterdir()) == ["kernels.s", "manifest.json", "model.so"]
+    assert sorted(p.name for p in out.iterdir()) == ["kernels.s", "kernels.so", "manifest.json", "model.so"]
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk == manifest
     assert on_disk["library"]["sha256"] == sha256(out / "model.so")
+    assert on_disk["kernel_library"]["sha256"] == sha256(out / "kernels.so")
+    table = on_disk["kernels"]
+    assert sum(k["calls"] for k in table["kernels"]) == len(table["call_order"])
+    # the kernel table's MACs are the conv MACs (plus InstanceNorm's squared sums)
+    assert sum(k["macs"] * k["calls"] for k in table["kernels"]) >= on_disk["integer"]["integer_macs"]
     assert on_disk["model"]["sha256"] == sha256(tiny_onnx[0])
     assert on_disk["model"]["inputs"][0]["shape"] == [1, 3, 40, 36]
     assert on_disk["model"]["inputs"][0]["quant"]["zero_point"] == -128

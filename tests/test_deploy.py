@@ -13,7 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import assert_one_line_error, console_script, run_console, run_console_script
+from tests.conftest import (
+    assert_one_line_error,
+    console_script,
+    run_console,
+    run_console_script,
+)
 from tests.rpc_cluster import KEY, free_port, start_cluster
 
 PROFILE_TOLERANCE = 0.15
@@ -102,29 +107,47 @@ def test_dead_tracker_is_a_quick_one_line_error(artifact):
     assert time.monotonic() - started < 60
 
 
+def _kill_first_server_mid_bench(cluster, artifact: Path, out: Path, *extra: str) -> tuple[int, str]:
+    """Start a bench through `cluster`, kill the server that loads the library first while it
+    is timing, and return the bench's exit code and stderr."""
+    process = subprocess.Popen(
+        [console_script("qatie-compile"), "bench", str(artifact), "--tracker", cluster.address, "--key", KEY,
+         "--repeats", "30", "--min-ms", "200", "-o", str(out), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    victim = None
+    while victim is None and time.monotonic() < deadline:
+        victim = next((i for i, log in enumerate(cluster.server_logs) if "load_module" in log.read_text()), None)
+        time.sleep(0.2)
+    assert victim is not None, "no server loaded the library"
+    time.sleep(1.0)  # well inside its 30 x 200 ms of timing
+    cluster.kill_server(victim)
+    _, stderr = process.communicate(timeout=300)
+    return process.returncode, stderr
+
+
 def test_server_killed_mid_bench_is_retried_on_another_device(artifact, tmp_path):
     cluster = start_cluster(tmp_path / "rpc")
     try:
-        process = subprocess.Popen(
-            [console_script("qatie-compile"), "bench", str(artifact), "--tracker", cluster.address, "--key", KEY,
-             "--repeats", "30", "--min-ms", "200", "-o", str(tmp_path)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 120
-        victim = None
-        while victim is None and time.monotonic() < deadline:
-            victim = next((i for i, log in enumerate(cluster.server_logs) if "load_module" in log.read_text()), None)
-            time.sleep(0.2)
-        assert victim is not None, "no server loaded the library"
-        time.sleep(1.0)  # well inside its 30 x 200 ms of timing
-        cluster.kill_server(victim)
-        _, stderr = process.communicate(timeout=300)
-        assert process.returncode == 0, stderr
-        assert "retrying once on another device" in stderr
-        report = json.loads((tmp_path / "bench.json").read_text())
-        assert any("retry of" in row["device"] for row in report["devices"]), report["devices"]
-        assert all(row["agreement"]["onnxruntime"]["within_one_step"] >= 0.999 for row in report["devices"])
+        returncode, stderr = _kill_first_server_mid_bench(cluster, artifact, tmp_path)
     finally:
         cluster.stop()
+    assert returncode == 0, stderr
+    assert "retrying once on another device" in stderr
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert any("retry of" in row["device"] for row in report["devices"]), report["devices"]
+    assert all(row["agreement"]["onnxruntime"]["within_one_step"] >= 0.999 for row in report["devices"])
+
+
+def test_last_server_killed_mid_bench_is_a_clear_error(artifact, tmp_path):
+    cluster = start_cluster(tmp_path / "rpc", servers=1)
+    try:
+        returncode, stderr = _kill_first_server_mid_bench(cluster, artifact, tmp_path, "--device-timeout", "5")
+    finally:
+        cluster.stop()
+    assert_one_line_error(stderr.split("retrying once on another device")[-1], returncode,
+                          "failed during the job", "no other device could take the retry")
+    assert not (tmp_path / "bench.json").exists()
 
 
 def test_library_for_another_architecture_names_both(tiny_onnx, cluster, tmp_path):
