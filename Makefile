@@ -39,7 +39,7 @@ demo: setup
 # A local device farm: tracker + one RPC server on 127.0.0.1, the built model benched and
 # profiled through them exactly as on a phone, both stopped afterwards.
 deploy: setup
-	bash -c 'set -e; \
+	@bash -c 'set -e; \
 	  $(VENV)/bin/qatie-compile rpc tracker --port $(RPC_PORT) > $(OUT)/tracker.log 2>&1 & tracker=$$!; \
 	  $(VENV)/bin/qatie-compile rpc server --tracker $(TRACKER) --key $(RPC_KEY) > $(OUT)/server.log 2>&1 & server=$$!; \
 	  trap "kill $$server $$tracker" EXIT; \
