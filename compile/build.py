@@ -97,19 +97,20 @@ def load_and_fold(onnx_path: Path, input_shapes: dict | None = None) -> tuple[Lo
 
 def _tuning_database(spec: TargetSpec, tuning_log: Path | None, use_tuning: bool):
     """The target's tuning database: `tuning_log` if given (must exist), else the default folder
-    if it holds a log, else none (every kernel keeps its default schedule)."""
+    if it holds a log, else none (every kernel keeps its default schedule); plus what the log
+    check repaired (an interrupted append cut off), which the user must hear about."""
     from compile.cpu_intrinsics import register_cpu_intrinsics
     from compile.tune import default_log_dir
     from compile.tuning_log import WORKLOADS, open_database
 
     if not use_tuning or spec.target.get("kind") != "llvm":
-        return None, None
+        return None, None, []
     folder = tuning_log or default_log_dir(spec)
     if tuning_log is None and not (folder / WORKLOADS).is_file():
-        return None, None
+        return None, None, []
     register_cpu_intrinsics()  # tuned traces may tensorize with the CPU intrinsics
-    database, _ = open_database(folder, create=False)
-    return database, folder
+    database, check = open_database(folder, create=False)
+    return database, folder, check.repaired
 
 
 def build(onnx_path: Path, spec: TargetSpec, out: Path, input_shapes: dict | None = None,
@@ -126,7 +127,7 @@ def build(onnx_path: Path, spec: TargetSpec, out: Path, input_shapes: dict | Non
     model, mod, fold_log = load_and_fold(onnx_path, input_shapes)
     target = spec.tvm_target()
     compiler = spec.compiler()  # fail on a missing cross compiler before the long build
-    database, database_dir = _tuning_database(spec, tuning_log, use_tuning)
+    database, database_dir, repaired = _tuning_database(spec, tuning_log, use_tuning)
     macs = count_conv_macs(mod)
     tuned = TunedKernels()
     capture = CaptureKernels()
@@ -153,7 +154,7 @@ def build(onnx_path: Path, spec: TargetSpec, out: Path, input_shapes: dict | Non
                         "not_folded_because": fold_log.skipped, **asdict(macs),
                         "integer_mac_fraction": macs.integer_fraction},
             "tuning": {"kernels_tuned": tuned.applied, "kernels": tuned.total,
-                       "database": None if database_dir is None else str(database_dir)},
+                       "database": None if database_dir is None else str(database_dir), "repaired": repaired},
             "kernels": capture.table(tuned.names),
             "sources": sources,
             "tvm_version": tvm.__version__,

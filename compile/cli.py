@@ -65,6 +65,8 @@ def build(model: Path, target_name: str, out: Path, input_shapes: dict, emit_sou
         raise QatieError("--tuning-log and --no-tuning contradict each other; give one")
     manifest = run_build(model, get_target(target_name), out, input_shapes, emit_source, tuning_log, not no_tuning)
     integer, tuning = manifest["integer"], manifest["tuning"]
+    for line in tuning["repaired"]:
+        click.echo(f"tuning log repaired: {line}", err=True)
     source = f"tuned from {tuning['database']}" if tuning["database"] else "no tuning log"
     click.echo(
         f"{out}/model.so for {target_name}: {integer['integer_convs']} of "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -134,6 +135,21 @@ def test_unfinished_last_line_from_an_interrupted_write_is_reported_and_cut(tmp_
     assert (check.workloads, check.records) == (2, 2)
     assert check.repaired == [f"{tmp_path / RECORDS}:3: dropped an unfinished line (interrupted write)"]
     assert (tmp_path / RECORDS).read_text() == complete
+
+
+def test_build_reports_an_interrupted_append_it_cut(tiny_onnx, tuned_log, tmp_path):
+    log_dir, _ = tuned_log
+    damaged = tmp_path / "x86-host"
+    shutil.copytree(log_dir, damaged)
+    complete = (damaged / RECORDS).read_text()
+    (damaged / RECORDS).write_text(complete + '[0, [["tra')
+    result = run_console_script("qatie-compile", "--target", "x86-host", tiny_onnx[0], "-o", tmp_path / "art",
+                                "--tuning-log", damaged)
+    assert result.returncode == 0, result.stderr
+    assert "tuning log repaired" in result.stderr and "dropped an unfinished line" in result.stderr
+    manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
+    assert len(manifest["tuning"]["repaired"]) == 1 and manifest["tuning"]["kernels_tuned"] == 1
+    assert (damaged / RECORDS).read_text() == complete
 
 
 @pytest.fixture(scope="module")
