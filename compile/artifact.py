@@ -15,6 +15,9 @@ from qatie.errors import QatieError
 
 # ELF e_machine values of the architectures our targets produce.
 ELF_MACHINES = {3: "x86", 40: "arm", 62: "x86_64", 183: "aarch64"}
+# TVM target attributes (resolved from mcpu + mattr) -> the LLVM feature a device must have.
+ARM_FEATURE_FLAGS = {"feature.has_dotprod": "+dotprod", "feature.has_matmul_i8": "+i8mm",
+                     "feature.has_fp16_simd": "+fullfp16", "feature.has_sve": "+sve"}
 TRIPLE_ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
 
@@ -42,6 +45,12 @@ class Artifact:
     @property
     def architecture(self) -> str:
         return elf_architecture(self.library)
+
+    @property
+    def cpu_features(self) -> set[str]:
+        """The ARM extensions the compiler was allowed to use (implied by mcpu too, not only mattr)."""
+        tvm_target = self.manifest["target"]["tvm"]
+        return {feature for flag, feature in ARM_FEATURE_FLAGS.items() if tvm_target.get(flag)}
 
 
 def elf_architecture(path: Path) -> str:

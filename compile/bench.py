@@ -16,7 +16,7 @@ import numpy as np
 
 from compile.artifact import Artifact
 from compile.build import sha256
-from compile.deploy import check_architecture, device_of, latency_stats, load_on_device
+from compile.deploy import check_device, device_of, latency_stats, load_on_device
 from compile.rpc_devices import Device
 from qatie.errors import QatieError
 
@@ -96,7 +96,7 @@ def bench_on(device: Device, artifact: Artifact, x: np.ndarray, references: dict
     import tvm
     from tvm import relax
 
-    arch = check_architecture(device, artifact)
+    info = check_device(device, artifact)
     executable = load_on_device(device, artifact, artifact.library)
     dev = device_of(device, artifact)
     vm = relax.VirtualMachine(executable, dev)
@@ -108,5 +108,5 @@ def bench_on(device: Device, artifact: Artifact, x: np.ndarray, references: dict
         vm.invoke_stateful("main")
     timer = vm.time_evaluator("invoke_stateful", dev, number=1, repeat=timing.repeats, min_repeat_ms=timing.min_ms)
     seconds = list(timer("main").results)
-    return {"arch": arch, "latency": latency_stats(seconds),
+    return {**info, "latency": latency_stats(seconds),
             "agreement": {name: agreement(got, want, step) for name, want in references.items()}}

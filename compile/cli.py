@@ -317,13 +317,17 @@ def rpc() -> None:
     """
 
 
+def _warn_if_public(host: str) -> None:
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: listening on {host}: anyone who reaches this port can run code on this machine; "
+                   f"use a private network, SSH tunnel or `adb reverse`", err=True)
+
+
 def _exec_tvm(module: str, args: list[str], host: str) -> None:
     import os
     import sys
 
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        click.echo(f"warning: listening on {host}: anyone who reaches this port can run code on this machine; "
-                   f"use a private network, SSH tunnel or `adb reverse`", err=True)
+    _warn_if_public(host)
     os.execv(sys.executable, [sys.executable, "-m", module, *args])
 
 
@@ -347,3 +351,43 @@ def server(tracker_address: str, key: str, host: str, port: int) -> None:
     address = parse_tracker(tracker_address)
     _exec_tvm("tvm.exec.rpc_server", ["--host", host, "--port", str(port), "--port-end", str(port + 100),
                                       "--tracker", str(address), "--key", key], host)
+
+
+@main.group()
+def emulate() -> None:
+    """Stand-in devices on this machine, to check a build before a phone is at hand.
+
+    Timings measured on them are emulator timings, labelled so everywhere, never device figures.
+    """
+
+
+@emulate.command()
+@click.option("--tracker", "tracker_address", required=True, help="RPC tracker HOST:PORT to register with.")
+@click.option("--target", "target_name", default="arm64-linux", show_default=True,
+              help="Target file whose CPU (its qemu_cpu) to emulate.")
+@click.option("--cpu", help="qemu CPU model instead of the target's, e.g. cortex-a53, cortex-a76, neoverse-n1.")
+@click.option("--key", help="Device key (default: the target's rpc_key + '-emu').")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(min=0), default=0, show_default=True, help="Port (0: any free one).")
+def arm64(tracker_address: str, target_name: str, cpu: str | None, key: str | None, host: str, port: int) -> None:
+    """An aarch64 device under qemu-aarch64, registered with a tracker; serves until interrupted."""
+    import logging
+
+    from compile.arm64_runtime import ensure_runtime
+    from compile.emulated_device import serve
+    from compile.rpc_devices import parse_tracker, tracker_summary
+    from compile.targets import get_target
+
+    spec = get_target(target_name)
+    qemu_cpu = cpu or spec.qemu_cpu
+    if not qemu_cpu:
+        raise QatieError(f"target {spec.name} has no qemu_cpu; pass --cpu (e.g. cortex-a53)")
+    address = parse_tracker(tracker_address)
+    tracker_summary(address)  # a dead tracker is a one-line error now, not a silent retry loop
+    runtime = ensure_runtime(lambda line: click.echo(line, err=True))
+    _warn_if_public(host)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        serve(runtime, qemu_cpu, address, key or f"{spec.rpc_key or spec.name}-emu", host, port)
+    except KeyboardInterrupt:
+        pass

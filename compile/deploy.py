@@ -26,6 +26,10 @@ from qatie.errors import QatieError
 
 T = TypeVar("T")
 SYSTEM_TRIPLE = "target.llvm_get_system_triple"
+# Globals of our session program (compile/native/rpc_session.cc).
+DEVICE_ARCH = "qatie.device.arch"
+DEVICE_CPU_FEATURES = "qatie.device.cpu_features"
+DEVICE_EMULATION = "qatie.device.emulation"
 
 
 @dataclass(frozen=True)
@@ -85,20 +89,43 @@ def run_everywhere(placement: Placement, job: Callable[[Device], T], log: Callab
 
 def _last_line(exc: Exception) -> str:
     text = str(exc).strip()
+    if "code=kShutdown" in text:
+        return "the device's server process ended mid-session: it crashed (e.g. SIGILL) or was killed; see its log"
     return text.splitlines()[-1] if text else type(exc).__name__
 
 
-def check_architecture(device: Device, artifact: Artifact) -> str:
-    """The device's CPU architecture; an error naming both when the library was built for another."""
-    library_arch = artifact.architecture
+def _remote_string(device: Device, name: str) -> str | None:
+    """A global string function of the device's server, None when that server does not have it."""
     try:
-        device_arch = triple_architecture(device.session.get_function(SYSTEM_TRIPLE)())
-    except Exception:  # a runtime-only server (TVM's C++ RPC app) has no LLVM to ask
-        return "unknown"
-    if device_arch != library_arch:
+        return str(device.session.get_function(name)())
+    except Exception:  # TVM raises several error types for a missing remote function
+        return None
+
+
+def check_device(device: Device, artifact: Artifact) -> dict:
+    """{"arch", "emulated"} of a device that can run the library; otherwise an error saying why.
+
+    The architecture comes from the server's LLVM (TVM's Python server) or from our session
+    program (`qatie.device.*`, emulated ARM devices); a runtime-only server (TVM's C++ RPC app)
+    answers neither, and a wrong library then fails at load with the library's arch named.
+    Our session program also reports the CPU's extensions: a library built for one the CPU lacks
+    (`+dotprod` on a Cortex-A53) would die with SIGILL mid-run, so it is refused before upload.
+    """
+    triple = _remote_string(device, SYSTEM_TRIPLE)
+    device_arch = triple_architecture(triple) if triple else (_remote_string(device, DEVICE_ARCH) or "unknown")
+    library_arch = artifact.architecture
+    if device_arch not in ("unknown", library_arch):
         raise QatieError(f"{artifact.library} is built for {library_arch} ({artifact.target_name}) but device "
                          f"{device.name} is {device_arch}; build for a target matching the device")
-    return device_arch
+    features = _remote_string(device, DEVICE_CPU_FEATURES)
+    if features is not None:
+        missing = sorted(artifact.cpu_features - set(features.split(",")))
+        if missing:
+            raise QatieError(f"{artifact.library} is built for a CPU with {', '.join(missing)} ({artifact.target_name}, "
+                             f"mcpu {artifact.manifest['target']['tvm'].get('mcpu', 'generic')}) but the CPU of device "
+                             f"{device.name} lacks {'them' if len(missing) > 1 else 'it'} (it has {features}): the library would stop with SIGILL "
+                             f"(illegal instruction); build for a target without {', '.join(missing)}")
+    return {"arch": device_arch, "emulated": _remote_string(device, DEVICE_EMULATION) or None}
 
 
 def load_on_device(device: Device, artifact: Artifact, path) -> object:

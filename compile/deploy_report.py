@@ -33,13 +33,27 @@ def bench_table(report: dict) -> str:
     rows = []
     for row in report["devices"]:
         lat = row["latency"]
-        cells = [row["device"], row["arch"], *(f"{lat[k]:.2f}" for k in ("median_ms", "p90_ms", "min_ms", "max_ms", "std_ms")),
+        mark = " (emulated)" if row["emulated"] else ""
+        cells = [row["device"], _arch_cell(row),
+                 *(f"{lat[k]:.2f}{mark}" for k in ("median_ms", "p90_ms", "min_ms", "max_ms", "std_ms")),
                  str(lat["repeats"])]
         for name in references:
             agree = row["agreement"][name]
             cells += [f"{agree['max_steps']:.1f}", f"{100 * agree['within_one_step']:.3f} %", f"{agree['psnr_db']:.2f}"]
         rows.append(cells)
-    return f"`{report['command']}`\n\n{report['caption']}\n\n{_markdown(header, rows)}\n"
+    return f"`{report['command']}`\n\n{report['caption']}\n\n{_markdown(header, rows)}\n{_emulation_note(report)}"
+
+
+def _arch_cell(row: dict) -> str:
+    return f"{row['arch']}, emulated: {row['emulated']}" if row["emulated"] else row["arch"]
+
+
+def _emulation_note(report: dict) -> str:
+    """Emulated devices compute what the device would; their timings say nothing about it."""
+    if not any(row["emulated"] for row in report["devices"]):
+        return ""
+    return ("\nTimes marked (emulated) were measured under an emulator on the host: they check that the "
+            "library runs, they are not device latencies and must not be reported as such.\n")
 
 
 def write_bench(report: dict, out: Path) -> str:
@@ -55,10 +69,11 @@ def profile_table(report: dict, device: dict) -> str:
              f"{k['gb_per_s']:.2f}", "yes" if k["tuned"] else "no"] for k in device["kernels"]]
     header = ["kernel", "calls", "total ms", "mean ms", "share", "MMAC", "MB", "GMAC/s", "GB/s", "tuned"]
     e2e = device["end_to_end"]["median_ms"]
-    summary = (f"device {device['device']} ({device['arch']}): kernels sum to {device['kernel_sum_ms']:.2f} ms, "
+    summary = (f"device {device['device']} ({_arch_cell(device)}): kernels sum to {device['kernel_sum_ms']:.2f} ms, "
                f"end-to-end median {e2e:.2f} ms; the VM's own work and cache effects account for the "
                f"{100 * device['difference']:+.1f} % difference")
-    return f"`{report['command']}`\n\n{report['caption']}\n\n{_markdown(header, rows)}\n\n{summary}\n"
+    return (f"`{report['command']}`\n\n{report['caption']}\n\n{_markdown(header, rows)}\n\n{summary}\n"
+            f"{_emulation_note({'devices': [device]})}")
 
 
 def _chrome_trace(report: dict) -> dict:
@@ -87,7 +102,8 @@ def _bar_chart(report: dict, path: Path) -> None:
     ax.barh([k["name"][:60] for k in top], [k["total_ms"] for k in top],
             color=["tab:green" if k["tuned"] else "tab:gray" for k in top])
     ax.set_xlabel("ms per inference (green: tuned)")
-    ax.set_title(f"{report['artifact']} on {device['device']}: top {len(top)} kernels", fontsize=9)
+    emulated = f" (emulated: {device['emulated']}; not device times)" if device["emulated"] else ""
+    ax.set_title(f"{report['artifact']} on {device['device']}{emulated}: top {len(top)} kernels", fontsize=9)
     ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     with atomic_path(path) as tmp:

@@ -15,7 +15,7 @@ import numpy as np
 
 from compile.artifact import Artifact
 from compile.bench import Timing
-from compile.deploy import check_architecture, device_of, latency_stats, load_on_device
+from compile.deploy import check_device, device_of, latency_stats, load_on_device
 from compile.rpc_devices import Device
 
 
@@ -38,7 +38,7 @@ def profile_on(device: Device, artifact: Artifact, x: np.ndarray, timing: Timing
     import tvm
     from tvm import relax
 
-    arch = check_architecture(device, artifact)
+    info = check_device(device, artifact)
     dev = device_of(device, artifact)
     kernels_lib = load_on_device(device, artifact, artifact.kernel_library)
     rng = np.random.default_rng(0)
@@ -64,5 +64,5 @@ def profile_on(device: Device, artifact: Artifact, x: np.ndarray, timing: Timing
         row["gmac_per_s"] = row["macs"] * row["calls"] / seconds / 1e9 if seconds else 0.0
         row["gb_per_s"] = row["bytes"] * row["calls"] / seconds / 1e9 if seconds else 0.0
     rows.sort(key=lambda r: r["total_ms"], reverse=True)
-    return {"arch": arch, "kernels": rows, "kernel_sum_ms": kernel_sum, "end_to_end": end_to_end,
+    return {**info, "kernels": rows, "kernel_sum_ms": kernel_sum, "end_to_end": end_to_end,
             "difference": (end_to_end["median_ms"] - kernel_sum) / end_to_end["median_ms"]}

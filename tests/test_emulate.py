@@ -1,0 +1,103 @@
+"""The shipped aarch64 library run on an emulated ARM device over RPC (qemu-aarch64 with the
+phone's CPU model, TVM's aarch64 runtime), checked against ONNX Runtime on the host; CPU
+features the emulated CPU lacks are refused before they can crash it, and a crash that happens
+anyway is reported with its cause."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import assert_one_line_error, run_console_script
+from tests.qdq_models import float_conv_net, ort_quantized
+from tests.rpc_cluster import start_cluster
+
+A53_KEY, A76_KEY = "a53-emu", "a76-emu"
+
+
+def _compile(*args) -> object:
+    return run_console_script("qatie-compile", *args)
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory):
+    """A tracker with two emulated devices: Cortex-A53 (ARMv8.0) and Cortex-A76 (ARMv8.2, dotprod)."""
+    cluster = start_cluster(tmp_path_factory.mktemp("emu"), servers=0,
+                            emulated={A53_KEY: "arm64-linux", A76_KEY: "arm64-linux-dotprod"})
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def arm_builds(tiny_onnx, tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("arm")
+    for target in ("arm64-linux", "arm64-linux-dotprod"):
+        result = _compile("--target", target, tiny_onnx[0], "-o", folder / target)
+        assert result.returncode == 0, result.stderr
+    return {target: folder / target for target in ("arm64-linux", "arm64-linux-dotprod")}
+
+
+def _bench(artifact: Path, cluster, key: str, out: Path):
+    return _compile("bench", artifact, "--tracker", cluster.address, "--key", key, "--repeats", 2, "--warmup", 1,
+                    "-o", out)
+
+
+@pytest.mark.parametrize(("target", "key"), [("arm64-linux", A53_KEY), ("arm64-linux-dotprod", A76_KEY)])
+def test_emulated_arm_device_matches_onnxruntime(arm_builds, emulated, target, key, tmp_path):
+    result = _bench(arm_builds[target], emulated, key, tmp_path)
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads((tmp_path / "bench.json").read_text())["devices"]
+    assert row["arch"] == "aarch64" and row["emulated"].startswith("qemu-aarch64 -cpu cortex-a"), row
+    assert row["agreement"]["onnxruntime"]["within_one_step"] >= 0.999, row
+    # Emulator time is labelled as such wherever a latency is printed.
+    assert "(emulated)" in result.stdout and "not device latencies" in result.stdout
+    assert "(emulated)" in (tmp_path / "bench.md").read_text()
+
+
+def test_ort_quantized_net_on_emulated_fma_cpu_matches_onnxruntime(emulated, tmp_path):
+    """Float scales from ONNX Runtime's quantizer on a CPU with fused multiply-add: the float
+    fake-quant path flips quantization bins here; the integer kernels must not."""
+    model = ort_quantized(float_conv_net(tmp_path / "float.onnx", size=32), tmp_path / "qdq.onnx", size=32)
+    built = _compile("--target", "arm64-linux-dotprod", model, "-o", tmp_path / "arm")
+    assert built.returncode == 0, built.stderr
+    x = np.random.default_rng(3).random((1, 3, 32, 32), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    result = _compile("bench", tmp_path / "arm", "--tracker", emulated.address, "--key", A76_KEY, "--repeats", 1,
+                      "--input", tmp_path / "x.npy", "-o", tmp_path)
+    assert result.returncode == 0, result.stderr
+    agreement = json.loads((tmp_path / "bench.json").read_text())["devices"][0]["agreement"]["onnxruntime"]
+    assert agreement["within_one_step"] >= 0.999, agreement
+
+
+def test_dotprod_library_on_a53_is_refused_naming_the_feature(arm_builds, emulated, tmp_path):
+    result = _bench(arm_builds["arm64-linux-dotprod"], emulated, A53_KEY, tmp_path)
+    assert_one_line_error(result.stderr, result.returncode, "+dotprod", "SIGILL", "arm64-linux-dotprod")
+    assert not (tmp_path / "bench.json").exists()
+
+
+def test_a_crash_on_the_emulated_cpu_is_logged_with_its_cause(arm_builds, emulated):
+    """Bypassing the feature check (a plain TVM client), the A53 really dies on sdot; the device
+    log says SIGILL and why, and the device registers again for the next session."""
+    import tvm
+    from tvm import relax, rpc
+
+    folder = arm_builds["arm64-linux-dotprod"]
+    shape = json.loads((folder / "manifest.json").read_text())["model"]["inputs"][0]["shape"]
+    session = rpc.connect_tracker("127.0.0.1", emulated.port).request(A53_KEY, session_timeout=120)
+    with pytest.raises(tvm.error.InternalError, match="kShutdown"):  # the server process died
+        session.upload(str(folder / "model.so"))
+        dev = session.cpu(0)
+        vm = relax.VirtualMachine(session.load_module("model.so"), dev)
+        vm["main"](tvm.runtime.tensor(np.zeros(shape, "float32"), dev))
+    log = next(log for log in emulated.server_logs if log.name == f"{A53_KEY}.log")
+    deadline = time.monotonic() + 30
+    while "SIGILL" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "SIGILL (illegal instruction)" in log.read_text() and "cortex-a53 lacks" in log.read_text()
+    while emulated.free(A53_KEY) < 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert emulated.free(A53_KEY) == 1
