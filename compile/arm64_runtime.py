@@ -87,7 +87,11 @@ def ensure_runtime(log=print) -> Arm64Runtime:
         _unpack(staging / "wheels", runtime)
         _compile_session(cxx, runtime)
         shutil.rmtree(runtime / "include")
-        runtime.rename(folder)
+        try:
+            runtime.rename(folder)
+        except OSError:  # another emulator prepared it meanwhile: theirs is the same
+            if not (folder / SESSION_PROGRAM).is_file():
+                raise
     return Arm64Runtime(folder)
 
 

@@ -113,12 +113,29 @@ def tune(model: Path, target_name: str, trials: int, per_task: int | None, track
     options = TuneOptions(trials=trials, per_task=per_task, tracker=parse_tracker(tracker) if tracker else None,
                           key=key, device_timeout_s=device_timeout, builder_timeout_s=builder_timeout,
                           population=population, only=only)
-    _, mod, _ = load_and_fold(model, input_shapes)
     folder = log_dir or default_log_dir(spec)
+    emulated = None
+    if options.tracker:
+        emulated = _refuse_emulator_timings_in_shipped_logs(options.tracker, key or spec.rpc_key or "",
+                                                           device_timeout, folder)
+    _, mod, _ = load_and_fold(model, input_shapes)
     report = run_tune(mod, spec, folder, options)
-    print_report(report, folder)
+    print_report(report, folder, emulated)
     if curve:
-        write_curve(report, curve, model, spec.name)
+        write_curve(report, curve, model, spec.name, emulated)
+
+
+def _refuse_emulator_timings_in_shipped_logs(tracker, key: str, device_timeout: float, folder: Path) -> str | None:
+    """How the devices under `key` are emulated (None: real devices). Schedules picked by emulator
+    timings may serve plumbing tests, never the logs builds ship with."""
+    from compile.deploy import emulation_of
+    from compile.tune import DEFAULT_LOG_ROOT
+
+    emulation = emulation_of(tracker, key, device_timeout)
+    if emulation and folder.resolve().is_relative_to(DEFAULT_LOG_ROOT):
+        raise QatieError(f"devices under key '{key}' are emulated ({emulation}): their timings must not go into "
+                         f"{DEFAULT_LOG_ROOT}; pass --log-dir outside it to test tuning over them")
+    return emulation
 
 
 @main.command()

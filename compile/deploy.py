@@ -102,6 +102,15 @@ def _remote_string(device: Device, name: str) -> str | None:
         return None
 
 
+def emulation_of(tracker: Tracker, key: str, timeout_s: float) -> str | None:
+    """How the devices under `key` are emulated (our emulated devices say so), None for real ones."""
+    device = request_device(tracker, key, timeout_s)
+    try:
+        return _remote_string(device, DEVICE_EMULATION) or None
+    finally:
+        device.close()
+
+
 def check_device(device: Device, artifact: Artifact) -> dict:
     """{"arch", "emulated"} of a device that can run the library; otherwise an error saying why.
 

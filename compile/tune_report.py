@@ -11,7 +11,11 @@ from compile.tune import TuneReport
 from qatie.atomic import write_text_atomic
 
 
-def print_report(report: TuneReport, folder: Path) -> None:
+def print_report(report: TuneReport, folder: Path, emulated: str | None = None) -> None:
+    """The per-kernel table; times from an emulated device are labelled as emulator times."""
+    if emulated:
+        click.echo(f"timings below were measured under an emulator ({emulated}): they test the tuning "
+                   f"plumbing, they are not device figures and this log must not ship")
     for line in report.repaired:
         click.echo(f"tuning log: {line}")
     total = report.total_us
@@ -31,7 +35,7 @@ def print_report(report: TuneReport, folder: Path) -> None:
                f"inference; {report.trials_run} trials this run in {report.seconds / 60:.1f} min; log {folder}")
 
 
-def write_curve(report: TuneReport, path: Path, model: Path, target: str) -> None:
-    payload = {"model": str(model), "target": target, "trials_run": report.trials_run,
+def write_curve(report: TuneReport, path: Path, model: Path, target: str, emulated: str | None = None) -> None:
+    payload = {"model": str(model), "target": target, "emulated": emulated, "trials_run": report.trials_run,
                "seconds": round(report.seconds, 1), "curve": report.curve}
     write_text_atomic(json.dumps(payload, indent=2), path)

@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from compile.tuning_log import RECORDS
 from tests.conftest import assert_one_line_error, run_console_script
 from tests.qdq_models import float_conv_net, ort_quantized
 from tests.rpc_cluster import start_cluster
+from tests.test_tune import FIRST_CONV
 
 A53_KEY, A76_KEY = "a53-emu", "a76-emu"
 
@@ -101,3 +103,17 @@ def test_a_crash_on_the_emulated_cpu_is_logged_with_its_cause(arm_builds, emulat
     while emulated.free(A53_KEY) < 1 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert emulated.free(A53_KEY) == 1
+
+
+def test_tuning_over_an_emulated_device_is_plumbing_only(tiny_onnx, emulated, tmp_path):
+    """Records are written where asked and every timing is labelled emulated; the shipped
+    tuning_logs/ folder (the default) is refused before any work."""
+    common = ["tune", "--target", "arm64-linux", tiny_onnx[0], "--trials", 2, "--only", FIRST_CONV,
+              "--tracker", emulated.address, "--key", A53_KEY]
+    refused = _compile(*common)
+    assert_one_line_error(refused.stderr, refused.returncode, "emulated", "tuning_logs")
+    result = _compile(*common, "--log-dir", tmp_path / "logs", "--curve", tmp_path / "curve.json")
+    assert result.returncode == 0, result.stderr
+    assert "measured under an emulator (qemu-aarch64 -cpu cortex-a53)" in result.stdout
+    assert len((tmp_path / "logs" / RECORDS).read_text().splitlines()) >= 2
+    assert json.loads((tmp_path / "curve.json").read_text())["emulated"] == "qemu-aarch64 -cpu cortex-a53"

@@ -12,12 +12,15 @@
 // EMULATION (e.g. "qemu-aarch64 -cpu cortex-a53") is what clients label timings with: latency
 // measured under an emulator says nothing about a device and must never be reported as one.
 #include <sys/auxv.h>
+#include <tvm/ffi/container/tensor.h>
 #include <tvm/ffi/extra/module.h>
 #include <tvm/ffi/function.h>
 #include <tvm/ffi/string.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <random>
 #include <string>
 
 namespace ffi = tvm::ffi;
@@ -31,6 +34,24 @@ static std::string CpuFeatures() {
   if (hwcap & (1UL << 22)) features += ",+sve";       // HWCAP_SVE
   if (hwcap2 & (1UL << 13)) features += ",+i8mm";     // HWCAP2_I8MM
   return features;
+}
+
+// MetaSchedule's RPC runner fills kernel arguments with TVM's contrib
+// `random_fill_for_measure`, which the runtime library leaves out. Timing only needs valid
+// values: floats in [0, 1), other types random bytes (a CPU device's memory is host memory).
+static void RandomFill(ffi::TensorView tensor) {
+  std::mt19937 generator(0);
+  char* data = static_cast<char*>(tensor.data_ptr()) + tensor.byte_offset();
+  const DLDataType dtype = tensor.dtype();
+  if (dtype.code == kDLFloat && dtype.bits == 32) {
+    std::uniform_real_distribution<float> uniform(0.0f, 1.0f);
+    for (int64_t i = 0; i < tensor.numel() * dtype.lanes; ++i) {
+      const float value = uniform(generator);
+      std::memcpy(data + i * sizeof(float), &value, sizeof(float));
+    }
+    return;
+  }
+  for (size_t i = 0; i < ffi::GetDataSize(tensor); ++i) data[i] = static_cast<char>(generator());
 }
 
 int main(int argc, char** argv) {
@@ -49,6 +70,7 @@ int main(int argc, char** argv) {
   ffi::Function::SetGlobal("qatie.device.cpu_features",
                            ffi::Function::FromTyped([]() { return ffi::String(CpuFeatures()); }));
   ffi::Function::SetGlobal("qatie.device.arch", ffi::Function::FromTyped([]() { return ffi::String("aarch64"); }));
+  ffi::Function::SetGlobal("tvm.contrib.random.random_fill_for_measure", ffi::Function::FromTyped(RandomFill));
   ffi::Function::SetGlobal("qatie.device.emulation",
                            ffi::Function::FromTyped([emulation]() { return ffi::String(emulation); }));
   ffi::Function::GetGlobalRequired("rpc.ServerLoop")(fd);
