@@ -31,9 +31,10 @@ class Timing:
     min_ms: int = 0
 
 
-def bench_input(artifact: Artifact, npy: Path | None) -> np.ndarray:
-    """The given .npy, else a real degraded photo (held-out synthetic pair) at the model's size."""
-    spec = artifact.manifest["model"]["inputs"][0]
+def bench_input(model: dict, npy: Path | None) -> np.ndarray:
+    """The given .npy, else a real degraded photo (held-out synthetic pair) at the model's size
+    (`model`: a manifest's model description)."""
+    spec = model["inputs"][0]
     if npy is not None:
         try:
             x = np.load(npy)
@@ -48,25 +49,31 @@ def bench_input(artifact: Artifact, npy: Path | None) -> np.ndarray:
     return reference_input(height, width).numpy().astype(spec["dtype"])
 
 
-def output_step(artifact: Artifact) -> float:
-    """One quantization step of the output (its Q/DQ scale); 1/255 for a float output."""
-    quant = artifact.manifest["model"]["outputs"][0].get("quant")
+def output_step(model: dict) -> float:
+    """One quantization step of the output (its Q/DQ scale in a manifest's model description);
+    1/255 for a float output."""
+    quant = model["outputs"][0].get("quant")
     return float(np.max(quant["scale"])) if quant else 1 / 255
 
 
 def onnx_reference(artifact: Artifact, onnx_path: Path | None, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
     model = artifact.manifest["model"]
     path = onnx_path or Path(model["path"])
     if not path.is_file():
         raise QatieError(f"{path}: the artifact's ONNX model is not there; pass it with --onnx")
     if sha256(path) != model["sha256"]:
         raise QatieError(f"{path}: not the ONNX model this artifact was built from (sha256 differs); pass it with --onnx")
+    return ort_reference(path, model["inputs"][0]["name"], x)
+
+
+def ort_reference(path: Path, input_name: str, x: np.ndarray) -> np.ndarray:
+    """ONNX Runtime with graph optimizations off: every node as the ONNX spec defines it."""
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return session.run(None, {model["inputs"][0]["name"]: x})[0]
+    return session.run(None, {input_name: x})[0]
 
 
 def pytorch_reference(checkpoint: Path, x: np.ndarray) -> np.ndarray:
@@ -102,7 +109,7 @@ def bench_on(device: Device, artifact: Artifact, x: np.ndarray, references: dict
     vm = relax.VirtualMachine(executable, dev)
     inputs = tvm.runtime.tensor(x, dev)
     got = vm["main"](inputs).numpy()
-    step = output_step(artifact)
+    step = output_step(artifact.manifest["model"])
     vm.set_input("main", inputs)
     for _ in range(timing.warmup):
         vm.invoke_stateful("main")

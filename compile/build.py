@@ -24,6 +24,7 @@ from compile.cpu_schedule import TunedKernels, build_with_default_schedules
 from compile.importer import LoadedModel, load_onnx, to_relax
 from compile.inspect_macs import count_conv_macs
 from compile.kernel_table import CaptureKernels
+from compile.pass_config import pass_config
 from compile.qdq_fold import FoldLog, fold_qdq_convs
 from compile.targets import TargetSpec
 
@@ -39,7 +40,7 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _io_description(model: LoadedModel) -> dict:
+def io_description(model: LoadedModel) -> dict:
     """Names, shapes, dtypes of inputs/outputs, and the Q/DQ parameters at the graph boundary."""
     inits = {i.name: numpy_helper.to_array(i) for i in model.proto.graph.initializer}
     graph = model.proto.graph
@@ -131,7 +132,7 @@ def build(onnx_path: Path, spec: TargetSpec, out: Path, input_shapes: dict | Non
     macs = count_conv_macs(mod)
     tuned = TunedKernels()
     capture = CaptureKernels()
-    with tvm.transform.PassContext(instruments=[capture]):
+    with tvm.transform.PassContext(instruments=[capture], config=pass_config(target)):
         executable = build_with_default_schedules(mod, target, database, tuned)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -145,7 +146,7 @@ def build(onnx_path: Path, spec: TargetSpec, out: Path, input_shapes: dict | Non
         executable.mod.imports[0].export_library(str(kernels), fcompile=cc.cross_compiler(compiler))
         sources = _emit_sources(executable, staging) if emit_source else []
         manifest = {
-            "model": {"path": str(onnx_path), "sha256": sha256(onnx_path), **_io_description(model)},
+            "model": {"path": str(onnx_path), "sha256": sha256(onnx_path), **io_description(model)},
             "target": {"name": spec.name, "tvm": json.loads(str(target)),
                        "rpc_key": spec.rpc_key, "threads": spec.threads, "compiler": compiler},
             "library": {"file": LIBRARY, "sha256": sha256(library)},

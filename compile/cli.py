@@ -185,31 +185,77 @@ def targets() -> None:
 @click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--target", "target_names", multiple=True, default=("mali-opencl", "adreno-opencl"), show_default=True,
               help="OpenCL target file(s) to generate kernels for.")
+@click.option("--run", "run_kernels", is_flag=True,
+              help="Also run every kernel on the OpenCL device and compare with the CPU build and ONNX Runtime.")
+@click.option("--input", "input_npy", type=click.Path(path_type=Path, dir_okay=False),
+              help="Input tensor as .npy for --run (default: a held-out photo at the model's size).")
 @input_shape_option
-def check_opencl_command(model: Path, target_names: tuple[str, ...], input_shapes: dict) -> None:
+def check_opencl_command(model: Path, target_names: tuple[str, ...], run_kernels: bool, input_npy: Path | None,
+                         input_shapes: dict) -> None:
     """Compile MODEL's OpenCL kernels with the local OpenCL compiler (e.g. PoCL); name any failure.
 
-    Proves the generated OpenCL C is valid; it does not run the kernels or check their numbers.
+    Without --run this proves the generated OpenCL C is valid. With --run every kernel also runs
+    on that device (PoCL: a CPU, no fp16, no GPU timing), is checked against the same kernel on
+    the CPU, and the model's output against ONNX Runtime and the CPU build, in output steps.
     """
+    import tvm
+
     from compile.build import load_and_fold
     from compile.cpu_schedule import build_with_default_schedules
     from compile.opencl_check import check_opencl, opencl_source
+    from compile.pass_config import pass_config
     from compile.targets import get_target
 
+    specs = [get_target(name) for name in target_names]
+    for spec in specs:
+        if spec.target.get("kind") != "opencl":
+            raise QatieError(f"target {spec.name} is not an OpenCL target")
+        spec.check_buildable()
+    if run_kernels:
+        passed = [_run_on_opencl(model, spec, input_shapes, input_npy) for spec in specs]
+        if not all(passed):
+            raise SystemExit(1)
+        return
     _, mod, _ = load_and_fold(model, input_shapes)
     failures = 0
-    for name in target_names:
-        spec = get_target(name)
-        if spec.target.get("kind") != "opencl":
-            raise QatieError(f"target {name} is not an OpenCL target")
-        spec.check_buildable()
-        result = check_opencl(opencl_source(build_with_default_schedules(mod, spec.tvm_target())))
-        click.echo(f"{name}: {len(result.kernels) - len(result.failed)}/{len(result.kernels)} kernels compile on {result.device}")
+    for spec in specs:
+        target = spec.tvm_target()
+        with tvm.transform.PassContext(config=pass_config(target)):
+            result = check_opencl(opencl_source(build_with_default_schedules(mod, target).mod))
+        click.echo(f"{spec.name}: {len(result.kernels) - len(result.failed)}/{len(result.kernels)} kernels compile "
+                   f"on {result.device}")
         for kernel, error in sorted(result.failed.items()):
             click.echo(f"  FAILED {kernel}: {error}")
         failures += len(result.failed)
     if failures:
         raise SystemExit(1)
+
+
+def _run_on_opencl(model: Path, spec, input_shapes: dict, input_npy: Path | None) -> bool:
+    """One target's `check-opencl --run` report; True when everything agrees."""
+    from compile.opencl_run import check_model_on_opencl
+
+    result = check_model_on_opencl(model, spec, input_shapes, input_npy)
+    compiled = result.run.compile_check
+    click.echo(f"{spec.name}: {len(compiled.kernels) - len(compiled.failed)}/{len(compiled.kernels)} kernels compile "
+               f"on {compiled.device}")
+    for kernel, error in sorted(compiled.failed.items()):
+        click.echo(f"  FAILED {kernel}: {error}")
+    if result.run.output is None:
+        return False
+    kernels = result.run.kernels.values()
+    agreeing = sum(k.agrees for k in kernels)
+    click.echo(f"{spec.name}: ran {len(result.run.call_order)} kernel calls; {agreeing}/{len(kernels)} kernels agree "
+               f"with the same kernel compiled for the CPU")
+    for kernel in kernels:
+        if not kernel.agrees:
+            first = " (first in call order)" if kernel is result.run.first_disagreeing else ""
+            click.echo(f"  DISAGREES {kernel.name}{first}: max integer diff {kernel.max_int_diff}, "
+                       f"max float diff {100 * kernel.max_float_rel_diff:.3g} % of range")
+    for name, agree in result.agreement.items():
+        click.echo(f"{spec.name}: output vs {name}: max {agree['max_steps']:.1f} steps, "
+                   f"{100 * agree['within_one_step']:.3f} % within 1 step, PSNR {agree['psnr_db']:.2f} dB")
+    return result.passed
 
 
 @main.command()
@@ -293,7 +339,7 @@ def bench(artifact: Path, tracker: str | None, key: str | None, local: bool, dev
     from compile.deploy_report import write_bench
 
     loaded, placement, timing = _deploy_context(artifact, tracker, key, local, device_timeout, repeats, warmup, min_ms)
-    x = bench_input(loaded, input_npy)
+    x = bench_input(loaded.manifest["model"], input_npy)
     references = {"onnxruntime": onnx_reference(loaded, onnx_path, x)}
     if ckpt:
         references["pytorch"] = pytorch_reference(ckpt, x)
@@ -315,7 +361,7 @@ def profile(artifact: Path, tracker: str | None, key: str | None, local: bool, d
     from compile.profile import profile_on
 
     loaded, placement, timing = _deploy_context(artifact, tracker, key, local, device_timeout, repeats, warmup, min_ms)
-    x = bench_input(loaded, input_npy)
+    x = bench_input(loaded.manifest["model"], input_npy)
     rows = run_everywhere(placement, lambda device: profile_on(device, loaded, x, timing),
                           lambda line: click.echo(line, err=True))
     report = {"command": _command_line(), "caption": _caption(loaded, placement, timing), "artifact": str(artifact),

@@ -23,9 +23,9 @@ class OpenCLCheck:
     failed: dict[str, str] = field(default_factory=dict)
 
 
-def opencl_source(executable) -> str:
-    """The OpenCL C of every OpenCL module imported by a Relax executable."""
-    sources, pending = [], list(executable.mod.imports)
+def opencl_source(module) -> str:
+    """The OpenCL C of every OpenCL module imported by a runtime module (an executable's `.mod`)."""
+    sources, pending = [], list(module.imports)
     while pending:
         module = pending.pop()
         pending.extend(module.imports)
@@ -35,8 +35,11 @@ def opencl_source(executable) -> str:
 
 
 def split_kernels(source: str) -> tuple[str, dict[str, str]]:
-    """(shared preamble, kernel name -> its source), first occurrence of each name kept."""
-    starts = [m.start() for m in _KERNEL.finditer(source)]
+    """(shared preamble, kernel name -> its definition), first definition of each name kept.
+
+    TVM declares every kernel at the top of the file (`__kernel void f(...);`); those
+    prototypes stay in the preamble and are not mistaken for the kernels themselves."""
+    starts = [m.start() for m in _KERNEL.finditer(source) if _is_definition(source, m.end())]
     if not starts:
         return source, {}
     preamble = source[: starts[0]]
@@ -48,7 +51,12 @@ def split_kernels(source: str) -> tuple[str, dict[str, str]]:
     return preamble, kernels
 
 
-def _context():
+def _is_definition(source: str, after: int) -> bool:
+    body, end = source.find("{", after), source.find(";", after)
+    return body != -1 and (end == -1 or body < end)
+
+
+def opencl_context():
     try:
         import pyopencl as cl
     except ImportError:
@@ -68,7 +76,7 @@ def _has_platforms(cl) -> bool:
 
 def check_opencl(source: str) -> OpenCLCheck:
     """Build the whole program; if that fails, build each kernel alone to name the failures."""
-    cl, ctx, device = _context()
+    cl, ctx, device = opencl_context()
     preamble, kernels = split_kernels(source)
     result = OpenCLCheck(device=f"{device.platform.name}: {device.name}", kernels=sorted(kernels))
     program = preamble + "\n".join(kernels.values())

@@ -214,7 +214,8 @@ def test_mali_and_adreno_kernels_compile_with_a_real_opencl_compiler(tiny_onnx):
 def test_opencl_check_names_the_kernel_that_fails():
     from compile.opencl_check import check_opencl
 
-    source = (
+    source = (  # TVM declares every kernel first; a declaration is not the kernel
+        "__kernel void good_kernel(__global float* x);\n__kernel void bad_kernel(__global float* x);\n"
         "__kernel void good_kernel(__global float* x) { x[get_global_id(0)] = 1.0f; }\n"
         "__kernel void bad_kernel(__global float* x) { x[0] = undefined_thing; }\n"
     )
