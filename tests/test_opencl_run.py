@@ -29,11 +29,11 @@ def test_shipped_model_runs_on_pocl_for_mali_and_adreno(shipped_onnx):
     result = run_console_script("qatie-compile", "check-opencl", shipped_onnx, "--run", timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
     for target in ("mali-opencl", "adreno-opencl"):
-        (kernels,) = re.findall(rf"^{target}: ran (\d+) kernel calls; (\d+)/(\d+) kernels agree", result.stdout, re.M)
+        (kernels,) = re.findall(rf"^{target}: ran (\d+) kernel calls; (\d+)/(\d+) kernels agree", result.stdout, re.MULTILINE)
         calls, agreeing, total = map(int, kernels)
         assert calls >= total > 30 and agreeing == total, result.stdout
         for reference in ("onnxruntime", "cpu build"):
-            (within,) = re.findall(rf"^{target}: output vs {reference}: max [\d.]+ steps, ([\d.]+) % within", result.stdout, re.M)
+            (within,) = re.findall(rf"^{target}: output vs {reference}: max [\d.]+ steps, ([\d.]+) % within", result.stdout, re.MULTILINE)
             assert float(within) >= 99.9, result.stdout
 
 
