@@ -104,6 +104,7 @@ def _remote_string(device: Device, name: str) -> str | None:
 
 def emulation_of(tracker: Tracker, key: str, timeout_s: float) -> str | None:
     """How the devices under `key` are emulated (our emulated devices say so), None for real ones."""
+    wait_for_devices(tracker, key, timeout_s)  # an unknown key or busy devices: the usual one-line errors
     device = request_device(tracker, key, timeout_s)
     try:
         return _remote_string(device, DEVICE_EMULATION) or None
