@@ -21,6 +21,7 @@ import tempfile
 
 from compile.arm64_runtime import SYSROOT, Arm64Runtime, require_tools
 from compile.rpc_devices import Tracker
+from qatie.errors import QatieError
 
 logger = logging.getLogger("qatie.emulate")
 
@@ -55,8 +56,10 @@ def serve(runtime: Arm64Runtime, qemu_cpu: str, tracker: Tracker, key: str, host
         with tempfile.TemporaryDirectory(prefix="qatie-emu-") as work_dir:
             fd = conn.fileno()
             try:
+                # In the session's own folder, like TVM's server: uploads and any core file of a
+                # crashed session go there and are removed with it.
                 result = subprocess.run(session_command(runtime, qemu_cpu, fd, work_dir), check=False, pass_fds=(fd,),
-                                        timeout=opts.get("timeout"))
+                                        cwd=work_dir, timeout=opts.get("timeout"))
                 outcome = describe_exit(result.returncode, qemu_cpu)
             except subprocess.TimeoutExpired:
                 outcome = f"killed after the client's {opts['timeout']:.0f} s session timeout"
@@ -65,7 +68,10 @@ def serve(runtime: Arm64Runtime, qemu_cpu: str, tracker: Tracker, key: str, host
 
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((host, port))
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        raise QatieError(f"cannot listen on {host}:{port} ({exc.strerror}); pass --port 0 for any free port") from None
     listener.listen(1)
     bound_port = listener.getsockname()[1]
     logger.info("emulated aarch64 device (%s) on %s:%d, key '%s' at tracker %s",

@@ -15,7 +15,7 @@ import pytest
 from compile.tuning_log import RECORDS
 from tests.conftest import assert_one_line_error, run_console_script
 from tests.qdq_models import float_conv_net, ort_quantized
-from tests.rpc_cluster import start_cluster
+from tests.rpc_cluster import free_port, start_cluster
 from tests.test_tune import FIRST_CONV
 
 A53_KEY, A76_KEY = "a53-emu", "a76-emu"
@@ -117,3 +117,10 @@ def test_tuning_over_an_emulated_device_is_plumbing_only(tiny_onnx, emulated, tm
     assert "measured under an emulator (qemu-aarch64 -cpu cortex-a53)" in result.stdout
     assert len((tmp_path / "logs" / RECORDS).read_text().splitlines()) >= 2
     assert json.loads((tmp_path / "curve.json").read_text())["emulated"] == "qemu-aarch64 -cpu cortex-a53"
+
+
+def test_emulator_start_errors_are_one_line(emulated):
+    dead = _compile("emulate", "arm64", "--tracker", f"127.0.0.1:{free_port()}")
+    assert_one_line_error(dead.stderr, dead.returncode, "unreachable")
+    taken = _compile("emulate", "arm64", "--tracker", emulated.address, "--port", emulated.port)
+    assert_one_line_error(taken.stderr, taken.returncode, f"cannot listen on 127.0.0.1:{emulated.port}", "--port 0")
