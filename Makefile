@@ -12,7 +12,7 @@ RPC_PORT ?= 9190
 RPC_KEY ?= demo-x86
 TRACKER := 127.0.0.1:$(RPC_PORT)
 
-.PHONY: setup test demo deploy clean
+.PHONY: setup test demo deploy offline-check clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -47,6 +47,28 @@ deploy: setup
 	  $(VENV)/bin/qatie-compile devices --tracker $(TRACKER); \
 	  $(VENV)/bin/qatie-compile bench $(OUT)/x86-host --tracker $(TRACKER) --key $(RPC_KEY) --ckpt $(CKPT); \
 	  $(VENV)/bin/qatie-compile profile $(OUT)/x86-host --tracker $(TRACKER) --key $(RPC_KEY) --min-ms 20'
+
+# Checking builds without a device (needs qemu-user, g++-aarch64-linux-gnu, pocl-opencl-icd):
+# the shipped model built for both ARM Linux targets and benched on emulated Cortex-A53/A76
+# devices through a local tracker, then its Mali/Adreno kernels run on PoCL.
+OFFLINE_SIZE ?= 64x64
+OFFLINE := $(OUT)/offline
+offline-check: setup
+	mkdir -p $(OFFLINE)
+	$(VENV)/bin/qatie export $(CKPT) --size $(OFFLINE_SIZE) -o $(OFFLINE)/qatie.onnx
+	$(VENV)/bin/qatie-compile --target arm64-linux $(OFFLINE)/qatie.onnx -o $(OFFLINE)/arm64-linux
+	$(VENV)/bin/qatie-compile --target arm64-linux-dotprod $(OFFLINE)/qatie.onnx -o $(OFFLINE)/arm64-linux-dotprod
+	@bash -c 'set -e; \
+	  $(VENV)/bin/qatie-compile rpc tracker --port $(RPC_PORT) > $(OFFLINE)/tracker.log 2>&1 & tracker=$$!; \
+	  trap "kill $$tracker" EXIT; \
+	  for i in $$(seq 60); do $(VENV)/bin/qatie-compile devices --tracker $(TRACKER) >/dev/null 2>&1 && break; sleep 1; done; \
+	  $(VENV)/bin/qatie-compile emulate arm64 --tracker $(TRACKER) --target arm64-linux > $(OFFLINE)/a53.log 2>&1 & a53=$$!; \
+	  $(VENV)/bin/qatie-compile emulate arm64 --tracker $(TRACKER) --target arm64-linux-dotprod > $(OFFLINE)/a76.log 2>&1 & a76=$$!; \
+	  trap "kill $$a53 $$a76 $$tracker" EXIT; \
+	  for i in $$(seq 120); do [ $$($(VENV)/bin/qatie-compile devices --tracker $(TRACKER) | grep -cE "^ +arm64-linux(-dotprod)?-emu +1 registered, 1 free") = 2 ] && break; sleep 1; done; \
+	  $(VENV)/bin/qatie-compile bench $(OFFLINE)/arm64-linux --tracker $(TRACKER) --key arm64-linux-emu --repeats 3; \
+	  $(VENV)/bin/qatie-compile bench $(OFFLINE)/arm64-linux-dotprod --tracker $(TRACKER) --key arm64-linux-dotprod-emu --repeats 3'
+	$(VENV)/bin/qatie-compile check-opencl $(OFFLINE)/qatie.onnx --run
 
 clean:
 	rm -rf $(OUT) .pytest_cache

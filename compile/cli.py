@@ -386,12 +386,32 @@ def _warn_if_public(host: str) -> None:
                    f"use a private network, SSH tunnel or `adb reverse`", err=True)
 
 
-def _exec_tvm(module: str, args: list[str], host: str) -> None:
-    import os
+def _stop_descendants_on_signal() -> None:
+    """SIGTERM/SIGINT end this command and every process under it.
+
+    TVM's tracker and server listen in `popen_worker` children that outlive their parent when
+    it is killed: a stopped tracker kept its port and answered the next run."""
+    import signal
+    import sys
+
+    import psutil
+
+    def stop(signum: int, _frame) -> None:
+        for process in psutil.Process().children(recursive=True):
+            process.kill()
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
+def _run_tvm(module: str, args: list[str], host: str) -> None:
+    import subprocess
     import sys
 
     _warn_if_public(host)
-    os.execv(sys.executable, [sys.executable, "-m", module, *args])
+    _stop_descendants_on_signal()
+    raise SystemExit(subprocess.call([sys.executable, "-m", module, *args]))
 
 
 @rpc.command()
@@ -399,7 +419,7 @@ def _exec_tvm(module: str, args: list[str], host: str) -> None:
 @click.option("--port", type=int, default=9190, show_default=True)
 def tracker(host: str, port: int) -> None:
     """Start an RPC tracker (python -m tvm.exec.rpc_tracker)."""
-    _exec_tvm("tvm.exec.rpc_tracker", ["--host", host, "--port", str(port), "--port-end", str(port + 1)], host)
+    _run_tvm("tvm.exec.rpc_tracker", ["--host", host, "--port", str(port), "--port-end", str(port + 1)], host)
 
 
 @rpc.command()
@@ -412,7 +432,7 @@ def server(tracker_address: str, key: str, host: str, port: int) -> None:
     from compile.rpc_devices import parse_tracker
 
     address = parse_tracker(tracker_address)
-    _exec_tvm("tvm.exec.rpc_server", ["--host", host, "--port", str(port), "--port-end", str(port + 100),
+    _run_tvm("tvm.exec.rpc_server", ["--host", host, "--port", str(port), "--port-end", str(port + 100),
                                       "--tracker", str(address), "--key", key], host)
 
 
@@ -449,8 +469,6 @@ def arm64(tracker_address: str, target_name: str, cpu: str | None, key: str | No
     tracker_summary(address)  # a dead tracker is a one-line error now, not a silent retry loop
     runtime = ensure_runtime(lambda line: click.echo(line, err=True))
     _warn_if_public(host)
+    _stop_descendants_on_signal()  # a session running under qemu ends with the device
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        serve(runtime, qemu_cpu, address, key or f"{spec.rpc_key or spec.name}-emu", host, port)
-    except KeyboardInterrupt:
-        pass
+    serve(runtime, qemu_cpu, address, key or f"{spec.rpc_key or spec.name}-emu", host, port)
