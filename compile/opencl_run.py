@@ -230,14 +230,15 @@ def run_on_opencl(mod: tvm.IRModule, target: tvm.target.Target, inputs: list[np.
         builder = relax.ExecBuilder()
         tir_mod = _filter_tir(_vmcodegen(builder, relaxed, "bytecode"))
         library = tvm.tirx.build(_auto_attach_system_lib_prefix(tir_mod, target, None), target=target)
-    result = OpenCLRun(check_opencl(opencl_source(library)))
+    source = opencl_source(library)
+    result = OpenCLRun(check_opencl(source))
     if result.compile_check.failed:
         return result
     launches = host_launches(capture.split)
     references = _cpu_references(capture.fused, set(launches))
     cl, ctx, _ = opencl_context()
     queue = cl.CommandQueue(ctx)
-    preamble, kernels = split_kernels(opencl_source(library))
+    preamble, kernels = split_kernels(source)
     program = cl.Program(ctx, preamble + "\n".join(kernels.values())).build()
     for name, function_launches in launches.items():
         result.kernels[name] = KernelCheck(name)
