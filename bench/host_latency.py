@@ -53,8 +53,9 @@ def main(ctx: click.Context, ckpt: Path, sizes: tuple[str, ...], thread_counts: 
          tuning_log: Path, curves: tuple[Path, ...], work: Path, out: Path) -> None:
     if ctx.invoked_subcommand:
         return
-    from compile.build import build
-    from compile.targets import get_target
+    from compile.backend.build import BuildOptions, build
+    from compile.backend.targets import get_target
+
     from qatie.checkpoint import load_checkpoint
     from qatie.export import export
 
@@ -68,10 +69,10 @@ def main(ctx: click.Context, ckpt: Path, sizes: tuple[str, ...], thread_counts: 
         qdq, fp32 = work / f"qatie-{size}.onnx", work / f"qatie-{size}-fp32.onnx"
         export(ckpt_data, height, width, qdq, fp32=False)
         export(ckpt_data, height, width, fp32, fp32=True)
-        untuned = build(qdq, get_target("x86-host"), work / f"x86-host-{size}-untuned", use_tuning=False)
-        tuned = build(qdq, get_target("x86-host"), work / f"x86-host-{size}-tuned", tuning_log=tuning_log)
-        builds[size] = {"kernels_tuned": tuned["tuning"]["kernels_tuned"], "kernels": tuned["tuning"]["kernels"],
-                        "integer_mac_fraction": untuned["integer"]["integer_mac_fraction"]}
+        untuned = build(qdq, get_target("x86-host"), work / f"x86-host-{size}-untuned", BuildOptions(use_tuning=False))
+        tuned = build(qdq, get_target("x86-host"), work / f"x86-host-{size}-tuned", BuildOptions(tuning_log=tuning_log))
+        builds[size] = {"kernels_tuned": tuned.tuning.kernels_tuned, "kernels": tuned.tuning.kernels,
+                        "integer_mac_fraction": untuned.integer.integer_mac_fraction}
 
     results = []
     for size in sizes:
@@ -111,13 +112,13 @@ def measure(ctx: click.Context, size: str, threads: int, repeats: int) -> None:
     from tvm import relax
 
     from qatie.checkpoint import build_model, load_checkpoint
-    from qatie.export import reference_input
     from qatie.quant.fake_quant import set_quant_mode
+    from qatie.references import reference_input
 
     work, ckpt = ctx.parent.params["work"], ctx.parent.params["ckpt"]
     height, width = (int(v) for v in size.split("x"))
-    x = reference_input(height, width)
-    x_np = x.numpy()
+    x_np = reference_input(height, width)
+    x = torch.from_numpy(x_np)
     torch.set_num_threads(threads)
     model = build_model(load_checkpoint(ckpt)).eval()
     set_quant_mode(model, "off")

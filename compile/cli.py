@@ -32,6 +32,10 @@ def parse_input_shapes(_ctx, param: click.Parameter, values: tuple[str, ...]) ->
     return shapes
 
 
+def _echo_err(line: str) -> None:
+    click.echo(line, err=True)
+
+
 input_shape_option = click.option(
     "--input-shape", "input_shapes", multiple=True, callback=parse_input_shapes,
     help="Fix a dynamic input, NAME:1x3xHxW (repeatable).",
@@ -58,21 +62,24 @@ def main() -> None:
 def build(model: Path, target_name: str, out: Path, input_shapes: dict, emit_source: bool,
           tuning_log: Path | None, no_tuning: bool) -> None:
     """Compile MODEL for a target: OUT/model.so and OUT/manifest.json."""
-    from compile.build import build as run_build
-    from compile.targets import get_target
+    from compile.backend.build import BuildOptions
+    from compile.backend.build import build as run_build
+    from compile.backend.targets import get_target
 
     if tuning_log and no_tuning:
         raise QatieError("--tuning-log and --no-tuning contradict each other; give one")
-    manifest = run_build(model, get_target(target_name), out, input_shapes, emit_source, tuning_log, not no_tuning)
-    integer, tuning = manifest["integer"], manifest["tuning"]
-    for line in tuning["repaired"]:
+    options = BuildOptions(input_shapes=input_shapes, emit_source=emit_source, tuning_log=tuning_log,
+                           use_tuning=not no_tuning)
+    manifest = run_build(model, get_target(target_name), out, options)
+    integer, tuning = manifest.integer, manifest.tuning
+    for line in tuning.repaired:
         click.echo(f"tuning log repaired: {line}", err=True)
-    source = f"tuned from {tuning['database']}" if tuning["database"] else "no tuning log"
+    source = f"tuned from {tuning.database}" if tuning.database else "no tuning log"
     click.echo(
-        f"{out}/model.so for {target_name}: {integer['integer_convs']} of "
-        f"{integer['integer_convs'] + integer['float_convs']} convs integer "
-        f"({100 * integer['integer_mac_fraction']:.1f} % of conv MACs), {tuning['kernels_tuned']} of "
-        f"{tuning['kernels']} kernels {source}, built in {manifest['build_seconds']} s"
+        f"{out}/model.so for {target_name}: {integer.integer_convs} of "
+        f"{integer.integer_convs + integer.float_convs} convs integer "
+        f"({100 * integer.integer_mac_fraction:.1f} % of conv MACs), {tuning.kernels_tuned} of "
+        f"{tuning.kernels} kernels {source}, built in {manifest.build_seconds} s"
     )
 
 
@@ -100,12 +107,13 @@ def tune(model: Path, target_name: str, trials: int, per_task: int | None, track
          log_dir: Path | None, device_timeout: float, builder_timeout: float, curve: Path | None,
          only: tuple[str, ...], population: int, input_shapes: dict) -> None:
     """Tune MODEL's integer kernels for a target with MetaSchedule (XGBoost cost model)."""
-    from compile.build import load_and_fold
-    from compile.rpc_devices import parse_tracker
-    from compile.targets import get_target
-    from compile.tune import TuneOptions, default_log_dir
-    from compile.tune import tune as run_tune
-    from compile.tune_report import print_report, write_curve
+    from compile.backend.targets import get_target
+    from compile.backend.tuning_db import default_log_dir
+    from compile.deploy.rpc import parse_tracker
+    from compile.frontend import load_and_fold
+    from compile.tuning.report import print_report, write_curve
+    from compile.tuning.tune import TuneOptions, refuse_emulator_timings_in_shipped_logs
+    from compile.tuning.tune import tune as run_tune
 
     spec = get_target(target_name)
     if key and not tracker:
@@ -113,10 +121,10 @@ def tune(model: Path, target_name: str, trials: int, per_task: int | None, track
     options = TuneOptions(trials=trials, per_task=per_task, tracker=parse_tracker(tracker) if tracker else None,
                           key=key, device_timeout_s=device_timeout, builder_timeout_s=builder_timeout,
                           population=population, only=only)
-    folder = log_dir or default_log_dir(spec)
+    folder = log_dir or default_log_dir(spec.name)
     emulated = None
     if options.tracker:
-        emulated = _refuse_emulator_timings_in_shipped_logs(options.tracker, key or spec.rpc_key or "",
+        emulated = refuse_emulator_timings_in_shipped_logs(options.tracker, key or spec.rpc_key or "",
                                                            device_timeout, folder)
     _, mod, _ = load_and_fold(model, input_shapes)
     report = run_tune(mod, spec, folder, options)
@@ -125,45 +133,37 @@ def tune(model: Path, target_name: str, trials: int, per_task: int | None, track
         write_curve(report, curve, model, spec.name, emulated)
 
 
-def _refuse_emulator_timings_in_shipped_logs(tracker, key: str, device_timeout: float, folder: Path) -> str | None:
-    """How the devices under `key` are emulated (None: real devices). Schedules picked by emulator
-    timings may serve plumbing tests, never the logs builds ship with."""
-    from compile.deploy import emulation_of
-    from compile.tune import DEFAULT_LOG_ROOT
-
-    emulation = emulation_of(tracker, key, device_timeout)
-    if emulation and folder.resolve().is_relative_to(DEFAULT_LOG_ROOT):
-        raise QatieError(f"devices under key '{key}' are emulated ({emulation}): their timings must not go into "
-                         f"{DEFAULT_LOG_ROOT}; pass --log-dir outside it to test tuning over them")
-    return emulation
-
-
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
 @input_shape_option
 def inspect(model: Path, input_shapes: dict) -> None:
-    """How many conv MACs run in integer arithmetic after QDQ folding, per target."""
-    from compile.build import load_and_fold
-    from compile.inspect_macs import count_conv_macs
-    from compile.targets import all_targets
+    """What runs in integer arithmetic after QDQ folding: conv MACs per target, every integer op,
+    and why each pattern left in float was not rewritten."""
+    from compile.backend.targets import all_targets
+    from compile.frontend import load_and_fold
+    from compile.frontend.inspect import integer_ops
 
     _, mod, log = load_and_fold(model, input_shapes)
-    macs = count_conv_macs(mod)
-    total = macs.integer_macs + macs.float_macs
+    ops = integer_ops(mod)
+    convs, total = ops.integer_convs + ops.float_convs, ops.integer_macs + ops.float_macs
     # Folding runs before any target-specific pass, so every target gets the same split.
     for spec in all_targets():
-        click.echo(
-            f"{spec.name:22s} integer convs {macs.integer_convs:3d}/{macs.integer_convs + macs.float_convs:<3d} "
-            f"integer MACs {macs.integer_macs:,}/{total:,} ({100 * macs.integer_fraction:.1f} %)"
-        )
-    for reason in sorted(set(log.skipped)):
-        click.echo(f"left in float: {log.skipped.count(reason)} conv(s): {reason}")
+        click.echo(f"{spec.name:22s} integer convs {ops.integer_convs:3d}/{convs:<3d} "
+                   f"integer MACs {ops.integer_macs:,}/{total:,} ({100 * ops.integer_fraction:.1f} %)")
+    click.echo("integer ops: " + ", ".join(f"{name.removeprefix('relax.')} {count}"
+                                            for name, count in sorted(ops.ops.items())))
+    click.echo("float islands: " + ", ".join(f"{name.removeprefix('relax.')} {count}"
+                                              for name, count in sorted(ops.boundaries.items())))
+    click.echo("rewrites applied: " + ", ".join(f"{name} {count}" for name, count in sorted(log.applied.items())))
+    for rewrite, reasons in log.reasons().items():
+        for reason, count in sorted(reasons.items()):
+            click.echo(f"not rewritten by {rewrite}: {count} match(es): {reason}")
 
 
 @main.command()
 def targets() -> None:
     """List the target files: TVM target, cross compiler (and whether it is installed), RPC key."""
-    from compile.targets import all_targets, targets_dir
+    from compile.backend.targets import all_targets, targets_dir
 
     rows = []
     for spec in all_targets():
@@ -200,15 +200,15 @@ def check_opencl_command(model: Path, target_names: tuple[str, ...], run_kernels
     """
     import tvm
 
-    from compile.build import load_and_fold
-    from compile.cpu_schedule import build_with_default_schedules
-    from compile.opencl_check import check_opencl, opencl_source
-    from compile.pass_config import pass_config
-    from compile.targets import get_target
+    from compile.backend.pass_config import pass_config
+    from compile.backend.schedules import build_with_default_schedules
+    from compile.backend.targets import get_target
+    from compile.frontend import load_and_fold
+    from compile.offline.opencl_check import check_opencl, opencl_source
 
     specs = [get_target(name) for name in target_names]
     for spec in specs:
-        if spec.target.get("kind") != "opencl":
+        if not spec.is_gpu:
             raise QatieError(f"target {spec.name} is not an OpenCL target")
         spec.check_buildable()
     if run_kernels:
@@ -233,7 +233,7 @@ def check_opencl_command(model: Path, target_names: tuple[str, ...], run_kernels
 
 def _run_on_opencl(model: Path, spec, input_shapes: dict, input_npy: Path | None) -> bool:
     """One target's `check-opencl --run` report; True when everything agrees."""
-    from compile.opencl_run import check_model_on_opencl
+    from compile.offline.opencl_run import check_model_on_opencl
 
     result = check_model_on_opencl(model, spec, input_shapes, input_npy)
     compiled = result.run.compile_check
@@ -253,8 +253,8 @@ def _run_on_opencl(model: Path, spec, input_shapes: dict, input_npy: Path | None
             click.echo(f"  DISAGREES {kernel.name}{first}: max integer diff {kernel.max_int_diff}, "
                        f"max float diff {100 * kernel.max_float_rel_diff:.3g} % of range")
     for name, agree in result.agreement.items():
-        click.echo(f"{spec.name}: output vs {name}: max {agree['max_steps']:.1f} steps, "
-                   f"{100 * agree['within_one_step']:.3f} % within 1 step, PSNR {agree['psnr_db']:.2f} dB")
+        click.echo(f"{spec.name}: output vs {name}: max {agree.max_steps:.1f} steps, "
+                   f"{100 * agree.within_one_step:.3f} % within 1 step, PSNR {agree.psnr_db:.2f} dB")
     return result.passed
 
 
@@ -262,7 +262,7 @@ def _run_on_opencl(model: Path, spec, input_shapes: dict, input_npy: Path | None
 @click.option("--tracker", required=True, help="RPC tracker HOST:PORT.")
 def devices(tracker: str) -> None:
     """The device keys an RPC tracker holds, with registered and free device counts."""
-    from compile.rpc_devices import device_counts, parse_tracker, tracker_summary
+    from compile.deploy.rpc import device_counts, parse_tracker, tracker_summary
 
     address = parse_tracker(tracker)
     counts = device_counts(tracker_summary(address))
@@ -272,7 +272,7 @@ def devices(tracker: str) -> None:
 
 
 def _placement_options(command):
-    """--tracker/--key or --local, shared by bench and profile."""
+    """--tracker/--key or --local, and the timing protocol, shared by bench and profile."""
     options = [
         click.argument("artifact", type=click.Path(path_type=Path, file_okay=False)),
         click.option("--tracker", help="RPC tracker HOST:PORT; run on every device under --key."),
@@ -284,6 +284,8 @@ def _placement_options(command):
         click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True, help="Untimed runs first."),
         click.option("--min-ms", type=click.IntRange(min=0), default=0, show_default=True,
                      help="Each timed run repeats the call until it lasts this long (for short kernels)."),
+        click.option("--threads", type=click.IntRange(min=0),
+                     help="Threads the library runs with on the device (default: the target's `threads`, 0 = all cores)."),
         click.option("--input", "input_npy", type=click.Path(path_type=Path, dir_okay=False),
                      help="Input tensor as .npy (default: a held-out photo at the model's size)."),
         click.option("-o", "--out", type=click.Path(path_type=Path, file_okay=False),
@@ -294,36 +296,6 @@ def _placement_options(command):
     return command
 
 
-def _deploy_context(artifact_dir: Path, tracker: str | None, key: str | None, local: bool, device_timeout: float,
-                    repeats: int, warmup: int, min_ms: int):
-    from compile.artifact import load_artifact
-    from compile.bench import Timing
-    from compile.deploy import Placement
-    from compile.rpc_devices import parse_tracker
-
-    if local == bool(tracker):
-        raise QatieError("give either --local or --tracker HOST:PORT (with --key)")
-    artifact = load_artifact(artifact_dir)
-    placement = Placement(None, None) if local else Placement(
-        parse_tracker(tracker), key or artifact.manifest["target"]["rpc_key"] or "", device_timeout)
-    if placement.tracker and not placement.key:
-        raise QatieError(f"target {artifact.target_name} has no rpc_key; pass --key")
-    return artifact, placement, Timing(warmup, repeats, min_ms)
-
-
-def _command_line() -> str:
-    import shlex
-    import sys
-
-    return "qatie-compile " + shlex.join(sys.argv[1:])
-
-
-def _caption(artifact, placement, timing) -> str:
-    return (f"{artifact.folder} ({artifact.target_name}, {artifact.manifest['tuning']['kernels_tuned']} of "
-            f"{artifact.manifest['tuning']['kernels']} kernels tuned) on {placement.where}; {timing.warmup} warm-up "
-            f"runs, {timing.repeats} timed runs (each >= {timing.min_ms:g} ms)")
-
-
 @main.command()
 @_placement_options
 @click.option("--onnx", "onnx_path", type=click.Path(path_type=Path, dir_okay=False),
@@ -331,45 +303,51 @@ def _caption(artifact, placement, timing) -> str:
 @click.option("--ckpt", type=click.Path(path_type=Path, dir_okay=False),
               help="Also compare with the PyTorch QAT model of this checkpoint.")
 def bench(artifact: Path, tracker: str | None, key: str | None, local: bool, device_timeout: float, repeats: int,
-          warmup: int, min_ms: int, input_npy: Path | None, out: Path | None, onnx_path: Path | None,
-          ckpt: Path | None) -> None:
+          warmup: int, min_ms: int, threads: int | None, input_npy: Path | None, out: Path | None,
+          onnx_path: Path | None, ckpt: Path | None) -> None:
     """Run ARTIFACT on each device: output vs ONNX Runtime (and PyTorch), latency statistics."""
-    from compile.bench import bench_input, bench_on, onnx_reference, pytorch_reference
-    from compile.deploy import run_everywhere
-    from compile.deploy_report import write_bench
+    from compile.deploy.bench import bench_on, onnx_reference, pytorch_reference
+    from compile.deploy.deployment import Deployment
+    from compile.deploy.inputs import model_input
+    from compile.deploy.reports import BENCH_FORMATS, bench_table, write_report
+    from compile.deploy.timing import Timing
 
-    loaded, placement, timing = _deploy_context(artifact, tracker, key, local, device_timeout, repeats, warmup, min_ms)
-    x = bench_input(loaded.manifest["model"], input_npy)
+    deployment = Deployment.from_options(artifact, tracker, key, local, device_timeout,
+                                         Timing(warmup, repeats, min_ms), threads)
+    loaded = deployment.artifact
+    x = model_input(loaded.manifest.model.inputs[0], input_npy)
     references = {"onnxruntime": onnx_reference(loaded, onnx_path, x)}
     if ckpt:
         references["pytorch"] = pytorch_reference(ckpt, x)
-    rows = run_everywhere(placement, lambda device: bench_on(device, loaded, x, references, timing),
-                          lambda line: click.echo(line, err=True))
-    report = {"command": _command_line(), "caption": _caption(loaded, placement, timing), "artifact": str(artifact),
-              "devices": [{"device": name, **row} for name, row in rows]}
-    click.echo(write_bench(report, out or artifact / "reports"))
+    rows = deployment.run(lambda device: bench_on(device, loaded, x, references, deployment.timing, deployment.threads),
+                          _echo_err)
+    report = deployment.report(rows)
+    write_report(report, out or artifact / "reports", BENCH_FORMATS)
+    click.echo(bench_table(report))
 
 
 @main.command()
 @_placement_options
 def profile(artifact: Path, tracker: str | None, key: str | None, local: bool, device_timeout: float, repeats: int,
-            warmup: int, min_ms: int, input_npy: Path | None, out: Path | None) -> None:
+            warmup: int, min_ms: int, threads: int | None, input_npy: Path | None, out: Path | None) -> None:
     """Per-kernel time of ARTIFACT on each device: table, CSV, JSON, Chrome trace, PNG."""
-    from compile.bench import bench_input
-    from compile.deploy import run_everywhere
-    from compile.deploy_report import write_profile
-    from compile.profile import profile_on
+    from compile.deploy.deployment import Deployment
+    from compile.deploy.inputs import model_input
+    from compile.deploy.profile import profile_on
+    from compile.deploy.reports import PROFILE_FORMATS, profile_tables, write_report
+    from compile.deploy.timing import Timing
 
-    loaded, placement, timing = _deploy_context(artifact, tracker, key, local, device_timeout, repeats, warmup, min_ms)
-    x = bench_input(loaded.manifest["model"], input_npy)
-    rows = run_everywhere(placement, lambda device: profile_on(device, loaded, x, timing),
-                          lambda line: click.echo(line, err=True))
-    report = {"command": _command_line(), "caption": _caption(loaded, placement, timing), "artifact": str(artifact),
-              "call_order": loaded.manifest["kernels"]["call_order"],
-              "devices": [{"device": name, **row} for name, row in rows]}
+    deployment = Deployment.from_options(artifact, tracker, key, local, device_timeout,
+                                         Timing(warmup, repeats, min_ms), threads)
+    loaded = deployment.artifact
+    x = model_input(loaded.manifest.model.inputs[0], input_npy)
+    rows = deployment.run(lambda device: profile_on(device, loaded, x, deployment.timing, deployment.threads),
+                          _echo_err)
+    report = deployment.report(rows, call_order=loaded.manifest.kernels.call_order)
     folder = out or artifact / "reports"
-    click.echo(write_profile(report, folder))
-    click.echo(f"written: {folder}/profile.{{md,csv,json,trace.json,png}}")
+    written = write_report(report, folder, PROFILE_FORMATS)
+    click.echo(profile_tables(report))
+    click.echo(f"written: {', '.join(str(folder / name) for name in written)}")
 
 
 @main.group()
@@ -380,46 +358,14 @@ def rpc() -> None:
     """
 
 
-def _warn_if_public(host: str) -> None:
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        click.echo(f"warning: listening on {host}: anyone who reaches this port can run code on this machine; "
-                   f"use a private network, SSH tunnel or `adb reverse`", err=True)
-
-
-def _stop_descendants_on_signal() -> None:
-    """SIGTERM/SIGINT end this command and every process under it.
-
-    TVM's tracker and server listen in `popen_worker` children that outlive their parent when
-    it is killed: a stopped tracker kept its port and answered the next run."""
-    import signal
-    import sys
-
-    import psutil
-
-    def stop(signum: int, _frame) -> None:
-        for process in psutil.Process().children(recursive=True):
-            process.kill()
-        sys.exit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-
-
-def _run_tvm(module: str, args: list[str], host: str) -> None:
-    import subprocess
-    import sys
-
-    _warn_if_public(host)
-    _stop_descendants_on_signal()
-    raise SystemExit(subprocess.call([sys.executable, "-m", module, *args]))
-
-
 @rpc.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=9190, show_default=True)
 def tracker(host: str, port: int) -> None:
     """Start an RPC tracker (python -m tvm.exec.rpc_tracker)."""
-    _run_tvm("tvm.exec.rpc_tracker", ["--host", host, "--port", str(port), "--port-end", str(port + 1)], host)
+    from compile.deploy.servers import run_tvm_module, tracker_command
+
+    raise SystemExit(run_tvm_module(*tracker_command(host, port), host, _echo_err))
 
 
 @rpc.command()
@@ -429,11 +375,11 @@ def tracker(host: str, port: int) -> None:
 @click.option("--port", type=int, default=9090, show_default=True, help="First port to try.")
 def server(tracker_address: str, key: str, host: str, port: int) -> None:
     """Start an RPC server on this machine and register it (python -m tvm.exec.rpc_server)."""
-    from compile.rpc_devices import parse_tracker
+    from compile.deploy.rpc import parse_tracker
+    from compile.deploy.servers import run_tvm_module, server_command
 
     address = parse_tracker(tracker_address)
-    _run_tvm("tvm.exec.rpc_server", ["--host", host, "--port", str(port), "--port-end", str(port + 100),
-                                      "--tracker", str(address), "--key", key], host)
+    raise SystemExit(run_tvm_module(*server_command(str(address), key, host, port), host, _echo_err))
 
 
 @main.group()
@@ -456,10 +402,11 @@ def arm64(tracker_address: str, target_name: str, cpu: str | None, key: str | No
     """An aarch64 device under qemu-aarch64, registered with a tracker; serves until interrupted."""
     import logging
 
-    from compile.arm64_runtime import ensure_runtime
-    from compile.emulated_device import serve
-    from compile.rpc_devices import parse_tracker, tracker_summary
-    from compile.targets import get_target
+    from compile.backend.targets import get_target
+    from compile.deploy.rpc import parse_tracker, tracker_summary
+    from compile.deploy.servers import public_warning, stop_descendants_on_signal
+    from compile.offline.arm64_runtime import ensure_runtime
+    from compile.offline.emulator import serve
 
     spec = get_target(target_name)
     qemu_cpu = cpu or spec.qemu_cpu
@@ -467,8 +414,10 @@ def arm64(tracker_address: str, target_name: str, cpu: str | None, key: str | No
         raise QatieError(f"target {spec.name} has no qemu_cpu; pass --cpu (e.g. cortex-a53)")
     address = parse_tracker(tracker_address)
     tracker_summary(address)  # a dead tracker is a one-line error now, not a silent retry loop
-    runtime = ensure_runtime(lambda line: click.echo(line, err=True))
-    _warn_if_public(host)
-    _stop_descendants_on_signal()  # a session running under qemu ends with the device
+    runtime = ensure_runtime(_echo_err)
+    warning = public_warning(host)
+    if warning:
+        _echo_err(warning)
+    stop_descendants_on_signal()  # a session running under qemu ends with the device
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     serve(runtime, qemu_cpu, address, key or f"{spec.rpc_key or spec.name}-emu", host, port)

@@ -81,7 +81,8 @@ def info(width: int, size: tuple[int, int]) -> None:
 def train(out: Path, resume: bool, width: int, range_method: str, scales: str, **options) -> None:
     """FP32 pre-training then QAT fine-tuning; runs data-parallel under torchrun."""
     from qatie.model import ModelConfig
-    from qatie.train import TrainConfig, train as run_training
+    from qatie.train import TrainConfig
+    from qatie.train import train as run_training
 
     cfg = TrainConfig(model=ModelConfig(width=width, range_method=range_method, pow2_scales=scales == "pow2"), **options)
     last = run_training(cfg, out, resume)
@@ -99,7 +100,8 @@ def evaluate(checkpoint: Path, data: str, ptq_batches: int, json_out: Path | Non
     """PSNR/SSIM of FP32, PTQ int8 and QAT int8 on held-out pairs."""
     from dataclasses import asdict
 
-    from qatie.evaluate import evaluate as run_eval, format_table
+    from qatie.evaluate import evaluate as run_eval
+    from qatie.evaluate import format_table
 
     ckpt = _load(checkpoint)
     rows, meta = run_eval(ckpt, data, ptq_batches, png)
@@ -119,9 +121,11 @@ def evaluate(checkpoint: Path, data: str, ptq_batches: int, json_out: Path | Non
 def export(checkpoint: Path, size: tuple[int, int], out: Path, fp32: bool) -> None:
     """QDQ ONNX (opset 20, onnxsim-simplified), verified against ONNX Runtime."""
     from qatie.export import export as run_export
+    from qatie.references import WITHIN_ONE_STEP_REQUIRED
 
     convs, spec, fused = run_export(_load(checkpoint), size[0], size[1], out, fp32)
     kind = "float" if fp32 else "QDQ int8, every Conv input and weight through DequantizeLinear"
     click.echo(f"{out}: {convs} Conv ({kind})")
-    click.echo(f"  {spec} [ORT, graph optimizations off: ONNX operator semantics; required >= 99.9 %]")
-    click.echo(f"  {fused} [ORT default: its fused int8 kernels; reported only]")
+    click.echo(f"  ORT vs PyTorch: {spec} [ORT, graph optimizations off: ONNX operator semantics; "
+               f"required >= {100 * WITHIN_ONE_STEP_REQUIRED:g} %]")
+    click.echo(f"  ORT vs PyTorch: {fused} [ORT default: its fused int8 kernels; reported only]")

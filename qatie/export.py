@@ -5,7 +5,8 @@ translates `torch.fake_quantize_per_{tensor,channel}_affine` into QuantizeLinear
 DequantizeLinear carrying the frozen scale and zero-point buffers unchanged; torch.ao's fused
 fake-quant op, by contrast, has no ONNX translation. The graph is then given int8 weight
 initializers (`onnx_qdq.fold_weight_quantization`), simplified with onnxsim, checked with
-`onnx.checker`, and run in ONNX Runtime next to the PyTorch model before anything is written.
+`onnx.checker`, and run in ONNX Runtime next to the PyTorch model before anything is written
+(`qatie.references`: spec semantics required, ORT's default session reported).
 """
 
 from __future__ import annotations
@@ -14,51 +15,23 @@ import contextlib
 import io
 import logging
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
-import onnxruntime as ort
 import onnxsim
 import torch
-from PIL import Image
 
 from qatie.atomic import atomic_path
 from qatie.checkpoint import build_model
-from qatie.data.pairs import to_tensor
-from qatie.data.synthetic import synthetic_pairs
 from qatie.errors import QatieError
 from qatie.model import MIN_SIZE, QATIENet
 from qatie.onnx_qdq import check_conv_qdq, fold_weight_quantization
 from qatie.quant.fake_quant import set_quant_mode
 from qatie.quant.layout import IMAGE_SCALE
+from qatie.references import Agreement, agreement, ort_output, reference_input
 
 OPSET = 20
 INPUT_NAME, OUTPUT_NAME = "input", "output"
-PARITY_REQUIRED = 0.999
-
-
-@dataclass
-class ParityReport:
-    """How closely ONNX Runtime reproduces the PyTorch model, in output quantization steps."""
-
-    elements: int
-    within_one_step: float
-    max_steps: float
-
-    def __str__(self) -> str:
-        return (
-            f"ORT vs PyTorch: {100 * self.within_one_step:.3f} % of {self.elements} outputs within "
-            f"1 output step (1/255); max {self.max_steps:.2f} steps"
-        )
-
-
-def reference_input(height: int, width: int) -> torch.Tensor:
-    """A real degraded photo (held-out synthetic pair) resized to H x W: realistic activations."""
-    img = synthetic_pairs("heldout")[0].inp
-    pil = Image.fromarray(np.round(img * 255).astype(np.uint8)).resize((width, height), Image.BILINEAR)
-    return to_tensor(np.asarray(pil, dtype=np.float32) / 255.0)
 
 
 def export_model(model: QATIENet, height: int, width: int) -> onnx.ModelProto:
@@ -84,26 +57,17 @@ def export_model(model: QATIENet, height: int, width: int) -> onnx.ModelProto:
     return simplified
 
 
-def ort_parity(proto: onnx.ModelProto, model: QATIENet, x: torch.Tensor, fused: bool) -> ParityReport:
-    """Compare ORT with the PyTorch model on `x`.
-
-    `fused=False` disables ORT's graph optimizations, so every node runs as the ONNX spec defines
-    it: this checks that the file means what training simulated. `fused=True` is ORT's default,
-    which replaces QDQ groups with its own integer kernels (QLinearConv, QLinearAdd, ...) whose
-    rounding differs; that figure is reported, not required.
-    """
-    options = ort.SessionOptions()
-    if not fused:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    got = session.run(None, {INPUT_NAME: x.numpy()})[0]
+def ort_parity(proto: onnx.ModelProto, model: QATIENet, x: torch.Tensor, spec_semantics: bool) -> Agreement:
+    """ONNX Runtime on the exported graph vs the PyTorch model on `x`, in output steps: with spec
+    semantics this checks that the file means what training simulated (required); ORT's default
+    session is reported only."""
+    got = ort_output(proto.SerializeToString(), x.numpy(), spec_semantics)
     with torch.no_grad():
         want = model(x).numpy()
-    steps = np.abs(got - want) / IMAGE_SCALE
-    return ParityReport(int(steps.size), float(np.mean(steps <= 1.0 + 1e-3)), float(steps.max()))
+    return agreement(got, want, IMAGE_SCALE)
 
 
-def export(ckpt: dict, height: int, width: int, out: Path, fp32: bool) -> tuple[int, ParityReport, ParityReport]:
+def export(ckpt: dict, height: int, width: int, out: Path, fp32: bool) -> tuple[int, Agreement, Agreement]:
     """Export the QAT network (or the float one with `fp32`).
 
     Returns the Conv count and the parity against ORT as specified (required) and as fused by
@@ -119,10 +83,10 @@ def export(ckpt: dict, height: int, width: int, out: Path, fp32: bool) -> tuple[
         set_quant_mode(model, "frozen")
     proto = export_model(model, height, width)
     convs = sum(n.op_type == "Conv" for n in proto.graph.node) if fp32 else check_conv_qdq(proto)
-    x = reference_input(height, width)
-    report = ort_parity(proto, model, x, fused=False)
-    if report.within_one_step < PARITY_REQUIRED:
-        raise RuntimeError(f"export failed verification, nothing written: {report}")
+    x = torch.from_numpy(reference_input(height, width))
+    report = ort_parity(proto, model, x, spec_semantics=True)
+    if not report.passed:
+        raise RuntimeError(f"export failed verification, nothing written: ORT vs PyTorch: {report}")
     with atomic_path(out) as tmp:
         onnx.save(proto, tmp)
-    return convs, report, ort_parity(proto, model, x, fused=True)
+    return convs, report, ort_parity(proto, model, x, spec_semantics=False)

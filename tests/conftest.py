@@ -1,22 +1,59 @@
-"""Shared fixtures: one tiny trained checkpoint per session, and a CLI runner."""
+"""Shared fixtures (one tiny trained checkpoint, its ONNX export and its builds, once per
+session), the markers' tool checks, and `--fail-on-skip` for CI.
+
+Markers (pyproject.toml): `rpc` (a real tracker and servers on 127.0.0.1), `qemu` (an emulated
+aarch64 device), `pocl` (OpenCL kernels on PoCL), `tune` (MetaSchedule tuning), `cross` (an
+aarch64 cross compiler). A test whose tool is missing is skipped with the command that installs
+it; `.ci/run` passes `--fail-on-skip`, so CI fails instead of silently testing less.
+"""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import glob
+import importlib.util
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner, Result
 
-from qatie.cli import main
-from qatie.model import ModelConfig
+from compile.artifact import Manifest
 from qatie.train import TrainConfig, train
+from tests.helpers import TINY, run_compile
 
 torch.set_num_threads(1)
 
-TINY = dict(model=ModelConfig(width=4), patch=32, batch=2, fp32_steps=3, qat_steps=3, calib_batches=2, ckpt_every=2)
+ARM_TARGETS = ("arm64-linux", "arm64-linux-dotprod")
+APT = "apt-get install"
+# marker -> (is the tool there?, how to install it)
+TOOLS = {
+    "cross": (lambda: shutil.which("aarch64-linux-gnu-g++"), f"{APT} g++-aarch64-linux-gnu"),
+    "qemu": (lambda: shutil.which("qemu-aarch64") and shutil.which("aarch64-linux-gnu-g++"),
+             f"{APT} qemu-user g++-aarch64-linux-gnu"),
+    "pocl": (lambda: glob.glob("/etc/OpenCL/vendors/*.icd") and importlib.util.find_spec("pyopencl"),
+             f"{APT} pocl-opencl-icd ocl-icd-opencl-dev && pip install pyopencl"),
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--fail-on-skip", action="store_true",
+                     help="Fail the run if any test was skipped (CI: a missing tool is a failure, not less testing).")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    missing = {marker: install for marker, (present, install) in TOOLS.items() if not present()}
+    for item in items:
+        for marker, install in missing.items():
+            if marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=f"needs the '{marker}' tools: {install}"))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    if session.config.getoption("--fail-on-skip") and skipped and exitstatus == 0:
+        reporter.write_line(f"--fail-on-skip: {len(skipped)} test(s) skipped; install what they name", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")
@@ -38,32 +75,24 @@ def tiny_onnx(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory):
     return out, convs, spec, fused
 
 
-def run_cli(*args: str) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args])
+@pytest.fixture(scope="session")
+def tiny_x86(tiny_onnx, tmp_path_factory) -> tuple[Path, Manifest]:
+    """The tiny model built for x86-host, untuned, with its kernel sources: (folder, manifest)."""
+    from compile.backend.build import BuildOptions, build
+    from compile.backend.targets import get_target
+
+    out = tmp_path_factory.mktemp("x86") / "x86-host"
+    manifest = build(tiny_onnx[0], get_target("x86-host"), out, BuildOptions(emit_source=True, use_tuning=False))
+    return out, manifest
 
 
-def run_console(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """The installed `qatie` entry point as a user runs it (real process, real exit code)."""
-    return subprocess.run(
-        [sys.executable, "-m", "qatie", *map(str, args)],
-        capture_output=True, text=True, timeout=timeout,
-    )
-
-
-def console_script(script: str) -> str:
-    """Path of an installed console script (`qatie-compile`, ...) in this interpreter's environment."""
-    return str(Path(sys.executable).parent / script)
-
-
-def run_console_script(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run an installed console script as a user does (real process, real exit code)."""
-    return subprocess.run([console_script(script), *map(str, args)], capture_output=True, text=True, timeout=timeout)
-
-
-def assert_one_line_error(stderr: str, returncode: int, *needles: str) -> None:
-    lines = [line for line in stderr.strip().splitlines() if line.strip()]
-    assert returncode == 2, stderr
-    assert "Traceback" not in stderr, stderr
-    assert len(lines) == 1 or lines[-1].startswith("Error:"), stderr
-    for needle in needles:
-        assert needle in stderr, (needle, stderr)
+@pytest.fixture(scope="session")
+def tiny_arm(tiny_onnx, tmp_path_factory) -> dict[str, Path]:
+    """The tiny model built for both ARM Linux targets with `qatie-compile`."""
+    if not TOOLS["cross"][0]():
+        pytest.skip(f"needs the 'cross' tools: {TOOLS['cross'][1]}")
+    folder = tmp_path_factory.mktemp("arm")
+    for target in ARM_TARGETS:
+        result = run_compile("--target", target, tiny_onnx[0], "-o", folder / target)
+        assert result.returncode == 0, result.stderr
+    return {target: folder / target for target in ARM_TARGETS}

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qatie.errors import QatieError
-from tests.conftest import console_script
+from tests.helpers import console_script
 
 KEY = "qatie-test"
 REGISTER_TIMEOUT_S = 90
@@ -45,7 +45,7 @@ class Cluster:
         return f"127.0.0.1:{self.port}"
 
     def free(self, key: str = KEY) -> int:
-        from compile.rpc_devices import Tracker, device_counts, tracker_summary
+        from compile.deploy.rpc import Tracker, device_counts, tracker_summary
 
         try:
             return device_counts(tracker_summary(Tracker("127.0.0.1", self.port))).get(key, (0, 0))[1]
@@ -53,7 +53,7 @@ class Cluster:
             return 0
 
     def tracker_up(self) -> bool:
-        from compile.rpc_devices import Tracker, tracker_summary
+        from compile.deploy.rpc import Tracker, tracker_summary
 
         try:
             tracker_summary(Tracker("127.0.0.1", self.port))

@@ -1,5 +1,6 @@
 import pytest
-from conftest import assert_one_line_error, run_console
+
+from tests.helpers import assert_one_line_error, run_console
 
 
 @pytest.mark.parametrize(

@@ -1,53 +1,32 @@
 """Compiler tests: import, integer folding, numerics against ONNX Runtime, builds, errors."""
 
-import json
 import shutil
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import tvm
-from conftest import assert_one_line_error
 from onnx import helper
-from qdq_models import float_conv_net, ort_quantized
 from tvm import relax
 
-from compile.build import sha256
-from compile.cpu_schedule import build_with_default_schedules
-from compile.importer import load_onnx, to_relax
-from compile.inspect_macs import count_conv_macs
-from compile.qdq_fold import fold_qdq_convs
-from compile.targets import all_targets, get_target
+from compile.artifact import Manifest, sha256
+from compile.backend.schedules import build_with_default_schedules
+from compile.backend.targets import all_targets, get_target
+from compile.frontend.fold import fold_qdq
+from compile.frontend.inspect import integer_ops
+from compile.frontend.onnx_loader import load_onnx, to_relax
+from qatie.references import WITHIN_ONE_STEP_REQUIRED, ort_output
+from tests.helpers import assert_one_line_error, run_compile
+from tests.qdq_models import float_conv_net, ort_quantized
 
 # An FMA-capable x86 target: float contraction is on, so any float rounding difference shows.
 FMA_TARGET = {"kind": "llvm", "mcpu": "haswell"}
-
-
-def _ort_reference(proto: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    """ONNX Runtime with graph optimizations off: each node as the ONNX spec defines it."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
 def _run_tvm(mod: tvm.IRModule, x: np.ndarray, target: dict) -> np.ndarray:
     """Built as `qatie-compile` builds: with the default CPU schedules."""
     vm = relax.VirtualMachine(build_with_default_schedules(mod, tvm.target.Target(target)), tvm.cpu())
     return vm["main"](tvm.runtime.tensor(x)).numpy()
-
-
-def _int8_op_counts(mod: tvm.IRModule) -> dict[str, int]:
-    """How many calls of each op produce an int8/uint8 tensor."""
-    counts: dict[str, int] = {}
-
-    def visit(expr):
-        if isinstance(expr, relax.Call) and hasattr(expr.op, "name") and str(getattr(expr.ty, "dtype", "")) in ("int8", "uint8"):
-            counts[expr.op.name] = counts.get(expr.op.name, 0) + 1
-
-    relax.analysis.post_order_visit(mod["main"], visit)
-    return counts
 
 
 def _output_scale(proto: onnx.ModelProto) -> float:
@@ -65,60 +44,57 @@ def ort_qdq(tmp_path_factory):
 
 def test_qatie_model_folds_to_100_percent_integer_and_matches_ort_exactly(tiny_onnx):
     model = load_onnx(tiny_onnx[0])
-    folded, log = fold_qdq_convs(to_relax(model))
-    macs = count_conv_macs(folded)
-    assert log.folded == macs.integer_convs == 35 and macs.float_convs == 0 and not log.skipped
-    assert macs.integer_fraction == 1.0
-    int8_ops = _int8_op_counts(folded)
+    folded, log = fold_qdq(to_relax(model))
+    ops = integer_ops(folded)
+    assert log.applied["integer-conv"] == ops.integer_convs == 35 and ops.float_convs == 0
+    assert "integer-conv" not in log.skipped
+    assert ops.integer_fraction == 1.0
     # max-pool, the 3 nearest resizes, the 5 shared-quantizer concats and the 4 tanh (as tables)
-    assert int8_ops["relax.nn.max_pool2d"] == 1 and int8_ops["relax.image.resize2d"] == 3
-    assert int8_ops["relax.concat"] == 5 and int8_ops["relax.take"] == 4
+    assert ops.ops["relax.nn.max_pool2d"] == 1 and ops.ops["relax.image.resize2d"] == 3
+    assert ops.ops["relax.concat"] == 5 and ops.ops["relax.take"] == 4
     x = np.random.default_rng(0).random((1, 3, 40, 36), dtype=np.float32)
-    steps = np.abs(_run_tvm(folded, x, FMA_TARGET) - _ort_reference(model.proto, x)) / _output_scale(model.proto)
+    want = ort_output(model.proto.SerializeToString(), x)
+    steps = np.abs(_run_tvm(folded, x, FMA_TARGET) - want) / _output_scale(model.proto)
     # power-of-two scales: integer kernels and the QDQ float definition agree bit for bit
     assert steps.max() == 0.0
 
 
 def test_ort_quantize_static_model_uint8_per_channel_matches_ort(ort_qdq):
     model = load_onnx(ort_qdq)
-    folded, log = fold_qdq_convs(to_relax(model))
-    assert log.folded == 3 and not log.skipped  # 3x3, depthwise stride 2, 1x1; uint8 activations
+    folded, log = fold_qdq(to_relax(model))
+    # 3x3, depthwise stride 2, 1x1; uint8 activations
+    assert log.applied["integer-conv"] == 3 and "integer-conv" not in log.skipped
     x = np.random.default_rng(5).random((1, 3, 24, 24), dtype=np.float32)
-    steps = np.abs(_run_tvm(folded, x, FMA_TARGET) - _ort_reference(model.proto, x)) / _output_scale(model.proto)
-    assert np.mean(steps <= 1.0 + 1e-3) >= 0.999, steps.max()
+    want = ort_output(model.proto.SerializeToString(), x)
+    steps = np.abs(_run_tvm(folded, x, FMA_TARGET) - want) / _output_scale(model.proto)
+    assert np.mean(steps <= 1.0 + 1e-3) >= WITHIN_ONE_STEP_REQUIRED, steps.max()
 
 
-def test_build_x86_host_writes_loadable_library_and_manifest(tiny_onnx, tmp_path):
-    from compile.build import build
-
-    out = tmp_path / "art"
-    manifest = build(tiny_onnx[0], get_target("x86-host"), out, emit_source=True)
+def test_build_x86_host_writes_loadable_library_and_manifest(tiny_onnx, tiny_x86):
+    out, manifest = tiny_x86
     assert sorted(p.name for p in out.iterdir()) == ["kernels.s", "kernels.so", "manifest.json", "model.so"]
-    on_disk = json.loads((out / "manifest.json").read_text())
+    on_disk = Manifest.model_validate_json((out / "manifest.json").read_text())
     assert on_disk == manifest
-    assert on_disk["library"]["sha256"] == sha256(out / "model.so")
-    assert on_disk["kernel_library"]["sha256"] == sha256(out / "kernels.so")
-    table = on_disk["kernels"]
-    assert sum(k["calls"] for k in table["kernels"]) == len(table["call_order"])
+    assert on_disk.library.sha256 == sha256(out / "model.so")
+    assert on_disk.kernel_library.sha256 == sha256(out / "kernels.so")
+    table = on_disk.kernels
+    assert sum(k.calls for k in table.kernels) == len(table.call_order)
     # the kernel table's MACs are the conv MACs (plus InstanceNorm's squared sums)
-    assert sum(k["macs"] * k["calls"] for k in table["kernels"]) >= on_disk["integer"]["integer_macs"]
-    assert on_disk["model"]["sha256"] == sha256(tiny_onnx[0])
-    assert on_disk["model"]["inputs"][0]["shape"] == [1, 3, 40, 36]
-    assert on_disk["model"]["inputs"][0]["quant"]["zero_point"] == -128
-    assert on_disk["integer"]["integer_mac_fraction"] == 1.0
-    assert on_disk["tvm_version"] == tvm.__version__
+    assert sum(k.macs * k.calls for k in table.kernels) >= on_disk.integer.integer_macs
+    assert on_disk.model.sha256 == sha256(tiny_onnx[0])
+    assert on_disk.model.inputs[0].shape == [1, 3, 40, 36]
+    assert on_disk.model.inputs[0].quant.zero_point == -128
+    assert on_disk.integer.integer_mac_fraction == 1.0
+    assert on_disk.tvm_version == tvm.__version__
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(out / "model.so")), tvm.cpu())
     x = np.random.default_rng(3).random((1, 3, 40, 36), dtype=np.float32)
     got = vm["main"](tvm.runtime.tensor(x)).numpy()
-    assert np.array_equal(got, _ort_reference(onnx.load(tiny_onnx[0]), x))
+    assert np.array_equal(got, ort_output(tiny_onnx[0], x))
 
 
-def test_arm64_linux_library_is_really_cross_compiled(tiny_onnx, tmp_path):
-    from compile.build import build
-
-    assert shutil.which("aarch64-linux-gnu-g++"), "install g++-aarch64-linux-gnu (.ci/run does)"
-    build(tiny_onnx[0], get_target("arm64-linux"), tmp_path / "arm")
-    header = (tmp_path / "arm" / "model.so").read_bytes()[:20]
+@pytest.mark.cross
+def test_arm64_linux_library_is_really_cross_compiled(tiny_arm):
+    header = (tiny_arm["arm64-linux"] / "model.so").read_bytes()[:20]
     assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
 
 
@@ -180,29 +156,32 @@ def _broken_models(tiny_onnx, folder):
 
 
 def test_malformed_onnx_is_one_line_exit_2_and_leaves_no_artifact(tiny_onnx, tmp_path):
-    from conftest import run_console_script
-
     for name, needles in _broken_models(tiny_onnx, tmp_path).items():
         out = tmp_path / f"out-{name}"
-        result = run_console_script("qatie-compile", "--target", "x86-host", tmp_path / name, "-o", out)
+        result = run_compile("--target", "x86-host", tmp_path / name, "-o", out)
         assert_one_line_error(result.stderr, result.returncode, name, *needles)
         assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
 
 def test_inspect_reports_integer_mac_fraction_per_target(tiny_onnx):
-    from conftest import run_console_script
-
-    result = run_console_script("qatie-compile", "inspect", tiny_onnx[0])
+    result = run_compile("inspect", tiny_onnx[0])
     assert result.returncode == 0, result.stderr
+    names = {spec.name for spec in all_targets()}
     lines = result.stdout.strip().splitlines()
-    assert len(lines) == len(all_targets())
-    assert all("(100.0 %)" in line and "35/35" in line for line in lines)
+    per_target = [line for line in lines if line.split()[0] in names]
+    assert len(per_target) == len(all_targets())
+    assert all("(100.0 %)" in line and "35/35" in line for line in per_target)
+    # every integer op, the float islands, and each rewrite with why it left matches float
+    (integer,) = [line for line in lines if line.startswith("integer ops: ")]
+    assert "conv2d 35" in integer and "max_pool2d 1" in integer and "take 4" in integer
+    assert any(line.startswith("float islands: ") for line in lines)
+    assert "rewrites applied: exact-int8" in result.stdout and "integer-conv 35" in result.stdout
+    assert "not rewritten by exact-int8:" in result.stdout
 
 
+@pytest.mark.pocl
 def test_mali_and_adreno_kernels_compile_with_a_real_opencl_compiler(tiny_onnx):
-    from conftest import run_console_script
-
-    result = run_console_script("qatie-compile", "check-opencl", tiny_onnx[0])
+    result = run_compile("check-opencl", tiny_onnx[0])
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.strip().splitlines()
     assert [line.split(":")[0] for line in lines] == ["mali-opencl", "adreno-opencl"]
@@ -211,8 +190,9 @@ def test_mali_and_adreno_kernels_compile_with_a_real_opencl_compiler(tiny_onnx):
         assert done == total and int(total) > 30 and "Portable Computing Language" in line
 
 
+@pytest.mark.pocl
 def test_opencl_check_names_the_kernel_that_fails():
-    from compile.opencl_check import check_opencl
+    from compile.offline.opencl_check import check_opencl
 
     source = (  # TVM declares every kernel first; a declaration is not the kernel
         "__kernel void good_kernel(__global float* x);\n__kernel void bad_kernel(__global float* x);\n"
@@ -225,9 +205,7 @@ def test_opencl_check_names_the_kernel_that_fails():
 
 
 def test_adreno_texture_target_refuses_to_build(tiny_onnx, tmp_path):
-    from conftest import run_console_script
-
     out = tmp_path / "tex"
-    result = run_console_script("qatie-compile", "--target", "adreno-opencl-texture", tiny_onnx[0], "-o", out)
+    result = run_compile("--target", "adreno-opencl-texture", tiny_onnx[0], "-o", out)
     assert_one_line_error(result.stderr, result.returncode, "adreno-opencl-texture refuses to build", "adreno-opencl")
     assert not out.exists()

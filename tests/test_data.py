@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import torch
-from conftest import assert_one_line_error, run_console
 from PIL import Image
 
 from qatie.data import load_pairs
@@ -10,6 +9,7 @@ from qatie.data.paired_folder import paired_folder
 from qatie.data.pairs import sample_patches
 from qatie.data.synthetic import HELDOUT_IMAGES, TRAIN_IMAGES, synthetic_pairs
 from qatie.errors import QatieError
+from tests.helpers import assert_one_line_error, run_console
 
 
 def _write(path, value, size=(24, 20)):

@@ -13,27 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import (
-    assert_one_line_error,
-    console_script,
-    run_console,
-    run_console_script,
-)
+from qatie.references import WITHIN_ONE_STEP_REQUIRED
+from tests.helpers import assert_one_line_error, console_script, run_compile, run_console
 from tests.rpc_cluster import KEY, free_port, start_cluster
 
 PROFILE_TOLERANCE = 0.15
 
 
-def _compile(*args) -> subprocess.CompletedProcess:
-    return run_console_script("qatie-compile", *args)
-
-
 @pytest.fixture(scope="module")
-def artifact(tiny_onnx, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("artifact") / "x86-host"
-    result = _compile("--target", "x86-host", tiny_onnx[0], "-o", out, "--no-tuning")
-    assert result.returncode == 0, result.stderr
-    return out
+def artifact(tiny_x86) -> Path:
+    return tiny_x86[0]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +33,7 @@ def artifact_256(tiny_ckpt, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("artifact256")
     exported = run_console("export", tiny_ckpt, "--size", "256x256", "-o", folder / "tiny256.onnx")
     assert exported.returncode == 0, exported.stderr
-    result = _compile("--target", "x86-host", folder / "tiny256.onnx", "-o", folder / "x86-host", "--no-tuning")
+    result = run_compile("--target", "x86-host", folder / "tiny256.onnx", "-o", folder / "x86-host", "--no-tuning")
     assert result.returncode == 0, result.stderr
     return folder / "x86-host"
 
@@ -56,10 +45,11 @@ def cluster(tmp_path_factory):
     cluster.stop()
 
 
+@pytest.mark.rpc
 def test_bench_gives_one_matching_row_per_device(artifact, cluster, tiny_ckpt, tmp_path):
-    listed = _compile("devices", "--tracker", cluster.address)
+    listed = run_compile("devices", "--tracker", cluster.address)
     assert "2 registered, 2 free" in listed.stdout, listed.stdout
-    result = _compile("bench", artifact, "--tracker", cluster.address, "--key", KEY, "--repeats", 5,
+    result = run_compile("bench", artifact, "--tracker", cluster.address, "--key", KEY, "--repeats", 5,
                       "--ckpt", tiny_ckpt, "-o", tmp_path)
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "bench.json").read_text())
@@ -67,16 +57,17 @@ def test_bench_gives_one_matching_row_per_device(artifact, cluster, tiny_ckpt, t
     assert len(devices) == 2, devices  # each server measured, not one twice
     for row in report["devices"]:
         assert row["latency"]["repeats"] == 5 and 0 < row["latency"]["min_ms"] <= row["latency"]["median_ms"]
-        assert row["agreement"]["onnxruntime"]["within_one_step"] >= 0.999, row
-        assert row["agreement"]["pytorch"]["within_one_step"] >= 0.999, row
+        assert row["agreement"]["onnxruntime"]["within_one_step"] >= WITHIN_ONE_STEP_REQUIRED, row
+        assert row["agreement"]["pytorch"]["within_one_step"] >= WITHIN_ONE_STEP_REQUIRED, row
     assert result.stdout.startswith("`qatie-compile bench "), result.stdout  # the command comes with the numbers
     for log in cluster.server_logs:
         assert "load_module" in log.read_text()
 
 
+@pytest.mark.rpc
 def test_profile_over_rpc_adds_up_to_end_to_end(artifact_256, cluster, tmp_path):
     artifact = artifact_256
-    result = _compile("profile", artifact, "--tracker", cluster.address, "--key", KEY, "--repeats", 5,
+    result = run_compile("profile", artifact, "--tracker", cluster.address, "--key", KEY, "--repeats", 5,
                       "--min-ms", 5, "-o", tmp_path)
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "profile.json").read_text())
@@ -95,14 +86,15 @@ def test_profile_over_rpc_adds_up_to_end_to_end(artifact_256, cluster, tmp_path)
 
 
 def test_local_profile_and_bench(artifact, tmp_path):
-    result = _compile("bench", artifact, "--local", "--repeats", 3, "-o", tmp_path)
+    result = run_compile("bench", artifact, "--local", "--repeats", 3, "-o", tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "bench.json").read_text())["devices"][0]["device"] == "local"
 
 
+@pytest.mark.rpc
 def test_dead_tracker_is_a_quick_one_line_error(artifact):
     started = time.monotonic()
-    result = _compile("bench", artifact, "--tracker", f"127.0.0.1:{free_port()}", "--key", KEY)
+    result = run_compile("bench", artifact, "--tracker", f"127.0.0.1:{free_port()}", "--key", KEY)
     assert_one_line_error(result.stderr, result.returncode, "unreachable")
     assert time.monotonic() - started < 60
 
@@ -126,6 +118,7 @@ def _kill_first_server_mid_bench(cluster, artifact: Path, out: Path, *extra: str
     return process.returncode, stderr
 
 
+@pytest.mark.rpc
 def test_server_killed_mid_bench_is_retried_on_another_device(artifact, tmp_path):
     cluster = start_cluster(tmp_path / "rpc")
     try:
@@ -136,9 +129,11 @@ def test_server_killed_mid_bench_is_retried_on_another_device(artifact, tmp_path
     assert "retrying once on another device" in stderr
     report = json.loads((tmp_path / "bench.json").read_text())
     assert any("retry of" in row["device"] for row in report["devices"]), report["devices"]
-    assert all(row["agreement"]["onnxruntime"]["within_one_step"] >= 0.999 for row in report["devices"])
+    assert all(row["agreement"]["onnxruntime"]["within_one_step"] >= WITHIN_ONE_STEP_REQUIRED
+               for row in report["devices"])
 
 
+@pytest.mark.rpc
 def test_last_server_killed_mid_bench_is_a_clear_error(artifact, tmp_path):
     cluster = start_cluster(tmp_path / "rpc", servers=1)
     try:
@@ -150,11 +145,10 @@ def test_last_server_killed_mid_bench_is_a_clear_error(artifact, tmp_path):
     assert not (tmp_path / "bench.json").exists()
 
 
-def test_library_for_another_architecture_names_both(tiny_onnx, cluster, tmp_path):
-    out = tmp_path / "arm64"
-    built = _compile("--target", "arm64-linux", tiny_onnx[0], "-o", out)
-    assert built.returncode == 0, built.stderr
-    result = _compile("bench", out, "--tracker", cluster.address, "--key", KEY)
+@pytest.mark.rpc
+@pytest.mark.cross
+def test_library_for_another_architecture_names_both(tiny_arm, cluster):
+    result = run_compile("bench", tiny_arm["arm64-linux"], "--tracker", cluster.address, "--key", KEY)
     assert_one_line_error(result.stderr, result.returncode, "built for aarch64", "x86_64")
 
 
@@ -163,5 +157,5 @@ def test_library_not_matching_its_manifest_is_refused(artifact, tmp_path):
     shutil.copytree(artifact, tampered)
     with open(tampered / "model.so", "ab") as f:
         f.write(b"\0")
-    result = _compile("bench", tampered, "--local")
+    result = run_compile("bench", tampered, "--local")
     assert_one_line_error(result.stderr, result.returncode, "model.so", "does not match the manifest")

@@ -12,17 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compile.tuning_log import RECORDS
-from tests.conftest import assert_one_line_error, run_console_script
+from compile.backend.tuning_db import RECORDS
+from qatie.references import WITHIN_ONE_STEP_REQUIRED
+from tests.helpers import FIRST_CONV, assert_one_line_error, run_compile
 from tests.qdq_models import float_conv_net, ort_quantized
 from tests.rpc_cluster import free_port, start_cluster
-from tests.test_tune import FIRST_CONV
 
 A53_KEY, A76_KEY = "a53-emu", "a76-emu"
-
-
-def _compile(*args) -> object:
-    return run_console_script("qatie-compile", *args)
+pytestmark = [pytest.mark.qemu, pytest.mark.rpc, pytest.mark.cross]
 
 
 @pytest.fixture(scope="module")
@@ -34,27 +31,18 @@ def emulated(tmp_path_factory):
     cluster.stop()
 
 
-@pytest.fixture(scope="module")
-def arm_builds(tiny_onnx, tmp_path_factory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("arm")
-    for target in ("arm64-linux", "arm64-linux-dotprod"):
-        result = _compile("--target", target, tiny_onnx[0], "-o", folder / target)
-        assert result.returncode == 0, result.stderr
-    return {target: folder / target for target in ("arm64-linux", "arm64-linux-dotprod")}
-
-
 def _bench(artifact: Path, cluster, key: str, out: Path):
-    return _compile("bench", artifact, "--tracker", cluster.address, "--key", key, "--repeats", 2, "--warmup", 1,
+    return run_compile("bench", artifact, "--tracker", cluster.address, "--key", key, "--repeats", 2, "--warmup", 1,
                     "-o", out)
 
 
 @pytest.mark.parametrize(("target", "key"), [("arm64-linux", A53_KEY), ("arm64-linux-dotprod", A76_KEY)])
-def test_emulated_arm_device_matches_onnxruntime(arm_builds, emulated, target, key, tmp_path):
-    result = _bench(arm_builds[target], emulated, key, tmp_path)
+def test_emulated_arm_device_matches_onnxruntime(tiny_arm, emulated, target, key, tmp_path):
+    result = _bench(tiny_arm[target], emulated, key, tmp_path)
     assert result.returncode == 0, result.stderr
     (row,) = json.loads((tmp_path / "bench.json").read_text())["devices"]
     assert row["arch"] == "aarch64" and row["emulated"].startswith("qemu-aarch64 -cpu cortex-a"), row
-    assert row["agreement"]["onnxruntime"]["within_one_step"] >= 0.999, row
+    assert row["agreement"]["onnxruntime"]["within_one_step"] >= WITHIN_ONE_STEP_REQUIRED, row
     # Emulator time is labelled as such wherever a latency is printed.
     assert "(emulated)" in result.stdout and "not device latencies" in result.stdout
     assert "(emulated)" in (tmp_path / "bench.md").read_text()
@@ -64,30 +52,30 @@ def test_ort_quantized_net_on_emulated_fma_cpu_matches_onnxruntime(emulated, tmp
     """Float scales from ONNX Runtime's quantizer on a CPU with fused multiply-add: the float
     fake-quant path flips quantization bins here; the integer kernels must not."""
     model = ort_quantized(float_conv_net(tmp_path / "float.onnx", size=32), tmp_path / "qdq.onnx", size=32)
-    built = _compile("--target", "arm64-linux-dotprod", model, "-o", tmp_path / "arm")
+    built = run_compile("--target", "arm64-linux-dotprod", model, "-o", tmp_path / "arm")
     assert built.returncode == 0, built.stderr
     x = np.random.default_rng(3).random((1, 3, 32, 32), dtype=np.float32)
     np.save(tmp_path / "x.npy", x)
-    result = _compile("bench", tmp_path / "arm", "--tracker", emulated.address, "--key", A76_KEY, "--repeats", 1,
+    result = run_compile("bench", tmp_path / "arm", "--tracker", emulated.address, "--key", A76_KEY, "--repeats", 1,
                       "--input", tmp_path / "x.npy", "-o", tmp_path)
     assert result.returncode == 0, result.stderr
     agreement = json.loads((tmp_path / "bench.json").read_text())["devices"][0]["agreement"]["onnxruntime"]
-    assert agreement["within_one_step"] >= 0.999, agreement
+    assert agreement["within_one_step"] >= WITHIN_ONE_STEP_REQUIRED, agreement
 
 
-def test_dotprod_library_on_a53_is_refused_naming_the_feature(arm_builds, emulated, tmp_path):
-    result = _bench(arm_builds["arm64-linux-dotprod"], emulated, A53_KEY, tmp_path)
+def test_dotprod_library_on_a53_is_refused_naming_the_feature(tiny_arm, emulated, tmp_path):
+    result = _bench(tiny_arm["arm64-linux-dotprod"], emulated, A53_KEY, tmp_path)
     assert_one_line_error(result.stderr, result.returncode, "+dotprod", "SIGILL", "arm64-linux-dotprod")
     assert not (tmp_path / "bench.json").exists()
 
 
-def test_a_crash_on_the_emulated_cpu_is_logged_with_its_cause(arm_builds, emulated):
+def test_a_crash_on_the_emulated_cpu_is_logged_with_its_cause(tiny_arm, emulated):
     """Bypassing the feature check (a plain TVM client), the A53 really dies on sdot; the device
     log says SIGILL and why, and the device registers again for the next session."""
     import tvm
     from tvm import relax, rpc
 
-    folder = arm_builds["arm64-linux-dotprod"]
+    folder = tiny_arm["arm64-linux-dotprod"]
     shape = json.loads((folder / "manifest.json").read_text())["model"]["inputs"][0]["shape"]
     session = rpc.connect_tracker("127.0.0.1", emulated.port).request(A53_KEY, session_timeout=120)
     with pytest.raises(tvm.error.InternalError, match="kShutdown"):  # the server process died
@@ -105,14 +93,15 @@ def test_a_crash_on_the_emulated_cpu_is_logged_with_its_cause(arm_builds, emulat
     assert emulated.free(A53_KEY) == 1
 
 
+@pytest.mark.tune
 def test_tuning_over_an_emulated_device_is_plumbing_only(tiny_onnx, emulated, tmp_path):
     """Records are written where asked and every timing is labelled emulated; the shipped
     tuning_logs/ folder (the default) is refused before any work."""
     common = ["tune", "--target", "arm64-linux", tiny_onnx[0], "--trials", 2, "--only", FIRST_CONV,
               "--tracker", emulated.address, "--key", A53_KEY]
-    refused = _compile(*common)
+    refused = run_compile(*common)
     assert_one_line_error(refused.stderr, refused.returncode, "emulated", "tuning_logs")
-    result = _compile(*common, "--log-dir", tmp_path / "logs", "--curve", tmp_path / "curve.json")
+    result = run_compile(*common, "--log-dir", tmp_path / "logs", "--curve", tmp_path / "curve.json")
     assert result.returncode == 0, result.stderr
     assert "measured under an emulator (qemu-aarch64 -cpu cortex-a53)" in result.stdout
     assert len((tmp_path / "logs" / RECORDS).read_text().splitlines()) >= 2
@@ -120,7 +109,7 @@ def test_tuning_over_an_emulated_device_is_plumbing_only(tiny_onnx, emulated, tm
 
 
 def test_emulator_start_errors_are_one_line(emulated):
-    dead = _compile("emulate", "arm64", "--tracker", f"127.0.0.1:{free_port()}")
+    dead = run_compile("emulate", "arm64", "--tracker", f"127.0.0.1:{free_port()}")
     assert_one_line_error(dead.stderr, dead.returncode, "unreachable")
-    taken = _compile("emulate", "arm64", "--tracker", emulated.address, "--port", emulated.port)
+    taken = run_compile("emulate", "arm64", "--tracker", emulated.address, "--port", emulated.port)
     assert_one_line_error(taken.stderr, taken.returncode, f"cannot listen on 127.0.0.1:{emulated.port}", "--port 0")

@@ -1,7 +1,8 @@
 import json
 
-from conftest import run_cli
 from PIL import Image
+
+from tests.helpers import run_cli
 
 
 def test_eval_reports_fp32_ptq_qat_with_json_and_panel(tiny_ckpt, tmp_path):

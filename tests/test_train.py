@@ -5,10 +5,10 @@ import sys
 import time
 
 import torch
-from conftest import TINY, assert_one_line_error, run_console
 
 from qatie.checkpoint import build_model, load_checkpoint
 from qatie.train import TrainConfig, train
+from tests.helpers import TINY, assert_one_line_error, run_console
 
 
 def test_two_step_training_run_writes_checkpoint_with_config(tmp_path):

@@ -21,11 +21,11 @@ import pytest
 import tvm
 from tvm import relax
 
-from compile.tuning_log import RECORDS, WORKLOADS, check_log_dir
-from tests.conftest import assert_one_line_error, run_console_script
+from compile.backend.tuning_db import RECORDS, WORKLOADS, check_log_dir
+from tests.helpers import FIRST_CONV, assert_one_line_error, run_console_script
 from tests.rpc_cluster import KEY, free_port, start_cluster
 
-FIRST_CONV = "fused_conv2d_add"  # the stem conv's fused kernel in every QATIE model
+pytestmark = pytest.mark.tune
 
 
 def _tune(onnx: Path, log_dir: Path, trials: int, *extra: str) -> subprocess.CompletedProcess:
@@ -67,13 +67,14 @@ def test_local_tuning_writes_tvm_records_that_the_next_build_uses(tiny_onnx, tun
 
     # The default log folder is found by target name; --no-tuning ignores it.
     monkeypatch.setenv("QATIE_TUNING_LOGS", str(log_dir.parent))
-    from compile.build import build
-    from compile.targets import get_target
+    from compile.artifact import TuningInfo
+    from compile.backend.build import BuildOptions, build
+    from compile.backend.targets import get_target
 
     tuned = build(tiny_onnx[0], get_target("x86-host"), tmp_path / "tuned")
-    untuned = build(tiny_onnx[0], get_target("x86-host"), tmp_path / "untuned", use_tuning=False)
-    assert tuned["tuning"]["kernels_tuned"] == 1 and tuned["tuning"]["database"] == str(log_dir)
-    assert untuned["tuning"] == {"kernels_tuned": 0, "kernels": tuned["tuning"]["kernels"], "database": None, "repaired": []}
+    untuned = build(tiny_onnx[0], get_target("x86-host"), tmp_path / "untuned", BuildOptions(use_tuning=False))
+    assert tuned.tuning.kernels_tuned == 1 and tuned.tuning.database == str(log_dir)
+    assert untuned.tuning == TuningInfo(kernels_tuned=0, kernels=tuned.tuning.kernels, database=None, repaired=[])
     # Integer kernels: another schedule must not change a single output value.
     x = np.random.default_rng(5).random((1, 3, 40, 36), dtype=np.float32)
     assert np.array_equal(_run_model(tmp_path / "tuned" / "model.so", x), _run_model(tmp_path / "untuned" / "model.so", x))
@@ -160,6 +161,7 @@ def rpc_cluster(tmp_path_factory):
     cluster.stop()
 
 
+@pytest.mark.rpc
 def test_tuning_through_a_tracker_measures_on_both_servers(tiny_onnx, rpc_cluster, tmp_path):
     port, server_logs = rpc_cluster
     listed = run_console_script("qatie-compile", "devices", "--tracker", f"127.0.0.1:{port}")
@@ -173,6 +175,7 @@ def test_tuning_through_a_tracker_measures_on_both_servers(tiny_onnx, rpc_cluste
         assert "load_module" in log.read_text(), f"{log.name} measured nothing"
 
 
+@pytest.mark.rpc
 def test_unreachable_tracker_is_one_line_and_touches_no_log(tiny_onnx, tuned_log):
     log_dir, _ = tuned_log
     before = (log_dir / RECORDS).read_bytes()
@@ -183,6 +186,7 @@ def test_unreachable_tracker_is_one_line_and_touches_no_log(tiny_onnx, tuned_log
     assert (log_dir / RECORDS).read_bytes() == before
 
 
+@pytest.mark.rpc
 def test_unknown_key_and_busy_devices_are_one_line_errors(tiny_onnx, rpc_cluster, tmp_path):
     from tvm import rpc
 

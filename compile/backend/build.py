@@ -1,0 +1,142 @@
+"""`qatie-compile --target NAME model.onnx -o OUT`: one artifact folder per build.
+
+OUT receives `model.so` (linked by the target's compiler), `kernels.so`, `manifest.json` and, on
+request, the generated kernel sources (the folder contract is `compile.artifact`). Everything
+is produced in a staging folder beside OUT and moved in only when the whole build succeeded,
+so a failed build leaves OUT as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tvm
+
+from compile.artifact import (
+    KERNELS,
+    LIBRARY,
+    SOURCE_FILES,
+    IntegerInfo,
+    LibraryFile,
+    Manifest,
+    ModelInfo,
+    TargetInfo,
+    TuningInfo,
+    publish,
+    sha256,
+)
+from compile.backend.kernel_table import CaptureKernels
+from compile.backend.pass_config import pass_config
+from compile.backend.schedules import TunedKernels, build_with_default_schedules
+from compile.backend.targets import TargetSpec
+from compile.frontend import load_and_fold
+from compile.frontend.inspect import integer_ops
+from compile.frontend.io_description import io_description
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    emit_source: bool = False  # also write the generated kernels (LLVM asm / OpenCL C)
+    tuning_log: Path | None = None  # a tuning log folder to apply (must exist)
+    use_tuning: bool = True  # False: every kernel gets the default schedule
+
+
+def imported_modules(module) -> list:
+    """Every module imported by a runtime module, transitively (an executable's `.mod`)."""
+    found, pending = [], list(module.imports)
+    while pending:
+        module = pending.pop()
+        pending.extend(module.imports)
+        found.append(module)
+    return found
+
+
+def _emit_sources(executable, folder: Path) -> list[str]:
+    """Write the generated kernels (LLVM assembly, OpenCL C) of every imported module."""
+    written = []
+    for module in imported_modules(executable.mod):
+        fmt = SOURCE_FILES.get(module.kind)
+        source = module.inspect_source(fmt[0]) if fmt else None
+        if source:
+            (folder / fmt[1]).write_text(source)
+            written.append(fmt[1])
+    return written
+
+
+def _tuning_database(spec: TargetSpec, options: BuildOptions):
+    """The target's tuning database: `options.tuning_log` if given (must exist), else the default
+    folder if it holds a log, else none (every kernel keeps its default schedule); plus what the
+    log check repaired (an interrupted append cut off), which the user must hear about."""
+    from compile.backend.intrinsics import register_cpu_intrinsics
+    from compile.backend.tuning_db import WORKLOADS, default_log_dir, open_database
+
+    if not options.use_tuning or not spec.tunable:
+        return None, None, []
+    folder = options.tuning_log or default_log_dir(spec.name)
+    if options.tuning_log is None and not (folder / WORKLOADS).is_file():
+        return None, None, []
+    register_cpu_intrinsics()  # tuned traces may tensorize with the CPU intrinsics
+    database, check = open_database(folder, create=False)
+    return database, folder, check.repaired
+
+
+def build(onnx_path: Path, spec: TargetSpec, out: Path, options: BuildOptions = BuildOptions()) -> Manifest:
+    """Compile `onnx_path` for `spec` into `out`; returns the manifest.
+
+    Kernels take their schedules from the target's tuning log where it has a record for them
+    (`tuning_logs/<target>/`, or `options.tuning_log`), and our default schedules otherwise.
+    """
+    from tvm.support import cc
+
+    started = time.time()
+    spec.check_buildable()
+    model, mod, fold_log = load_and_fold(onnx_path, options.input_shapes)
+    target = spec.tvm_target()
+    compiler = spec.compiler()  # fail on a missing cross compiler before the long build
+    database, database_dir, repaired = _tuning_database(spec, options)
+    ops = integer_ops(mod)
+    tuned = TunedKernels()
+    capture = CaptureKernels()
+    with tvm.transform.PassContext(instruments=[capture], config=pass_config(target)):
+        executable = build_with_default_schedules(mod, target, database, tuned)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        library = staging / LIBRARY
+        executable.export_library(str(library), fcompile=cc.cross_compiler(compiler))
+        # The same compiled kernels as top-level functions: the profiler times each one on the
+        # device (TVM's RPC time evaluator does not look into the VM executable's imports).
+        kernels = staging / KERNELS
+        executable.mod.imports[0].export_library(str(kernels), fcompile=cc.cross_compiler(compiler))
+        sources = _emit_sources(executable, staging) if options.emit_source else []
+        inputs, outputs = io_description(model)
+        manifest = Manifest(
+            model=ModelInfo(path=str(onnx_path), sha256=sha256(onnx_path), inputs=inputs, outputs=outputs),
+            target=TargetInfo(name=spec.name, kind=spec.kind, tvm=json.loads(str(target)), rpc_key=spec.rpc_key,
+                              threads=spec.threads, compiler=compiler),
+            library=LibraryFile(file=LIBRARY, sha256=sha256(library)),
+            kernel_library=LibraryFile(file=KERNELS, sha256=sha256(kernels)),
+            integer=IntegerInfo(
+                integer_convs=ops.integer_convs, float_convs=ops.float_convs, integer_macs=ops.integer_macs,
+                float_macs=ops.float_macs, integer_mac_fraction=ops.integer_fraction,
+                integer_ops=dict(sorted(ops.ops.items())), rewrites=dict(sorted(fold_log.applied.items())),
+                not_rewritten_because=fold_log.reasons()),
+            tuning=TuningInfo(kernels_tuned=tuned.applied, kernels=tuned.total,
+                              database=None if database_dir is None else str(database_dir), repaired=repaired),
+            kernels=capture.table(tuned.names),
+            sources=sources,
+            tvm_version=tvm.__version__,
+            build_seconds=round(time.time() - started, 1),
+            built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
+        publish(staging, out, manifest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest

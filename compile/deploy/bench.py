@@ -1,0 +1,63 @@
+"""`qatie-compile bench`: the shipped library on each device — output vs the host reference,
+and end-to-end latency.
+
+References: ONNX Runtime with spec semantics on the QDQ model the artifact was built from, and
+the PyTorch QAT model when a checkpoint is given (`qatie.references`). Differences are counted
+in output quantization steps, the unit in which "deployed == trained" is judged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from compile.artifact import Artifact, sha256
+from compile.deploy.device import check_device, device_of, load_on_device, set_threads
+from compile.deploy.rpc import Device
+from compile.deploy.timing import Timing, latency_stats, time_model
+from qatie.errors import QatieError
+from qatie.references import agreement, ort_output
+
+
+def onnx_reference(artifact: Artifact, onnx_path: Path | None, x: np.ndarray) -> np.ndarray:
+    """ONNX Runtime (spec semantics) on the very ONNX file the artifact was built from."""
+    model = artifact.manifest.model
+    path = onnx_path or Path(model.path)
+    if not path.is_file():
+        raise QatieError(f"{path}: the artifact's ONNX model is not there; pass it with --onnx")
+    if sha256(path) != model.sha256:
+        raise QatieError(f"{path}: not the ONNX model this artifact was built from (sha256 differs); pass it with --onnx")
+    return ort_output(path, x)
+
+
+def pytorch_reference(checkpoint: Path, x: np.ndarray) -> np.ndarray:
+    import torch
+
+    from qatie.checkpoint import build_model, load_checkpoint
+    from qatie.quant.fake_quant import set_quant_mode
+
+    model = build_model(load_checkpoint(checkpoint))
+    set_quant_mode(model, "frozen")
+    model.eval()
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def bench_on(device: Device, artifact: Artifact, x: np.ndarray, references: dict[str, np.ndarray],
+             timing: Timing, threads: int) -> dict:
+    """Upload, load, run once for the output, then time; one result row."""
+    import tvm
+    from tvm import relax
+
+    info = check_device(device, artifact)
+    executable = load_on_device(device, artifact, artifact.library)
+    dev = device_of(device, artifact)
+    used_threads = set_threads(device, threads)
+    vm = relax.VirtualMachine(executable, dev)
+    inputs = tvm.runtime.tensor(x, dev)
+    got = vm["main"](inputs).numpy()
+    step = artifact.manifest.model.output_step
+    seconds = time_model(vm, dev, timing, inputs)
+    return {**info, "threads": used_threads, "latency": latency_stats(seconds),
+            "agreement": {name: agreement(got, want, step).as_dict() for name, want in references.items()}}

@@ -1,0 +1,85 @@
+"""One device session: is the device able to run this artifact, upload and load a library, the
+device handle its kernels run on, and the thread count they run with.
+
+The architecture comes from the server's LLVM (TVM's Python server) or from our session program
+(`qatie.device.*`, emulated ARM devices); a runtime-only server (TVM's C++ RPC app) answers
+neither, and a wrong library then fails at load with the library's arch named. Our session
+program also reports the CPU's extensions: a library built for one the CPU lacks (`+dotprod` on
+a Cortex-A53) would die with SIGILL mid-run, so it is refused before upload.
+"""
+
+from __future__ import annotations
+
+from compile.artifact import Artifact, triple_architecture
+from compile.deploy.rpc import Device, Tracker, request_device, wait_for_devices
+from qatie.errors import QatieError
+
+SYSTEM_TRIPLE = "target.llvm_get_system_triple"
+CONFIG_THREADPOOL, NUM_THREADS = "runtime.config_threadpool", "runtime.NumThreads"
+BIG_CORES = 1  # TVM's thread affinity mode: the fastest cores first
+# Globals of our session program (compile/offline/native/rpc_session.cc).
+DEVICE_ARCH = "qatie.device.arch"
+DEVICE_CPU_FEATURES = "qatie.device.cpu_features"
+DEVICE_EMULATION = "qatie.device.emulation"
+
+
+def _remote_string(device: Device, name: str) -> str | None:
+    """A global string function of the device's server, None when that server does not have it."""
+    try:
+        return str(device.session.get_function(name)())
+    except Exception:  # TVM raises several error types for a missing remote function
+        return None
+
+
+def emulation_of(tracker: Tracker, key: str, timeout_s: float) -> str | None:
+    """How the devices under `key` are emulated (our emulated devices say so), None for real ones."""
+    wait_for_devices(tracker, key, timeout_s)  # an unknown key or busy devices: the usual one-line errors
+    device = request_device(tracker, key, timeout_s)
+    try:
+        return _remote_string(device, DEVICE_EMULATION) or None
+    finally:
+        device.close()
+
+
+def check_device(device: Device, artifact: Artifact) -> dict:
+    """{"arch", "emulated"} of a device that can run the library; otherwise an error saying why."""
+    triple = _remote_string(device, SYSTEM_TRIPLE)
+    device_arch = triple_architecture(triple) if triple else (_remote_string(device, DEVICE_ARCH) or "unknown")
+    library_arch = artifact.architecture
+    if device_arch not in ("unknown", library_arch):
+        raise QatieError(f"{artifact.library} is built for {library_arch} ({artifact.target_name}) but device "
+                         f"{device.name} is {device_arch}; build for a target matching the device")
+    features = _remote_string(device, DEVICE_CPU_FEATURES)
+    if features is not None:
+        missing = sorted(artifact.manifest.target.cpu_features - set(features.split(",")))
+        if missing:
+            raise QatieError(f"{artifact.library} is built for a CPU with {', '.join(missing)} ({artifact.target_name}, "
+                             f"mcpu {artifact.manifest.target.tvm.get('mcpu', 'generic')}) but the CPU of device "
+                             f"{device.name} lacks {'them' if len(missing) > 1 else 'it'} (it has {features}): the "
+                             f"library would stop with SIGILL (illegal instruction); build for a target without "
+                             f"{', '.join(missing)}")
+    return {"arch": device_arch, "emulated": _remote_string(device, DEVICE_EMULATION) or None}
+
+
+def set_threads(device: Device, threads: int) -> int:
+    """Run the device's kernels on `threads` threads (0: the runtime's default, all big cores);
+    returns the count the runtime actually uses (it caps a request at its cores)."""
+    if threads:
+        device.session.get_function(CONFIG_THREADPOOL)(BIG_CORES, threads)
+    return int(device.session.get_function(NUM_THREADS)())
+
+
+def load_on_device(device: Device, artifact: Artifact, path) -> object:
+    """Upload and load one library; a device that cannot load it gets an error naming the arch."""
+    device.session.upload(str(path))
+    try:
+        return device.session.load_module(path.name)
+    except Exception as exc:
+        if "ELF" in str(exc) or "format" in str(exc):
+            raise QatieError(f"device {device.name} cannot load {path} (built for {artifact.architecture}, "
+                             f"{artifact.target_name}): {str(exc).strip().splitlines()[-1]}") from None
+        raise
+
+
+def device_of(device: Device, artifact: Artifact):
+    return device.session.cl(0) if artifact.on_gpu else device.session.cpu(0)

@@ -1,0 +1,62 @@
+"""`qatie-compile profile`: where one inference's time goes, kernel by kernel, on the device.
+
+TVM 0.27 has no VM profiler, and `VirtualMachine.set_instrument` needs a Python callback in
+the same process, so it cannot reach a phone. Instead the artifact ships `kernels.so` (the
+very kernels of `model.so` as top-level functions) and the manifest lists each kernel's
+arguments and call count: every kernel is timed on the device with TVM's time evaluator on
+arguments of its real shapes and dtypes, and multiplied by its call count. The whole model is
+timed in the same session, so the report can say how far the kernel sum is from it (the
+difference is the VM's own work — allocation, shape checks, calls — plus cache effects).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from compile.artifact import Artifact, KernelArg
+from compile.deploy.device import check_device, device_of, load_on_device, set_threads
+from compile.deploy.rpc import Device
+from compile.deploy.timing import Timing, latency_stats, time_calls, time_model
+
+
+def _argument(spec: KernelArg, dev, rng: np.random.Generator):
+    """A device tensor of the kernel's shape and dtype. Integer tensors are zero (some are
+    indices or table offsets; zero is always in range); float tensors are uniform in [-1, 1).
+    Kernel run time does not depend on the values for these dense kernels."""
+    import tvm
+
+    if spec.dtype.startswith("float"):
+        data = rng.uniform(-1, 1, spec.shape).astype(spec.dtype)
+    else:
+        data = np.zeros(spec.shape, spec.dtype)
+    return tvm.runtime.tensor(data, dev)
+
+
+def profile_on(device: Device, artifact: Artifact, x: np.ndarray, timing: Timing, threads: int) -> dict:
+    """Per-kernel mean times and the end-to-end latency, measured in one session."""
+    import tvm
+    from tvm import relax
+
+    info = check_device(device, artifact)
+    dev = device_of(device, artifact)
+    used_threads = set_threads(device, threads)
+    kernels_lib = load_on_device(device, artifact, artifact.kernel_library)
+    rng = np.random.default_rng(0)
+    rows = []
+    for kernel in artifact.manifest.kernels.kernels:
+        args = [_argument(spec, dev, rng) for spec in kernel.args]
+        mean_s = float(np.median(time_calls(kernels_lib, kernel.name, dev, timing, *args)))
+        rows.append({"name": kernel.name, "calls": kernel.calls, "macs": kernel.macs, "bytes": kernel.bytes,
+                     "tuned": kernel.tuned, "mean_ms": mean_s * 1e3, "total_ms": mean_s * 1e3 * kernel.calls})
+    executable = load_on_device(device, artifact, artifact.library)
+    vm = relax.VirtualMachine(executable, dev)
+    end_to_end = latency_stats(time_model(vm, dev, timing, tvm.runtime.tensor(x, dev)))
+    kernel_sum = sum(r["total_ms"] for r in rows)
+    for row in rows:
+        row["share"] = row["total_ms"] / kernel_sum if kernel_sum else 0.0
+        seconds = row["total_ms"] / 1e3
+        row["gmac_per_s"] = row["macs"] * row["calls"] / seconds / 1e9 if seconds else 0.0
+        row["gb_per_s"] = row["bytes"] * row["calls"] / seconds / 1e9 if seconds else 0.0
+    rows.sort(key=lambda r: r["total_ms"], reverse=True)
+    return {**info, "threads": used_threads, "kernels": rows, "kernel_sum_ms": kernel_sum, "end_to_end": end_to_end,
+            "difference": (end_to_end["median_ms"] - kernel_sum) / end_to_end["median_ms"]}

@@ -1,0 +1,61 @@
+"""Ops that are exact on int8 codes: Q(OP(DQ(x))) becomes OP(x).
+
+Max-pool and nearest resize only select values, and DQ is monotone, so OP(x_q) is exactly
+Q(OP(DQ(x_q))); likewise a concat of tensors that share their Q/DQ parameters, and a
+Q(DQ(x)) pair that re-quantizes with the same parameters is x itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax
+from tvm.relax.dpl import is_const, is_op, is_tuple, wildcard
+
+from compile.frontend.rewrite import FoldLog, Rewrite, constant
+
+
+def _same_qparams(dq: relax.Call, q: relax.Call) -> bool:
+    """DQ and Q use the same per-tensor scale, zero point and integer type."""
+    if str(dq.args[0].ty.dtype) != str(q.attrs.out_dtype):
+        return False
+    pairs = ((dq.args[1], q.args[1]), (dq.args[2], q.args[2]))
+    return all(constant(a).size == 1 and np.array_equal(constant(a).reshape(-1), constant(b).reshape(-1))
+               for a, b in pairs)
+
+
+class ExactInt8(Rewrite):
+    """Max-pool, nearest resize, concat (up to MAX_CONCAT inputs) and Q(DQ(x)) on int8 codes."""
+
+    name = "exact-int8"
+    MAX_CONCAT = 4
+
+    def __init__(self) -> None:
+        self.dequants = [is_op("relax.dequantize")(wildcard(), is_const(), is_const()) for _ in range(self.MAX_CONCAT)]
+        first = self.dequants[0]
+        self.pool = is_op("relax.nn.max_pool2d")(first)
+        self.resize = is_op("relax.image.resize2d")(first, wildcard())
+        self.concats = [is_op("relax.concat")(is_tuple(self.dequants[:n])) for n in range(2, self.MAX_CONCAT + 1)]
+        inner = self.pool | self.resize | first
+        for concat in self.concats:
+            inner = inner | concat
+        self.root = is_op("relax.quantize")(inner, is_const(), is_const())
+
+    def rewrite(self, call: relax.Call, match: dict, log: FoldLog) -> relax.Expr:
+        dequants = [match[d] for d in self.dequants if d in match]
+        if not all(_same_qparams(dq, call) for dq in dequants):
+            log.skip(self.name, "inputs and output have different Q/DQ parameters")
+            return call
+        codes = [dq.args[0] for dq in dequants]
+        concat = next((match[c] for c in self.concats if c in match), None)
+        if concat is not None:
+            log.apply(self.name)
+            return relax.op.concat(codes, axis=int(concat.attrs.axis))
+        op_call = next((match[op] for op in (self.pool, self.resize) if op in match), None)
+        if op_call is None:
+            log.apply(self.name)
+            return codes[0]  # Q(DQ(x)) with the same parameters
+        if self.resize in match and op_call.attrs.method != "nearest_neighbor":
+            log.skip(self.name, f"resize method {op_call.attrs.method} interpolates (not exact on codes)")
+            return call
+        log.apply(self.name)
+        return relax.Call(op_call.op, [codes[0], *op_call.args[1:]], op_call.attrs)

@@ -1,0 +1,320 @@
+"""`qatie-compile tune`: MetaSchedule tuning of the integer-folded model's kernels for one target.
+
+Tasks are the fused kernels of the *folded* model (the ones the build compiles), found by the
+same fusion passes the build runs, so the build's database lookup hits exactly these workloads.
+Search is TVM's: evolutionary search with the XGBoost cost model under the gradient task
+scheduler. Records go to `tuning_logs/<target>/`, TVM's JSON database; a rerun counts what the
+database already holds for the model's tasks against the budget and tunes only the rest.
+
+Measuring: host targets with TVM's local runner; device targets with its RPC runner through a
+tracker, one worker per free device under the key, so every device measures in parallel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import tvm
+from tqdm import tqdm
+from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
+
+from compile.backend.intrinsics import register_cpu_intrinsics
+from compile.backend.schedules import default_schedule, fuse_kernels
+from compile.backend.targets import TargetSpec
+from compile.backend.tuning_db import DEFAULT_LOG_ROOT, is_shipped_log, open_database
+from compile.deploy.device import emulation_of
+from compile.deploy.rpc import Tracker, tracker_summary, wait_for_devices
+from compile.tuning.worker import build_kernel, export_kernel
+from qatie.errors import QatieError
+
+UNMEASURED = 1e9  # MetaSchedule's run_secs for failed candidates are 1e10 s
+
+
+@dataclass
+class TuneOptions:
+    trials: int
+    per_task: int | None = None
+    trials_per_round: int = 16
+    population: int = 128  # TVM's 512 spends ~15 s of search per round and task on 2 cores
+    only: tuple[str, ...] = ()  # tune only kernels whose name contains one of these
+    tracker: Tracker | None = None
+    key: str | None = None
+    device_timeout_s: float = 60.0
+    builder_timeout_s: float = 600.0
+    runner_timeout_s: float = 60.0
+    seed: int = 0
+
+
+def refuse_emulator_timings_in_shipped_logs(tracker: Tracker, key: str, device_timeout_s: float,
+                                            folder: Path) -> str | None:
+    """How the devices under `key` are emulated (None: real devices). Schedules picked by emulator
+    timings may serve plumbing tests, never the logs builds ship with."""
+    emulation = emulation_of(tracker, key, device_timeout_s)
+    if emulation and is_shipped_log(folder):
+        raise QatieError(f"devices under key '{key}' are emulated ({emulation}): their timings must not go into "
+                         f"{DEFAULT_LOG_ROOT}; pass --log-dir outside it to test tuning over them")
+    return emulation
+
+
+@dataclass
+class TaskRow:
+    """One kernel in the final table: its workload, calls per inference, trials, best time."""
+
+    name: str
+    calls: int
+    trials: int
+    best_us: float | None
+    default_us: float | None = None  # the kernel with our default schedule, measured the same way
+
+
+@dataclass
+class TuneReport:
+    rows: list[TaskRow]
+    trials_run: int
+    seconds: float
+    curve: list[dict] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+
+    @property
+    def total_us(self) -> float:
+        return sum(r.calls * r.best_us for r in self.rows if r.best_us is not None)
+
+
+def tuning_target(spec: TargetSpec) -> tvm.target.Target:
+    """The build target plus `num-cores`, which MetaSchedule needs to size parallel loops."""
+    target = spec.tvm_target()
+    cores = spec.threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    config = {**target.export(), "num-cores": cores}
+    return tvm.target.Target(config, host=target.host)
+
+
+def extract_tasks(mod: tvm.IRModule, target: tvm.target.Target) -> list:
+    """The model's kernels as MetaSchedule tasks (one per distinct fused PrimFunc)."""
+    with target:
+        fused = tvm.transform.Sequential(fuse_kernels(target))(mod)
+    return list(ms.relax_integration.extract_tasks(fused, target))
+
+
+def _best_and_count(database, kernel: tvm.IRModule) -> tuple[float | None, int]:
+    """Best time (us) and number of records the database holds for a kernel. Only kernels that
+    get tuned are committed as workloads, so the log holds nothing for the others."""
+    if not database.has_workload(kernel):
+        return None, 0
+    records = database.get_top_k(database.commit_workload(kernel), 1 << 30)
+    valid = [t for t in (_run_us(r.run_secs) for r in records) if t is not None]
+    return (min(valid) if valid else None), len(records)
+
+
+def _run_us(run_secs) -> float | None:
+    """Mean measured time in us, or None for a failed candidate (no times, or TVM's 1e10 s)."""
+    values = [float(v) for v in (run_secs or [])]
+    seconds = sum(values) / len(values) if values else float("inf")
+    return seconds * 1e6 if seconds < UNMEASURED else None
+
+
+def _device_key(spec: TargetSpec, options: TuneOptions) -> str | None:
+    return options.key or spec.rpc_key
+
+
+def _free_devices(spec: TargetSpec, options: TuneOptions) -> int:
+    """Devices to measure on (1: this host); checked before anything is written."""
+    if options.tracker is None:
+        if not spec.runs_on_host:
+            raise QatieError(f"target {spec.name} runs on a device, not this host: pass --tracker HOST:PORT "
+                             f"(and --key, default {spec.rpc_key})")
+        return 1
+    if not _device_key(spec, options):
+        tracker_summary(options.tracker)  # an unreachable tracker is the first thing to hear about
+        raise QatieError(f"target {spec.name} names no rpc_key: pass --key")
+    return wait_for_devices(options.tracker, _device_key(spec, options), options.device_timeout_s)
+
+
+def _make_runner(spec: TargetSpec, options: TuneOptions, devices: int):
+    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=40, enable_cpu_cache_flush=False)
+    if options.tracker is None:
+        return ms.runner.LocalRunner(timeout_sec=options.runner_timeout_s, evaluator_config=evaluator)
+    config = ms.runner.RPCConfig(tracker_host=options.tracker.host, tracker_port=options.tracker.port,
+                                 tracker_key=_device_key(spec, options),
+                                 session_timeout_sec=int(options.runner_timeout_s))
+    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=devices)
+
+
+def _measure_default_schedules(tasks: list, target, builder, runner, device_type: str) -> list[float | None]:
+    """Each task's kernel with our default (untuned) schedule, built and timed by the same
+    builder and runner as the candidates: the starting point of the tuning curve."""
+    kernels = []
+    with target:
+        for task in tasks:
+            mod = default_schedule(task.dispatched[0], target)
+            kernels.append((mod, ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
+    built = builder.build([ms.builder.BuilderInput(mod, target) for mod, _ in kernels])
+    inputs = [(b, args) for b, (_, args) in zip(built, kernels)]
+    futures = runner.run([ms.runner.RunnerInput(b.artifact_path, device_type, args)
+                          for b, args in inputs if b.error_msg is None])
+    results = iter(f.result() for f in futures)
+    times: list[float | None] = []
+    for b, _ in inputs:
+        result = next(results) if b.error_msg is None else None
+        times.append(_run_us(result.run_secs) if result is not None and result.error_msg is None else None)
+    for b, _ in inputs:
+        if b.artifact_path:
+            shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
+    return times
+
+
+@derived_object
+class _Progress(ms.measure_callback.PyMeasureCallback):
+    """Live bar (trials / budget, best per task, estimated model latency) and the tuning curve.
+
+    The estimate is the sum over kernels of calls x (best tuned time, else default-schedule
+    time), so the curve starts at the untuned model and falls as tuning finds faster kernels.
+    """
+
+    def __init__(self, bar: tqdm, names: list[str], calls: list[int], best: list[float | None],
+                 default: list[float | None]) -> None:
+        self.bar, self.names, self.calls, self.best, self.default = bar, names, calls, best, default
+        self.started = time.monotonic()
+        self.measured = 0
+        self.curve: list[dict] = [self._point(0)]
+
+    def estimate_us(self) -> float:
+        current = [_faster(b, d) for b, d in zip(self.best, self.default)]
+        return sum(c * t for c, t in zip(self.calls, current) if t is not None)
+
+    def _point(self, trials: int) -> dict:
+        return {"minutes": round((time.monotonic() - self.started) / 60, 3), "trials": trials,
+                "estimated_ms": round(self.estimate_us() / 1e3, 4)}
+
+    def built(self, count: int) -> None:
+        self.bar.update(count)
+
+    def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
+        times = [_run_us(r.run_secs) for r in runner_results if r.error_msg is None]
+        valid = [t for t in times if t is not None]
+        if valid and (self.best[task_id] is None or min(valid) < self.best[task_id]):
+            self.best[task_id] = min(valid)
+        self.measured += len(measure_candidates)
+        self.curve.append(self._point(self.measured))
+        best = f"{self.best[task_id]:.1f} us" if self.best[task_id] is not None else "failed"
+        self.bar.set_postfix_str(f"{self.names[task_id][:40]} best {best} | {len(self.best)} kernels ~{self.estimate_us() / 1e3:.2f} ms")
+
+
+def _faster(best: float | None, default: float | None) -> float | None:
+    known = [t for t in (best, default) if t is not None]
+    return min(known) if known else None
+
+
+@derived_object
+class _CommittingBuilder(ms.builder.PyBuilder):
+    """TVM's builder, but first joins every batch already sent to the runner.
+
+    The gradient scheduler collects a batch's results (and commits its records to the
+    database) only when it next picks that task, so a run killed during its first round over
+    35 tasks would lose all of it. Joining before each new build commits every measured batch
+    at once: a kill loses at most the batch in flight. It also keeps builds from running while
+    candidates are timed, which on a 2-core host disturbs the measurements.
+    """
+
+    def __init__(self, inner, progress: _Progress, scheduler) -> None:
+        super().__init__()
+        self.inner, self.progress, self.scheduler = inner, progress, scheduler
+
+    def build(self, build_inputs):
+        for task_id, task in enumerate(self.scheduler.tasks_):
+            if task.builder_results is not None and not task.is_terminated:
+                self.scheduler.join_running_task(task_id)
+        results = self.inner.build(build_inputs)
+        self.progress.built(len(build_inputs))
+        return results
+
+
+def tune(mod: tvm.IRModule, spec: TargetSpec, log_dir: Path, options: TuneOptions) -> TuneReport:
+    """Tune the folded model `mod` for `spec`, appending records to `log_dir`."""
+    if not spec.tunable:
+        raise QatieError(f"target {spec.name}: tuning supports CPU targets; {spec.kind} is not yet")
+    spec.check_buildable()
+    compiler = spec.compiler()
+    devices = _free_devices(spec, options)
+    register_cpu_intrinsics()
+    target = tuning_target(spec)
+    tasks = extract_tasks(mod, target)
+    database, check = open_database(log_dir, create=True)
+
+    known = [_best_and_count(database, t.dispatched[0]) for t in tasks]
+    done = sum(count for _, count in known)
+    per_task = options.per_task or options.trials
+    pending = [i for i, (_, count) in enumerate(known)
+               if count < per_task and (not options.only or any(o in tasks[i].task_name for o in options.only))]
+    budget = options.trials - done
+
+    started = time.monotonic()
+    progress, default_us = None, {}
+    if budget > 0 and pending:
+        progress, default_us = _search(tasks, pending, known, target, database, spec, options, devices, compiler, budget)
+
+    rows = []
+    for i, task in enumerate(tasks):
+        best, count = _best_and_count(database, task.dispatched[0])
+        rows.append(TaskRow(task.task_name, int(task.weight), count, best, default_us.get(i)))
+    return TuneReport(rows=rows, trials_run=sum(r.trials for r in rows) - done,
+                      seconds=time.monotonic() - started,
+                      curve=progress.curve if progress else [], repaired=check.repaired)
+
+
+def _search(tasks: list, pending: list[int], known: list, target, database, spec: TargetSpec, options: TuneOptions,
+            devices: int, compiler: str, budget: int) -> tuple[_Progress, dict[int, float | None]]:
+    """Measure the pending tasks' default schedules, then run MetaSchedule on them for `budget` trials."""
+    runner = _make_runner(spec, options, devices)
+    builder = ms.builder.LocalBuilder(
+        max_workers=os.cpu_count() or 1, timeout_sec=options.builder_timeout_s,
+        f_build=build_kernel, f_export=functools.partial(export_kernel, compiler),
+    )
+    measured = _measure_default_schedules([tasks[i] for i in pending], target, builder, runner, device_type="cpu")
+    default_us = dict(zip(pending, measured))
+    contexts = [
+        ms.TuneContext(mod=tasks[i].dispatched[0], target=target, space_generator="post-order-apply",
+                       search_strategy=ms.search_strategy.EvolutionarySearch(
+                           population_size=options.population, genetic_num_iters=2),
+                       task_name=tasks[i].task_name, rand_state=options.seed + i,
+                       num_threads=os.cpu_count() or 1).clone()
+        for i in pending
+    ]
+    key = _device_key(spec, options)
+    where = f"{devices} device(s) under '{key}' at {options.tracker}" if options.tracker else "this host"
+    bar = tqdm(total=budget, unit="trial", desc=f"tuning {spec.name} on {where}", dynamic_ncols=True)
+    progress = _Progress(bar, [tasks[i].task_name for i in pending], [int(tasks[i].weight) for i in pending],
+                         [known[i][0] for i in pending], [default_us[i] for i in pending])
+    scheduler = ms.task_scheduler.TaskScheduler.create("gradient")
+    with tempfile.TemporaryDirectory(prefix="qatie-ms-") as work_dir, _quiet_meta_schedule():
+        ms.tune_tasks(
+            tasks=contexts, task_weights=[float(tasks[i].weight) for i in pending], work_dir=work_dir,
+            max_trials_global=budget, max_trials_per_task=options.per_task or options.trials,
+            num_trials_per_iter=options.trials_per_round,
+            builder=_CommittingBuilder(builder, progress, scheduler), runner=runner,
+            database=database, cost_model="xgb", task_scheduler=scheduler,
+            measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), progress],
+        )
+    bar.close()
+    return progress, default_us
+
+
+@contextlib.contextmanager
+def _quiet_meta_schedule():
+    """MetaSchedule logs every batch to stdout at INFO; keep the console to our bar and warnings."""
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

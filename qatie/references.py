@@ -1,0 +1,87 @@
+"""What a deployed model is judged against, and the unit it is judged in.
+
+"Deployed == trained" is measured in output quantization steps: the output tensor is a grid of
+int8 codes, so a difference of one step is one rounding bin, and anything within one step on
+(nearly) every element is the same image. Export, `bench`, `check-opencl --run` and the tests
+all use this one metric and this one threshold.
+
+The reference for a QDQ model is ONNX Runtime with graph optimizations off: every node runs as
+the ONNX spec defines it. ORT's default session replaces QDQ groups with its own fused integer
+kernels (QLinearConv, ...) that round differently, so it is reported beside, never required.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+# Share of output elements that must lie within one output step of the reference.
+WITHIN_ONE_STEP_REQUIRED = 0.999
+# Float slack on "one step": |diff| / step is computed in float64 from float32 outputs.
+STEP_SLACK = 1e-3
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How closely an output reproduces a reference, in output steps."""
+
+    elements: int
+    max_steps: float
+    within_one_step: float
+    psnr_db: float
+
+    @property
+    def passed(self) -> bool:
+        return self.within_one_step >= WITHIN_ONE_STEP_REQUIRED
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (f"{100 * self.within_one_step:.3f} % of {self.elements} outputs within 1 output step; "
+                f"max {self.max_steps:.2f} steps, PSNR {self.psnr_db:.2f} dB")
+
+
+def agreement(got: np.ndarray, want: np.ndarray, step: float) -> Agreement:
+    """Max |diff| in output steps, share within one step, PSNR (peak 1.0: images in [0, 1])."""
+    diff = got.astype(np.float64) - want.astype(np.float64)
+    steps = np.abs(diff) / step
+    mse = float(np.mean(diff**2))
+    return Agreement(elements=int(steps.size), max_steps=float(steps.max()),
+                     within_one_step=float(np.mean(steps <= 1.0 + STEP_SLACK)),
+                     psnr_db=float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse)))
+
+
+def ort_session(model: Path | bytes, spec_semantics: bool = True):
+    """An ONNX Runtime CPU session on a file or serialized model.
+
+    `spec_semantics=True` turns graph optimizations off: every node as the ONNX spec defines it.
+    `False` is ORT's default session (its fused integer kernels)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if spec_semantics:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    source = str(model) if isinstance(model, Path) else model
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def ort_output(model: Path | bytes, x: np.ndarray, spec_semantics: bool = True) -> np.ndarray:
+    """The first output of `model` on `x` (fed to its first input)."""
+    session = ort_session(model, spec_semantics)
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def reference_input(height: int, width: int) -> np.ndarray:
+    """A real degraded photo (held-out synthetic pair) resized to H x W, as 1 x 3 x H x W float32:
+    realistic activations, unlike noise, which saturates every quantizer."""
+    from PIL import Image
+
+    from qatie.data.synthetic import synthetic_pairs
+
+    img = synthetic_pairs("heldout")[0].inp
+    pil = Image.fromarray(np.round(img * 255).astype(np.uint8)).resize((width, height), Image.BILINEAR)
+    chw = (np.asarray(pil, dtype=np.float32) / 255.0).transpose(2, 0, 1)
+    return np.ascontiguousarray(chw)[None]

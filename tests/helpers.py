@@ -1,0 +1,55 @@
+"""Helpers the test modules share: running the installed commands as a user does, and the
+one-line error check."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner, Result
+
+from qatie.model import ModelConfig
+
+FIRST_CONV = "fused_conv2d_add"  # the stem conv's fused kernel in every QATIE model
+# The tiny training run behind the session's checkpoint fixture (and the resume tests).
+TINY = dict(model=ModelConfig(width=4), patch=32, batch=2, fp32_steps=3, qat_steps=3, calib_batches=2, ckpt_every=2)
+
+
+def run_cli(*args: str) -> Result:
+    """`qatie` in this process (click's runner)."""
+    from qatie.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def run_console(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The installed `qatie` entry point as a user runs it (real process, real exit code)."""
+    return subprocess.run(
+        [sys.executable, "-m", "qatie", *map(str, args)],
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def console_script(script: str) -> str:
+    """Path of an installed console script (`qatie-compile`, ...) in this interpreter's environment."""
+    return str(Path(sys.executable).parent / script)
+
+
+def run_console_script(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run an installed console script as a user does (real process, real exit code)."""
+    return subprocess.run([console_script(script), *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def run_compile(*args, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`qatie-compile ARGS` as a user runs it."""
+    return run_console_script("qatie-compile", *args, timeout=timeout)
+
+
+def assert_one_line_error(stderr: str, returncode: int, *needles: str) -> None:
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert returncode == 2, stderr
+    assert "Traceback" not in stderr, stderr
+    assert len(lines) == 1 or lines[-1].startswith("Error:"), stderr
+    for needle in needles:
+        assert needle in stderr, (needle, stderr)
