@@ -12,7 +12,14 @@ RPC_PORT ?= 9190
 RPC_KEY ?= demo-x86
 TRACKER := 127.0.0.1:$(RPC_PORT)
 
-.PHONY: setup test demo deploy offline-check clean
+# Extra pytest flags, e.g. PYTEST_FLAGS=--fail-on-skip (what .ci/run passes). The suite runs on
+# 2 workers (pytest-xdist); tests sharing a module's tracker or builds share a worker (loadgroup).
+PYTEST_FLAGS ?=
+WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(WORKERS) --dist loadgroup
+FAST_MARKERS := not (rpc or qemu or pocl or tune)
+
+.PHONY: setup test test-fast demo deploy offline-check clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,7 +30,11 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 test: setup
-	$(PY) -m pytest -q
+	$(PYTEST) $(PYTEST_FLAGS)
+
+# Without emulation, OpenCL, RPC and tuning: the quick loop while editing.
+test-fast: setup
+	$(PYTEST) -m "$(FAST_MARKERS)" $(PYTEST_FLAGS)
 
 demo: setup
 	$(VENV)/bin/qatie info --width 16

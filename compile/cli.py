@@ -110,7 +110,6 @@ def tune(model: Path, target_name: str, trials: int, per_task: int | None, track
     from compile.backend.targets import get_target
     from compile.backend.tuning_db import default_log_dir
     from compile.deploy.rpc import parse_tracker
-    from compile.frontend import load_and_fold
     from compile.tuning.report import print_report, write_curve
     from compile.tuning.tune import TuneOptions, refuse_emulator_timings_in_shipped_logs
     from compile.tuning.tune import tune as run_tune
@@ -126,8 +125,7 @@ def tune(model: Path, target_name: str, trials: int, per_task: int | None, track
     if options.tracker:
         emulated = refuse_emulator_timings_in_shipped_logs(options.tracker, key or spec.rpc_key or "",
                                                            device_timeout, folder)
-    _, mod, _ = load_and_fold(model, input_shapes)
-    report = run_tune(mod, spec, folder, options)
+    report = run_tune(model, input_shapes, spec, folder, options)
     print_report(report, folder, emulated)
     if curve:
         write_curve(report, curve, model, spec.name, emulated)

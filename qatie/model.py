@@ -1,4 +1,4 @@
-"""The QATIE network: gated encoder blocks and multi-scale refinement (DESIGN.md §1).
+"""The QATIE network: gated encoder blocks and multi-scale refinement (docs/design.md, "The network").
 
 Every block carries its own quantizers, named after the roles in `qatie.quant.layout`, so the
 same module is the float network, the QAT network and the exported int8 network; only

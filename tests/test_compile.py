@@ -70,6 +70,7 @@ def test_ort_quantize_static_model_uint8_per_channel_matches_ort(ort_qdq):
     assert np.mean(steps <= 1.0 + 1e-3) >= WITHIN_ONE_STEP_REQUIRED, steps.max()
 
 
+@pytest.mark.xdist_group("deploy")
 def test_build_x86_host_writes_loadable_library_and_manifest(tiny_onnx, tiny_x86):
     out, manifest = tiny_x86
     assert sorted(p.name for p in out.iterdir()) == ["kernels.s", "kernels.so", "manifest.json", "model.so"]
@@ -93,6 +94,7 @@ def test_build_x86_host_writes_loadable_library_and_manifest(tiny_onnx, tiny_x86
 
 
 @pytest.mark.cross
+@pytest.mark.xdist_group("arm")
 def test_arm64_linux_library_is_really_cross_compiled(tiny_arm):
     header = (tiny_arm["arm64-linux"] / "model.so").read_bytes()[:20]
     assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64

@@ -18,6 +18,8 @@ from tests.helpers import assert_one_line_error, console_script, run_compile, ru
 from tests.rpc_cluster import KEY, free_port, start_cluster
 
 PROFILE_TOLERANCE = 0.15
+# With `pytest -n`, these share a worker: the cluster and builds below are made once.
+pytestmark = pytest.mark.xdist_group("deploy")
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +149,7 @@ def test_last_server_killed_mid_bench_is_a_clear_error(artifact, tmp_path):
 
 @pytest.mark.rpc
 @pytest.mark.cross
+@pytest.mark.xdist_group("arm")
 def test_library_for_another_architecture_names_both(tiny_arm, cluster):
     result = run_compile("bench", tiny_arm["arm64-linux"], "--tracker", cluster.address, "--key", KEY)
     assert_one_line_error(result.stderr, result.returncode, "built for aarch64", "x86_64")

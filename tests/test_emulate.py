@@ -19,7 +19,7 @@ from tests.qdq_models import float_conv_net, ort_quantized
 from tests.rpc_cluster import free_port, start_cluster
 
 A53_KEY, A76_KEY = "a53-emu", "a76-emu"
-pytestmark = [pytest.mark.qemu, pytest.mark.rpc, pytest.mark.cross]
+pytestmark = [pytest.mark.qemu, pytest.mark.rpc, pytest.mark.cross, pytest.mark.xdist_group("arm")]
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,9 @@ def test_two_step_training_run_writes_checkpoint_with_config(tmp_path):
     build_model(ckpt)  # rebuilds from the stored config alone
 
 
-KILL_RUN = ["--width", "4", "--patch", "32", "--batch", "2", "--fp32-steps", "300", "--qat-steps", "20",
+KILL_RUN = ["--width", "4", "--patch", "32", "--batch", "2", "--fp32-steps", "100", "--qat-steps", "20",
             "--ckpt-every", "5", "--calib-batches", "2"]
+KILL_RUN_STEPS = 120
 
 
 def test_killed_training_resumes_and_ends_where_an_uninterrupted_run_ends(tmp_path):
@@ -41,14 +42,14 @@ def test_killed_training_resumes_and_ends_where_an_uninterrupted_run_ends(tmp_pa
     finally:
         proc.wait()
     killed_at = load_checkpoint(out)["step"]  # whole: written to a temp file, then renamed
-    assert 5 <= killed_at < 320 and killed_at % 5 == 0
+    assert 5 <= killed_at < KILL_RUN_STEPS and killed_at % 5 == 0
 
     resumed = subprocess.run([sys.executable, "-m", "qatie", "train", "-o", str(out), "--resume"],
                              capture_output=True, text=True, env=env, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     ckpt = load_checkpoint(out)
-    assert ckpt["step"] == 320 and ckpt["done"]
-    assert [h["step"] for h in ckpt["history"]] == list(range(1, 321))
+    assert ckpt["step"] == KILL_RUN_STEPS and ckpt["done"]
+    assert [h["step"] for h in ckpt["history"]] == list(range(1, KILL_RUN_STEPS + 1))
 
     straight = tmp_path / "straight.pt"
     subprocess.run([sys.executable, "-m", "qatie", "train", "-o", str(straight), *KILL_RUN],

@@ -25,7 +25,7 @@ from compile.backend.tuning_db import RECORDS, WORKLOADS, check_log_dir
 from tests.helpers import FIRST_CONV, assert_one_line_error, run_console_script
 from tests.rpc_cluster import KEY, free_port, start_cluster
 
-pytestmark = pytest.mark.tune
+pytestmark = [pytest.mark.tune, pytest.mark.xdist_group("tune")]
 
 
 def _tune(onnx: Path, log_dir: Path, trials: int, *extra: str) -> subprocess.CompletedProcess:
@@ -90,7 +90,7 @@ def test_rerun_with_budget_already_spent_tunes_nothing_and_keeps_the_log(tiny_on
 
 
 def test_killed_tuning_keeps_committed_records_and_the_rerun_finishes_the_budget(tiny_onnx, tmp_path):
-    log_dir, budget = tmp_path / "x86-host", 48
+    log_dir, budget = tmp_path / "x86-host", 32
     exe = Path(sys.executable).parent / "qatie-compile"
     args = [str(exe), "tune", "--target", "x86-host", str(tiny_onnx[0]), "--trials", str(budget),
             "--only", FIRST_CONV, "--log-dir", str(log_dir)]

@@ -96,10 +96,10 @@ def build(onnx_path: Path, spec: TargetSpec, out: Path, options: BuildOptions = 
 
     started = time.time()
     spec.check_buildable()
-    model, mod, fold_log = load_and_fold(onnx_path, options.input_shapes)
     target = spec.tvm_target()
-    compiler = spec.compiler()  # fail on a missing cross compiler before the long build
+    compiler = spec.compiler()  # a missing cross compiler or a damaged log: errors before the import
     database, database_dir, repaired = _tuning_database(spec, options)
+    model, mod, fold_log = load_and_fold(onnx_path, options.input_shapes)
     ops = integer_ops(mod)
     tuned = TunedKernels()
     capture = CaptureKernels()

@@ -34,6 +34,7 @@ from compile.backend.targets import TargetSpec
 from compile.backend.tuning_db import DEFAULT_LOG_ROOT, is_shipped_log, open_database
 from compile.deploy.device import emulation_of
 from compile.deploy.rpc import Tracker, tracker_summary, wait_for_devices
+from compile.frontend import load_and_fold
 from compile.tuning.worker import build_kernel, export_kernel
 from qatie.errors import QatieError
 
@@ -238,17 +239,21 @@ class _CommittingBuilder(ms.builder.PyBuilder):
         return results
 
 
-def tune(mod: tvm.IRModule, spec: TargetSpec, log_dir: Path, options: TuneOptions) -> TuneReport:
-    """Tune the folded model `mod` for `spec`, appending records to `log_dir`."""
+def tune(model: Path, input_shapes: dict, spec: TargetSpec, log_dir: Path, options: TuneOptions) -> TuneReport:
+    """Tune the integer-folded `model` for `spec`, appending records to `log_dir`.
+
+    Everything that can refuse (target, compiler, devices, the log) is checked before the
+    model is imported: a mistake costs seconds, not an import."""
     if not spec.tunable:
         raise QatieError(f"target {spec.name}: tuning supports CPU targets; {spec.kind} is not yet")
     spec.check_buildable()
     compiler = spec.compiler()
     devices = _free_devices(spec, options)
+    database, check = open_database(log_dir, create=True)
+    _, mod, _ = load_and_fold(model, input_shapes)
     register_cpu_intrinsics()
     target = tuning_target(spec)
     tasks = extract_tasks(mod, target)
-    database, check = open_database(log_dir, create=True)
 
     known = [_best_and_count(database, t.dispatched[0]) for t in tasks]
     done = sum(count for _, count in known)

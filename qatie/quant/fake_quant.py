@@ -147,7 +147,7 @@ def quantize_bias(bias: torch.Tensor, acc_scale: torch.Tensor) -> torch.Tensor:
 class QConv2d(nn.Conv2d):
     """Conv2d whose weight is fake-quantized int8 symmetric per output channel when enabled.
 
-    The bias stays a float tensor (DESIGN.md §2) but its values are put on the accumulator grid
+    The bias stays a float tensor (docs/design.md, "The quantization scheme") but its values are put on the accumulator grid
     s_x * s_w[c], where s_x is the scale of the quantizer feeding this conv (`forward`'s
     `in_quant`). The weight scale is recomputed while training and stored at freeze.
     """

@@ -1,7 +1,7 @@
 """Which tensors of the network are quantized, and which stay float — in one place.
 
-DESIGN.md §2: whatever is int8 at a kernel boundary on the device is fake-quantized at the same
-point, with the same parameters, during QAT. The model's blocks name their quantizers after the
+docs/design.md, "The quantization scheme": whatever is int8 at a kernel boundary on the device
+is fake-quantized at the same point, with the same parameters, during QAT. The model's blocks name their quantizers after the
 roles below, and `tests/test_quant.py` checks that the model has exactly these roles, so this
 table and the network cannot drift apart.
 """

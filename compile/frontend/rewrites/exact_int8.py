@@ -7,6 +7,9 @@ Q(DQ(x)) pair that re-quantizes with the same parameters is x itself.
 
 from __future__ import annotations
 
+import functools
+import operator
+
 import numpy as np
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, is_tuple, wildcard
@@ -28,16 +31,20 @@ class ExactInt8(Rewrite):
 
     name = "exact-int8"
     MAX_CONCAT = 4
+    # Ops that only select input values (so commute with a monotone DQ): op -> (number of
+    # non-tensor arguments after the input, when the call is exact).
+    SELECTING_OPS = {
+        "relax.nn.max_pool2d": (0, lambda attrs: True),
+        "relax.image.resize2d": (1, lambda attrs: attrs.method == "nearest_neighbor"),
+    }
 
     def __init__(self) -> None:
         self.dequants = [is_op("relax.dequantize")(wildcard(), is_const(), is_const()) for _ in range(self.MAX_CONCAT)]
         first = self.dequants[0]
-        self.pool = is_op("relax.nn.max_pool2d")(first)
-        self.resize = is_op("relax.image.resize2d")(first, wildcard())
+        self.selecting = [is_op(name)(first, *(wildcard() for _ in range(extra)))
+                          for name, (extra, _) in self.SELECTING_OPS.items()]
         self.concats = [is_op("relax.concat")(is_tuple(self.dequants[:n])) for n in range(2, self.MAX_CONCAT + 1)]
-        inner = self.pool | self.resize | first
-        for concat in self.concats:
-            inner = inner | concat
+        inner = functools.reduce(operator.or_, [*self.selecting, first, *self.concats])
         self.root = is_op("relax.quantize")(inner, is_const(), is_const())
 
     def rewrite(self, call: relax.Call, match: dict, log: FoldLog) -> relax.Expr:
@@ -50,12 +57,13 @@ class ExactInt8(Rewrite):
         if concat is not None:
             log.apply(self.name)
             return relax.op.concat(codes, axis=int(concat.attrs.axis))
-        op_call = next((match[op] for op in (self.pool, self.resize) if op in match), None)
+        op_call = next((match[op] for op in self.selecting if op in match), None)
         if op_call is None:
             log.apply(self.name)
             return codes[0]  # Q(DQ(x)) with the same parameters
-        if self.resize in match and op_call.attrs.method != "nearest_neighbor":
-            log.skip(self.name, f"resize method {op_call.attrs.method} interpolates (not exact on codes)")
+        _, exact = self.SELECTING_OPS[op_call.op.name]
+        if not exact(op_call.attrs):
+            log.skip(self.name, f"{op_call.op.name} with these attributes interpolates (not exact on codes)")
             return call
         log.apply(self.name)
         return relax.Call(op_call.op, [codes[0], *op_call.args[1:]], op_call.attrs)

@@ -20,6 +20,9 @@ the bias rounding onto the accumulator grid, as every int8 runtime does.
 
 from __future__ import annotations
 
+import functools
+import operator
+
 import numpy as np
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, wildcard
@@ -33,6 +36,8 @@ class IntegerConv(Rewrite):
     """DQ -> conv2d [-> add bias] [-> relu | leakyrelu] -> Q as an int8 x int8 -> int32 conv."""
 
     name = "integer-conv"
+    # Elementwise activations between the conv and its Q: applied to the float requantize value.
+    ACTIVATIONS = ("relax.nn.relu", "relax.nn.leakyrelu")
 
     def __init__(self) -> None:
         self.x_q, self.s_x, self.z_x = wildcard(), is_const(), is_const()
@@ -48,10 +53,10 @@ class IntegerConv(Rewrite):
         bias = self.bias | self.bias_dq
         self.biased = is_op("relax.add")(self.conv, bias | is_op("relax.reshape")(bias, wildcard()))
         body = self.biased | self.conv
-        self.relu = is_op("relax.nn.relu")(body)
-        self.leaky = is_op("relax.nn.leakyrelu")(body)
+        self.activations = [is_op(name)(body) for name in self.ACTIVATIONS]
         self.s_y, self.z_y = is_const(), is_const()
-        self.root = is_op("relax.quantize")(self.relu | self.leaky | body, self.s_y, self.z_y)
+        self.root = is_op("relax.quantize")(functools.reduce(operator.or_, [*self.activations, body]),
+                                            self.s_y, self.z_y)
 
     def rewrite(self, call: relax.Call, match: dict, log: FoldLog) -> relax.Expr:
         conv = match[self.conv]
@@ -97,10 +102,9 @@ class IntegerConv(Rewrite):
         channel = (1, out_channels, 1, 1)
         acc = relax.op.add(acc, relax.const(offset.astype(np.int32).reshape(channel), "int32"))
         value = relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(acc_scale.reshape(channel), "float32"))
-        if self.relu in match:
-            value = relax.op.nn.relu(value)
-        elif self.leaky in match:
-            value = relax.op.nn.leakyrelu(value, float(match[self.leaky].attrs.alpha))
+        activation = next((match[a] for a in self.activations if a in match), None)
+        if activation is not None:
+            value = relax.Call(activation.op, [value], activation.attrs)
         log.apply(self.name)
         return relax.op.quantize(value, match[self.s_y], match[self.z_y], axis=call.attrs.axis,
                                  out_dtype=call.attrs.out_dtype)

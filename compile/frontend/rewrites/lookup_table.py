@@ -8,6 +8,9 @@ too).
 
 from __future__ import annotations
 
+import functools
+import operator
+
 import numpy as np
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, wildcard
@@ -16,15 +19,16 @@ from compile.frontend.rewrite import INT8_TYPES, FoldLog, Rewrite, constant
 
 
 class LookupTable(Rewrite):
-    """tanh and sigmoid between a per-tensor DQ and Q as `take` from a table of codes."""
+    """An elementwise function between a per-tensor DQ and Q as `take` from a table of codes."""
 
     name = "lookup-table"
+    # Relax op -> its ONNX definition in numpy float32; adding an entry adds a table rewrite.
     FUNCTIONS = {"relax.tanh": np.tanh, "relax.sigmoid": lambda v: 1.0 / (1.0 + np.exp(-v))}
 
     def __init__(self) -> None:
         self.x, self.s_x, self.z_x = wildcard(), is_const(), is_const()
         dq = is_op("relax.dequantize")(self.x, self.s_x, self.z_x)
-        self.func = is_op("relax.tanh")(dq) | is_op("relax.sigmoid")(dq)
+        self.func = functools.reduce(operator.or_, (is_op(name)(dq) for name in self.FUNCTIONS))
         self.s_y, self.z_y = is_const(), is_const()
         self.root = is_op("relax.quantize")(self.func, self.s_y, self.z_y)
 
