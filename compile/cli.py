@@ -358,26 +358,34 @@ def rpc() -> None:
 
 @rpc.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=int, default=9190, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=9190, show_default=True)
 def tracker(host: str, port: int) -> None:
-    """Start an RPC tracker (python -m tvm.exec.rpc_tracker)."""
-    from compile.deploy.servers import run_tvm_module, tracker_command
+    """Start an RPC tracker (TVM's) in this process; it serves until stopped."""
+    from compile.deploy.servers import public_warning, serve_tracker
 
-    raise SystemExit(run_tvm_module(*tracker_command(host, port), host, _echo_err))
+    _warn(public_warning(host))
+    serve_tracker(host, port)
 
 
 @rpc.command()
 @click.option("--tracker", "tracker_address", required=True, help="RPC tracker HOST:PORT to register with.")
 @click.option("--key", required=True, help="Device key to register under, e.g. a target file's rpc_key.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=int, default=9090, show_default=True, help="First port to try.")
+@click.option("--port", type=click.IntRange(1, 65535 - 100), default=9090, show_default=True,
+              help="First port to try (up to 100 above it).")
 def server(tracker_address: str, key: str, host: str, port: int) -> None:
-    """Start an RPC server on this machine and register it (python -m tvm.exec.rpc_server)."""
+    """Start an RPC server for this machine (TVM's) in this process, registered with a tracker."""
     from compile.deploy.rpc import parse_tracker
-    from compile.deploy.servers import run_tvm_module, server_command
+    from compile.deploy.servers import public_warning, serve_rpc
 
     address = parse_tracker(tracker_address)
-    raise SystemExit(run_tvm_module(*server_command(str(address), key, host, port), host, _echo_err))
+    _warn(public_warning(host))
+    serve_rpc(str(address), key, host, port)
+
+
+def _warn(warning: str | None) -> None:
+    if warning:
+        _echo_err(warning)
 
 
 @main.group()
@@ -413,9 +421,7 @@ def arm64(tracker_address: str, target_name: str, cpu: str | None, key: str | No
     address = parse_tracker(tracker_address)
     tracker_summary(address)  # a dead tracker is a one-line error now, not a silent retry loop
     runtime = ensure_runtime(_echo_err)
-    warning = public_warning(host)
-    if warning:
-        _echo_err(warning)
+    _warn(public_warning(host))
     stop_descendants_on_signal()  # a session running under qemu ends with the device
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     serve(runtime, qemu_cpu, address, key or f"{spec.rpc_key or spec.name}-emu", host, port)

@@ -67,6 +67,7 @@ def test_bench_gives_one_matching_row_per_device(artifact, cluster, tiny_ckpt, t
 
 
 @pytest.mark.rpc
+@pytest.mark.serial  # kernel sum vs end-to-end: a second test process on the other core skews it
 def test_profile_over_rpc_adds_up_to_end_to_end(artifact_256, cluster, tmp_path):
     artifact = artifact_256
     result = run_compile("profile", artifact, "--tracker", cluster.address, "--key", KEY, "--repeats", 5,

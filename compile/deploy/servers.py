@@ -1,19 +1,24 @@
-"""TVM's RPC tracker and server as processes of ours: bound to loopback unless told otherwise,
-and stopped together with everything they started.
+"""TVM's RPC tracker and server, run inside this process: bound to loopback unless told
+otherwise, and gone, port included, when this process ends.
 
-TVM's tracker and server listen in `popen_worker` children that outlive their parent when it is
-killed: a stopped tracker kept its port and answered the next run. So SIGTERM/SIGINT end this
-process and every process under it.
+`python -m tvm.exec.rpc_tracker` (and `rpc_server`) listen in a `popen_worker` grandchild that
+outlives its parent: after `kill -9` of the parent the worker kept the port and answered the
+next run. TVM's server state classes bind the port and serve it in a thread of the process
+that creates them, so we create them here: the port closes when this process dies, however it
+dies. Sessions of the RPC server run in child processes (TVM's multiprocessing), which
+SIGTERM/SIGINT stop with us; a SIGKILL leaves at most a session that its own timeout ends.
 """
 
 from __future__ import annotations
 
+import errno
 import signal
-import subprocess
+import socket
 import sys
-from collections.abc import Callable
 
 import psutil
+
+from qatie.errors import QatieError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -38,19 +43,36 @@ def stop_descendants_on_signal() -> None:
     signal.signal(signal.SIGINT, stop)
 
 
-def run_tvm_module(module: str, args: list[str], host: str, warn: Callable[[str], None]) -> int:
-    """`python -m module args` (TVM's tracker or server) until it ends; its exit code."""
-    warning = public_warning(host)
-    if warning:
-        warn(warning)
+def check_port_free(host: str, port: int) -> None:
+    """A one-line error now for a port that is taken or an address that is not ours."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            hint = "pick another --port" if exc.errno == errno.EADDRINUSE else "check --host"
+            raise QatieError(f"cannot listen on {host}:{port} ({exc.strerror}); {hint}") from None
+
+
+def serve_tracker(host: str, port: int) -> None:
+    """An RPC tracker on host:port, in this process, until it is stopped."""
+    from tvm.rpc.tracker import PopenTrackerServerState
+
+    check_port_free(host, port)
     stop_descendants_on_signal()
-    return subprocess.call([sys.executable, "-m", module, *args])
+    state = PopenTrackerServerState(host, port, port + 1)
+    state.thread.join()
 
 
-def tracker_command(host: str, port: int) -> tuple[str, list[str]]:
-    return "tvm.exec.rpc_tracker", ["--host", host, "--port", str(port), "--port-end", str(port + 1)]
+def serve_rpc(tracker: str, key: str, host: str, port: int) -> None:
+    """An RPC server for this machine on the first free port from `port`, registered with
+    `tracker` under `key`, in this process, until it is stopped."""
+    from tvm.rpc.server import PopenRPCServerState
 
-
-def server_command(tracker: str, key: str, host: str, port: int) -> tuple[str, list[str]]:
-    return "tvm.exec.rpc_server", ["--host", host, "--port", str(port), "--port-end", str(port + 100),
-                                   "--tracker", tracker, "--key", key]
+    tracker_host, _, tracker_port = tracker.rpartition(":")
+    stop_descendants_on_signal()
+    try:
+        state = PopenRPCServerState(host, port, port + 100, tracker_addr=(tracker_host, int(tracker_port)), key=key)
+    except (OSError, ValueError) as exc:
+        raise QatieError(f"cannot listen on {host}:{port}..{port + 99} ({exc}); pick another --port") from None
+    state.thread.join()
