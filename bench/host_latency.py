@@ -55,7 +55,6 @@ def main(ctx: click.Context, ckpt: Path, sizes: tuple[str, ...], thread_counts: 
         return
     from compile.backend.build import BuildOptions, build
     from compile.backend.targets import get_target
-
     from qatie.checkpoint import load_checkpoint
     from qatie.export import export
 

@@ -15,13 +15,18 @@ This module imports no compiler: deploying an artifact must not need TVM's compi
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from qatie.errors import QatieError, validation_summary
 
@@ -34,10 +39,22 @@ ELF_MACHINES = {3: "x86", 40: "arm", 62: "x86_64", 183: "aarch64"}
 ARM_FEATURE_FLAGS = {"feature.has_dotprod": "+dotprod", "feature.has_matmul_i8": "+i8mm",
                      "feature.has_fp16_simd": "+fullfp16", "feature.has_sve": "+sve"}
 TRIPLE_ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
+AT_FDCWD, RENAME_EXCHANGE = -100, 2  # <fcntl.h>, <linux/fs.h>
 
 
 class _Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _plain_file_name(name: str) -> str:
+    """A file directly inside the artifact folder: a manifest must not point anywhere else."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise ValueError(f"'{name}' is not a plain file name inside the artifact folder")
+    return name
+
+
+FileName = Annotated[str, AfterValidator(_plain_file_name)]
+Sha256 = Annotated[str, Field(pattern="^[0-9a-f]{64}$")]
 
 
 class QuantParams(_Record):
@@ -92,8 +109,8 @@ class TargetInfo(_Record):
 
 
 class LibraryFile(_Record):
-    file: str
-    sha256: str
+    file: FileName
+    sha256: Sha256
 
 
 class IntegerInfo(_Record):
@@ -114,6 +131,7 @@ class TuningInfo(_Record):
     kernels: int
     database: str | None
     repaired: list[str]
+    notes: list[str] = []  # records tuned for another CPU, and the like
 
 
 class KernelArg(_Record):
@@ -143,7 +161,7 @@ class Manifest(_Record):
     integer: IntegerInfo
     tuning: TuningInfo
     kernels: KernelTable
-    sources: list[str]
+    sources: list[FileName]
     tvm_version: str
     build_seconds: float
     built_at: str
@@ -223,6 +241,8 @@ def load_artifact(folder: Path) -> Artifact:
     manifest = read_manifest(manifest_path)
     for entry in (manifest.library, manifest.kernel_library):
         path = folder / entry.file
+        if path.is_symlink():
+            raise QatieError(f"{path}: a symbolic link; an artifact's libraries must be files inside {folder}")
         if not path.is_file():
             raise QatieError(f"{path}: missing; the artifact folder is incomplete, rebuild it")
         actual = sha256(path)
@@ -232,9 +252,54 @@ def load_artifact(folder: Path) -> Artifact:
     return Artifact(folder, manifest)
 
 
+def _exchange(a: Path, b: Path) -> None:
+    """Swap two paths in one atomic step (Linux renameat2 with RENAME_EXCHANGE)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    if libc.renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), str(b))
+
+
+def staging_folder(out: Path) -> Path:
+    """A fresh folder beside `out` to build into; staging folders that builds killed before they
+    finished (their process is gone) are removed first."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.staging-*"):
+        pid = stale.name.rsplit("-", 2)[-2]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-{os.getpid()}-", dir=out.parent))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_replaceable(out: Path) -> None:
+    """`out` may become an artifact: absent, empty, or an artifact (it is then replaced whole)."""
+    if out.exists() and not out.is_dir():
+        raise QatieError(f"-o {out}: exists and is not a folder; choose another -o")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise QatieError(f"-o {out}: a folder that is not an artifact (no {MANIFEST}); a build replaces its "
+                         f"-o folder whole, so choose an empty or new folder")
+
+
 def publish(staging: Path, out: Path, manifest: Manifest) -> None:
-    """Move a complete build from `staging` into `out`, the manifest last: it vouches for the rest."""
+    """Make the complete build in `staging` the artifact at `out`, in one atomic step.
+
+    The folder at `out` is swapped with `staging` (or `staging` renamed when there is none): at
+    every moment `out` is the previous artifact or the new one, whole, never a mix; files of the
+    previous build that this one does not write (sources, reports) go with it. The caller removes
+    `staging`, which then holds the previous artifact."""
     (staging / MANIFEST).write_text(manifest.to_json())
-    out.mkdir(parents=True, exist_ok=True)
-    for name in [manifest.library.file, manifest.kernel_library.file, *manifest.sources, MANIFEST]:
-        (staging / name).replace(out / name)
+    check_replaceable(out)
+    if out.exists():
+        _exchange(staging, out)
+    else:
+        staging.rename(out)

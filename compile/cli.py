@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from qatie.atomic import check_writable_file, check_writable_folder
 from qatie.cli import QatieGroup
 from qatie.errors import QatieError
 
@@ -59,8 +60,9 @@ def main() -> None:
 @click.option("--tuning-log", type=click.Path(path_type=Path, file_okay=False),
               help="Tuning log folder to apply (default: tuning_logs/<target>/ when it exists).")
 @click.option("--no-tuning", is_flag=True, help="Ignore tuning logs; every kernel gets the default schedule.")
+@click.option("--require-int8", is_flag=True, help="Fail when no conv is quantized (a float model) instead of warning.")
 def build(model: Path, target_name: str, out: Path, input_shapes: dict, emit_source: bool,
-          tuning_log: Path | None, no_tuning: bool) -> None:
+          tuning_log: Path | None, no_tuning: bool, require_int8: bool) -> None:
     """Compile MODEL for a target: OUT/model.so and OUT/manifest.json."""
     from compile.backend.build import BuildOptions
     from compile.backend.build import build as run_build
@@ -69,11 +71,17 @@ def build(model: Path, target_name: str, out: Path, input_shapes: dict, emit_sou
     if tuning_log and no_tuning:
         raise QatieError("--tuning-log and --no-tuning contradict each other; give one")
     options = BuildOptions(input_shapes=input_shapes, emit_source=emit_source, tuning_log=tuning_log,
-                           use_tuning=not no_tuning)
+                           use_tuning=not no_tuning, require_int8=require_int8)
     manifest = run_build(model, get_target(target_name), out, options)
     integer, tuning = manifest.integer, manifest.tuning
     for line in tuning.repaired:
         click.echo(f"tuning log repaired: {line}", err=True)
+    for line in tuning.notes:
+        click.echo(f"note: {line}", err=True)
+    if integer.float_convs and not integer.integer_convs:
+        click.echo(f"WARNING: nothing was quantized: 0 of {integer.float_convs} convs run in integer arithmetic "
+                   f"(a float model, or Q/DQ nodes no rewrite recognises); the library computes in float. "
+                   f"Pass --require-int8 to make this an error", err=True)
     source = f"tuned from {tuning.database}" if tuning.database else "no tuning log"
     click.echo(
         f"{out}/model.so for {target_name}: {integer.integer_convs} of "
@@ -121,6 +129,9 @@ def tune(model: Path, target_name: str, trials: int, per_task: int | None, track
                           key=key, device_timeout_s=device_timeout, builder_timeout_s=builder_timeout,
                           population=population, only=only)
     folder = log_dir or default_log_dir(spec.name)
+    check_writable_folder(folder, "--log-dir")
+    if curve:
+        check_writable_file(curve, "--curve")
     emulated = None
     if options.tracker:
         emulated = refuse_emulator_timings_in_shipped_logs(options.tracker, key or spec.rpc_key or "",
@@ -137,15 +148,17 @@ def tune(model: Path, target_name: str, trials: int, per_task: int | None, track
 def inspect(model: Path, input_shapes: dict) -> None:
     """What runs in integer arithmetic after QDQ folding: conv MACs per target, every integer op,
     and why each pattern left in float was not rewritten."""
-    from compile.backend.targets import all_targets
+    from compile.backend.targets import scan_targets
     from compile.frontend import load_and_fold
     from compile.frontend.inspect import integer_ops
 
+    folder = scan_targets()
     _, mod, log = load_and_fold(model, input_shapes)
     ops = integer_ops(mod)
     convs, total = ops.integer_convs + ops.float_convs, ops.integer_macs + ops.float_macs
     # Folding runs before any target-specific pass, so every target gets the same split.
-    for spec in all_targets():
+    _warn_broken(folder)
+    for spec in folder.specs:
         click.echo(f"{spec.name:22s} integer convs {ops.integer_convs:3d}/{convs:<3d} "
                    f"integer MACs {ops.integer_macs:,}/{total:,} ({100 * ops.integer_fraction:.1f} %)")
     click.echo("integer ops: " + ", ".join(f"{name.removeprefix('relax.')} {count}"
@@ -161,11 +174,16 @@ def inspect(model: Path, input_shapes: dict) -> None:
 @main.command()
 def targets() -> None:
     """List the target files: TVM target, cross compiler (and whether it is installed), RPC key."""
-    from compile.backend.targets import all_targets, targets_dir
+    from compile.backend.targets import scan_targets, targets_dir
 
+    folder = scan_targets()
     rows = []
-    for spec in all_targets():
-        spec.tvm_target()  # a file TVM rejects is an error here, not at build time
+    for spec in folder.specs:
+        try:
+            spec.tvm_target()  # a file TVM rejects is reported here, not at build time
+        except QatieError as exc:
+            _echo_err(f"warning: target file skipped: {exc}")
+            continue
         try:
             compiler = spec.compiler()
         except QatieError as exc:
@@ -177,6 +195,13 @@ def targets() -> None:
     for name, key, threads, compiler, description in rows:
         click.echo(f"  {name:22s} rpc key {key:15s} threads {threads:4s} {description}")
         click.echo(f"  {'':22s} compiler: {compiler}")
+    _warn_broken(folder)
+
+
+def _warn_broken(folder) -> None:
+    """Broken target files, each by name, on stderr; the valid ones keep working."""
+    for reason in folder.broken.values():
+        _echo_err(f"warning: target file skipped: {reason}")
 
 
 @main.command(name="check-opencl")
@@ -278,6 +303,9 @@ def _placement_options(command):
         click.option("--local", is_flag=True, help="Run on this machine (TVM's in-process RPC session)."),
         click.option("--device-timeout", type=click.FloatRange(min=0), default=60, show_default=True,
                      help="Seconds to wait for a free device."),
+        click.option("--session-timeout", type=click.FloatRange(min=1), default=300, show_default=True,
+                     help="Seconds one device may take for its whole job (handshake, upload, runs) before it "
+                          "counts as lost."),
         click.option("--repeats", type=click.IntRange(min=1), default=10, show_default=True, help="Timed runs."),
         click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True, help="Untimed runs first."),
         click.option("--min-ms", type=click.IntRange(min=0), default=0, show_default=True,
@@ -300,9 +328,9 @@ def _placement_options(command):
               help="The QDQ ONNX model the artifact was built from (default: the manifest's path).")
 @click.option("--ckpt", type=click.Path(path_type=Path, dir_okay=False),
               help="Also compare with the PyTorch QAT model of this checkpoint.")
-def bench(artifact: Path, tracker: str | None, key: str | None, local: bool, device_timeout: float, repeats: int,
-          warmup: int, min_ms: int, threads: int | None, input_npy: Path | None, out: Path | None,
-          onnx_path: Path | None, ckpt: Path | None) -> None:
+def bench(artifact: Path, tracker: str | None, key: str | None, local: bool, device_timeout: float,
+          session_timeout: float, repeats: int, warmup: int, min_ms: int, threads: int | None, input_npy: Path | None,
+          out: Path | None, onnx_path: Path | None, ckpt: Path | None) -> None:
     """Run ARTIFACT on each device: output vs ONNX Runtime (and PyTorch), latency statistics."""
     from compile.deploy.bench import bench_on, onnx_reference, pytorch_reference
     from compile.deploy.deployment import Deployment
@@ -310,7 +338,8 @@ def bench(artifact: Path, tracker: str | None, key: str | None, local: bool, dev
     from compile.deploy.reports import BENCH_FORMATS, bench_table, write_report
     from compile.deploy.timing import Timing
 
-    deployment = Deployment.from_options(artifact, tracker, key, local, device_timeout,
+    check_writable_folder(out or artifact / "reports")
+    deployment = Deployment.from_options(artifact, tracker, key, local, device_timeout, session_timeout,
                                          Timing(warmup, repeats, min_ms), threads)
     loaded = deployment.artifact
     x = model_input(loaded.manifest.model.inputs[0], input_npy)
@@ -326,8 +355,9 @@ def bench(artifact: Path, tracker: str | None, key: str | None, local: bool, dev
 
 @main.command()
 @_placement_options
-def profile(artifact: Path, tracker: str | None, key: str | None, local: bool, device_timeout: float, repeats: int,
-            warmup: int, min_ms: int, threads: int | None, input_npy: Path | None, out: Path | None) -> None:
+def profile(artifact: Path, tracker: str | None, key: str | None, local: bool, device_timeout: float,
+            session_timeout: float, repeats: int, warmup: int, min_ms: int, threads: int | None,
+            input_npy: Path | None, out: Path | None) -> None:
     """Per-kernel time of ARTIFACT on each device: table, CSV, JSON, Chrome trace, PNG."""
     from compile.deploy.deployment import Deployment
     from compile.deploy.inputs import model_input
@@ -335,7 +365,8 @@ def profile(artifact: Path, tracker: str | None, key: str | None, local: bool, d
     from compile.deploy.reports import PROFILE_FORMATS, profile_tables, write_report
     from compile.deploy.timing import Timing
 
-    deployment = Deployment.from_options(artifact, tracker, key, local, device_timeout,
+    check_writable_folder(out or artifact / "reports")
+    deployment = Deployment.from_options(artifact, tracker, key, local, device_timeout, session_timeout,
                                          Timing(warmup, repeats, min_ms), threads)
     loaded = deployment.artifact
     x = model_input(loaded.manifest.model.inputs[0], input_npy)

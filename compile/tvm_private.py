@@ -1,7 +1,7 @@
 """Every use of a TVM private API (a name with a leading underscore), in one place.
 
-TVM 0.27 has public APIs for almost all we do; for the four things below it has none, and each
-is used for a reason named here. A TVM upgrade that renames or reshapes any of them breaks only
+TVM 0.27 has public APIs for almost all we do; for the three things below it has none, and
+each is used for a reason named here. A TVM upgrade that renames or reshapes any of them breaks only
 this file: check each function against the new release.
 
 - `onnx_converters`: the ONNX frontend's op table, to list every unsupported op of a model with
@@ -10,8 +10,6 @@ this file: check each function against the new release.
   the VM without its compiled TIR library and serve each kernel call from Python.
 - `serve_tracker_sessions`: TVM's RPC listen loop (tracker registration, match keys, handshake),
   with only the serving of one accepted session replaced (the emulated device runs it under qemu).
-- `tracker_socket`: the socket of a tracker client, to request a device with a timeout and keep
-  the server address the tracker hands out (`TrackerSession.request` hides it).
 """
 
 from __future__ import annotations
@@ -56,8 +54,3 @@ def serve_tracker_sessions(listener, port: int, key: str, tracker: tuple[str, in
 
     tvm_server._serving = serve_one
     tvm_server._listen_loop(listener, port, key, tracker, None, None)
-
-
-def tracker_socket(client):
-    """The socket of a `tvm.rpc.TrackerSession`."""
-    return client._sock

@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from qatie.errors import QatieError
+
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
@@ -34,3 +36,32 @@ def atomic_path(path: Path) -> Iterator[Path]:
 def write_text_atomic(text: str, path: Path) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def check_writable_folder(folder: Path, option: str = "-o") -> None:
+    """A one-line error now, before any work, if files cannot be created in `folder` (which
+    need not exist yet): its nearest existing ancestor must be a folder we can write in.
+
+    Probed by creating and removing a file: permission bits say nothing for root, and nothing
+    about read-only file systems."""
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise QatieError(f"{option} {folder}: {existing} is a file, not a folder; choose another {option}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".qatie-write-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise QatieError(f"{option} {folder}: cannot write in {existing} ({exc.strerror}); "
+                         f"choose another {option}") from None
+
+
+def check_writable_file(path: Path, option: str = "-o") -> None:
+    """Like `check_writable_folder` for a file to be written at `path`."""
+    if path.is_dir():
+        raise QatieError(f"{option} {path}: is a folder; give a file name")
+    check_writable_folder(path.parent, option)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from qatie.atomic import check_writable_file
 from qatie.errors import QatieError
 
 SIZE_PATTERN = re.compile(r"^(\d+)x(\d+)$")
@@ -84,6 +85,7 @@ def train(out: Path, resume: bool, width: int, range_method: str, scales: str, *
     from qatie.train import TrainConfig
     from qatie.train import train as run_training
 
+    check_writable_file(out)
     cfg = TrainConfig(model=ModelConfig(width=width, range_method=range_method, pow2_scales=scales == "pow2"), **options)
     last = run_training(cfg, out, resume)
     if last:
@@ -103,6 +105,9 @@ def evaluate(checkpoint: Path, data: str, ptq_batches: int, json_out: Path | Non
     from qatie.evaluate import evaluate as run_eval
     from qatie.evaluate import format_table
 
+    for path, option in ((json_out, "--json"), (png, "--png")):
+        if path is not None:
+            check_writable_file(path, option)
     ckpt = _load(checkpoint)
     rows, meta = run_eval(ckpt, data, ptq_batches, png)
     click.echo(format_table(rows))
@@ -123,6 +128,7 @@ def export(checkpoint: Path, size: tuple[int, int], out: Path, fp32: bool) -> No
     from qatie.export import export as run_export
     from qatie.references import WITHIN_ONE_STEP_REQUIRED
 
+    check_writable_file(out)
     convs, spec, fused = run_export(_load(checkpoint), size[0], size[1], out, fp32)
     kind = "float" if fp32 else "QDQ int8, every Conv input and weight through DequantizeLinear"
     click.echo(f"{out}: {convs} Conv ({kind})")

@@ -162,7 +162,7 @@ class Trainer:
                     "optimizer": self.optimizer.state_dict(),
                     "phase": self.phase,
                     "history": self.history,
-                    "torch_version": torch.__version__,
+                    "torch_version": str(torch.__version__),  # plain str: loads with weights_only
                 },
                 self.out,
             )

@@ -129,13 +129,28 @@ def test_corrupt_log_line_is_named_with_file_and_line_and_nothing_changes(tiny_o
 
 
 def test_unfinished_last_line_from_an_interrupted_write_is_reported_and_cut(tmp_path):
-    (tmp_path / WORKLOADS).write_text('["1", "a"]\n["2", "b"]\n')
-    complete = '[0, [["trace"], [1e-3], {}, []]]\n[1, [["trace"], [2e-3], {}, []]]\n'
+    shipped = Path(__file__).resolve().parents[1] / "tuning_logs" / "x86-host"
+    workloads = (shipped / WORKLOADS).read_text().splitlines()[:2]
+    record = json.loads((shipped / RECORDS).read_text().splitlines()[0])
+    (tmp_path / WORKLOADS).write_text("\n".join(workloads) + "\n")
+    complete = json.dumps(record) + "\n" + json.dumps([1, record[1]]) + "\n"
     (tmp_path / RECORDS).write_text(complete + '[1, [["tra')
     check = check_log_dir(tmp_path)
     assert (check.workloads, check.records) == (2, 2)
     assert check.repaired == [f"{tmp_path / RECORDS}:3: dropped an unfinished line (interrupted write)"]
     assert (tmp_path / RECORDS).read_text() == complete
+
+
+def test_a_record_that_names_a_missing_block_is_one_line(tiny_onnx, tuned_log, tmp_path):
+    log_dir, _ = tuned_log
+    damaged = tmp_path / "x86-host"
+    shutil.copytree(log_dir, damaged)
+    records = (damaged / RECORDS).read_text().replace('"conv2d_nchw"', '"no_such_block"')
+    (damaged / RECORDS).write_text(records)
+    result = run_console_script("qatie-compile", "--target", "x86-host", tiny_onnx[0], "-o", tmp_path / "art",
+                                "--tuning-log", damaged)
+    assert_one_line_error(result.stderr, result.returncode, str(damaged), "could not be applied", "--no-tuning")
+    assert not (tmp_path / "art").exists()
 
 
 def test_build_reports_an_interrupted_append_it_cut(tiny_onnx, tuned_log, tmp_path):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +26,10 @@ from compile.artifact import (
     ModelInfo,
     TargetInfo,
     TuningInfo,
+    check_replaceable,
     publish,
     sha256,
+    staging_folder,
 )
 from compile.backend.kernel_table import CaptureKernels
 from compile.backend.pass_config import pass_config
@@ -37,6 +38,8 @@ from compile.backend.targets import TargetSpec
 from compile.frontend import load_and_fold
 from compile.frontend.inspect import integer_ops
 from compile.frontend.io_description import io_description
+from qatie.atomic import check_writable_folder
+from qatie.errors import QatieError
 
 PACKED_IMPORTS = "devc"  # the object TVM's export writes the packed imports (the VM executable) into
 
@@ -47,6 +50,12 @@ class BuildOptions:
     emit_source: bool = False  # also write the generated kernels (LLVM asm / OpenCL C)
     tuning_log: Path | None = None  # a tuning log folder to apply (must exist)
     use_tuning: bool = True  # False: every kernel gets the default schedule
+    require_int8: bool = False  # a model with no integer conv is an error, not a warning
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(exc).__name__
 
 
 def imported_modules(module) -> list:
@@ -92,21 +101,22 @@ def _link_with_kernels(compiler: str, kernels: Path):
     return fcompile
 
 
-def _tuning_database(spec: TargetSpec, options: BuildOptions):
+def _tuning_database(spec: TargetSpec, target, options: BuildOptions):
     """The target's tuning database: `options.tuning_log` if given (must exist), else the default
     folder if it holds a log, else none (every kernel keeps its default schedule); plus what the
     log check repaired (an interrupted append cut off), which the user must hear about."""
     from compile.backend.intrinsics import register_cpu_intrinsics
-    from compile.backend.tuning_db import WORKLOADS, default_log_dir, open_database
+    from compile.backend.tuning_db import WORKLOADS, check_targets, default_log_dir, open_database
 
     if not options.use_tuning or not spec.tunable:
-        return None, None, []
+        return None, None, [], []
     folder = options.tuning_log or default_log_dir(spec.name)
     if options.tuning_log is None and not (folder / WORKLOADS).is_file():
-        return None, None, []
+        return None, None, [], []
     register_cpu_intrinsics()  # tuned traces may tensorize with the CPU intrinsics
     database, check = open_database(folder, create=False)
-    return database, folder, check.repaired
+    notes = check_targets(folder, check, json.loads(str(target)))
+    return database, folder, check.repaired, notes
 
 
 def build(onnx_path: Path, spec: TargetSpec, out: Path, options: BuildOptions = BuildOptions()) -> Manifest:
@@ -116,24 +126,37 @@ def build(onnx_path: Path, spec: TargetSpec, out: Path, options: BuildOptions = 
     (`tuning_logs/<target>/`, or `options.tuning_log`), and our default schedules otherwise.
     """
     started = time.time()
+    check_replaceable(out)
+    check_writable_folder(out.parent)
     spec.check_buildable()
     target = spec.tvm_target()
     compiler = spec.compiler()  # a missing cross compiler or a damaged log: errors before the import
-    database, database_dir, repaired = _tuning_database(spec, options)
+    database, database_dir, repaired, notes = _tuning_database(spec, target, options)
     model, mod, fold_log = load_and_fold(onnx_path, options.input_shapes)
+    inputs, outputs = io_description(model)
+    if len(inputs) != 1:
+        raise QatieError(f"{onnx_path}: {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); qatie-compile "
+                         f"builds single-input models (bench and profile feed one input)")
     ops = integer_ops(mod)
+    if options.require_int8 and ops.float_convs and not ops.integer_convs:
+        raise QatieError(f"{onnx_path}: --require-int8: none of its {ops.float_convs} convs is quantized (no "
+                         f"QuantizeLinear/DequantizeLinear around them); export it with Q/DQ nodes")
     tuned = TunedKernels()
     capture = CaptureKernels()
-    with tvm.transform.PassContext(instruments=[capture], config=pass_config(target)):
-        executable = build_with_default_schedules(mod, target, database, tuned)
+    try:
+        with tvm.transform.PassContext(instruments=[capture], config=pass_config(target)):
+            executable = build_with_default_schedules(mod, target, database, tuned)
+    except Exception as exc:
+        if database is None or not tuned.applying:
+            raise
+        raise QatieError(f"{database_dir}: a tuning record could not be applied ({_first_line(exc)}); "
+                         f"remove its lines from the log or build with --no-tuning") from None
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging = staging_folder(out)
     try:
         library, kernels = staging / LIBRARY, staging / KERNELS
         executable.export_library(str(library), fcompile=_link_with_kernels(compiler, kernels))
         sources = _emit_sources(executable, staging) if options.emit_source else []
-        inputs, outputs = io_description(model)
         manifest = Manifest(
             model=ModelInfo(path=str(onnx_path), sha256=sha256(onnx_path), inputs=inputs, outputs=outputs),
             target=TargetInfo(name=spec.name, kind=spec.kind, tvm=json.loads(str(target)), rpc_key=spec.rpc_key,
@@ -146,7 +169,8 @@ def build(onnx_path: Path, spec: TargetSpec, out: Path, options: BuildOptions = 
                 integer_ops=dict(sorted(ops.ops.items())), rewrites=dict(sorted(fold_log.applied.items())),
                 not_rewritten_because=fold_log.reasons()),
             tuning=TuningInfo(kernels_tuned=tuned.applied, kernels=tuned.total,
-                              database=None if database_dir is None else str(database_dir), repaired=repaired),
+                              database=None if database_dir is None else str(database_dir), repaired=repaired,
+                              notes=notes),
             kernels=capture.table(tuned.names),
             sources=sources,
             tvm_version=tvm.__version__,

@@ -138,6 +138,7 @@ class TunedKernels:
     applied: int = 0
     total: int = 0
     names: set[str] = field(default_factory=set)
+    applying: bool = False  # True while records are applied: an error then is the log's
 
 
 def _apply_database(database, tuned: TunedKernels) -> tvm.transform.Pass:
@@ -146,8 +147,10 @@ def _apply_database(database, tuned: TunedKernels) -> tvm.transform.Pass:
     @tvm.transform.module_pass(opt_level=0)
     def _apply(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         if database is not None:
+            tuned.applying = True
             with database:
                 mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+            tuned.applying = False
         kernels = {g.name_hint: f for g, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)}
         tuned.total = len(kernels)
         tuned.names = {name for name, f in kernels.items() if f.attrs and f.attrs.get("tirx.is_scheduled", False)}

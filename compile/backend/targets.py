@@ -175,8 +175,28 @@ def load_target(path: Path) -> TargetSpec:
         raise QatieError(f"{path}: {validation_summary(exc)}; see targets/x86-host.json for a valid file") from None
 
 
+@dataclass(frozen=True)
+class TargetFolder:
+    """Every target file of a folder: the valid ones, and why each broken one is not."""
+
+    specs: list[TargetSpec]
+    broken: dict[Path, str]
+
+
+def scan_targets(folder: Path | None = None) -> TargetFolder:
+    """One bad file must not take the other targets down with it: it is set aside, named."""
+    specs, broken = [], {}
+    for path in sorted((folder or targets_dir()).glob("*.json")):
+        try:
+            specs.append(load_target(path))
+        except QatieError as exc:
+            broken[path] = str(exc)
+    return TargetFolder(specs, broken)
+
+
 def all_targets(folder: Path | None = None) -> list[TargetSpec]:
-    return [load_target(p) for p in sorted((folder or targets_dir()).glob("*.json"))]
+    """The valid targets of the folder (`scan_targets` also says which files are broken)."""
+    return scan_targets(folder).specs
 
 
 def get_target(name: str, folder: Path | None = None) -> TargetSpec:

@@ -14,11 +14,16 @@ changed.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
+import platform
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from compile.artifact import triple_architecture
 from qatie.errors import QatieError
 
 WORKLOADS, RECORDS = "database_workload.json", "database_tuning_record.json"
@@ -43,9 +48,56 @@ class LogCheck:
     workloads: int = 0
     records: int = 0
     repaired: list[str] = field(default_factory=list)
+    targets: Counter = field(default_factory=Counter)  # target_label -> records tuned for it
 
 
-def _check_line(path: Path, number: int, text: str, workloads: int | None) -> None:
+def _workload_problem(value) -> str | None:
+    """Why a workload line is not [structural hash, base64 of (8-byte length + module JSON)]."""
+    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)):
+        return "expected [structural hash, module]"
+    if not value[0].isdigit():
+        return "the structural hash is not a number"
+    try:
+        blob = base64.b64decode(value[1], validate=True)
+    except (binascii.Error, ValueError):
+        return "the module is not base64"
+    if len(blob) < 8 or int.from_bytes(blob[:8], "little") != len(blob) - 8:
+        return "the module's length header does not match its size"
+    try:
+        module = json.loads(blob[8:])
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return "the module is not TVM's JSON"
+    return None if isinstance(module, dict) and "root_index" in module and "nodes" in module else \
+        "the module is not TVM's JSON"
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _record_problem(value, workloads: int) -> str | None:
+    """Why a record line is not [workload index, [trace, run seconds, target, argument info]]."""
+    if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], int)
+            and 0 <= value[0] < workloads and isinstance(value[1], list)):
+        return f"expected [workload index < {workloads}, record]"
+    record = value[1]
+    if len(record) != 4:
+        return f"a record has 4 fields (trace, run seconds, target, arguments), this one {len(record)}"
+    trace, run_secs, target, args = record
+    if not (isinstance(trace, list) and len(trace) == 2 and all(isinstance(t, list) for t in trace)):
+        return "the trace is not [instructions, decisions]"
+    if not (run_secs is None or (isinstance(run_secs, list) and all(_is_number(t) for t in run_secs))):
+        return "run seconds are not a list of numbers"
+    if not (isinstance(target, dict) and isinstance(target.get("kind"), str)):
+        return "the target is not a TVM target dict"
+    if not (isinstance(args, list) and all(
+            isinstance(a, list) and len(a) == 3 and a[0] == "TENSOR" and isinstance(a[1], str)
+            and isinstance(a[2], list) and all(isinstance(d, int) for d in a[2]) for a in args)):
+        return "the argument info is not a list of [\"TENSOR\", dtype, shape]"
+    return None
+
+
+def _check_line(path: Path, number: int, text: str, workloads: int | None, check: LogCheck) -> None:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -53,15 +105,33 @@ def _check_line(path: Path, number: int, text: str, workloads: int | None) -> No
             f"{path}:{number}: corrupt tuning log line ({exc.msg}); fix or delete that line, "
             f"or move the file away to start this target's log afresh"
         ) from None
-    if workloads is None:
-        ok = isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)
-        expected = "[structural hash, module]"
-    else:
-        ok = (isinstance(value, list) and len(value) == 2 and isinstance(value[0], int)
-              and 0 <= value[0] < workloads and isinstance(value[1], list))
-        expected = f"[workload index < {workloads}, record]"
-    if not ok:
-        raise QatieError(f"{path}:{number}: not a MetaSchedule database line (expected {expected})")
+    problem = _workload_problem(value) if workloads is None else _record_problem(value, workloads)
+    if problem:
+        raise QatieError(f"{path}:{number}: not a MetaSchedule database line ({problem}); fix or delete that "
+                         f"line, or move the file away to start this target's log afresh")
+    if workloads is not None:
+        check.targets[target_label(value[1][2])] += 1
+
+
+def target_label(target: dict) -> str:
+    """What a record was tuned for: kind, architecture (the host's when the target names no
+    triple) and CPU."""
+    arch = triple_architecture(str(target.get("mtriple") or platform.machine()))
+    return f"{target.get('kind')} {arch} {target.get('mcpu', 'generic')}"
+
+
+def check_targets(folder: Path, check: LogCheck, target: dict) -> list[str]:
+    """Records tuned for another architecture are an error (their schedules were measured on
+    another machine kind); for another CPU of the same architecture, a note for the user."""
+    want = target_label(target)
+    arch = want.split()[1]
+    others = {label: n for label, n in check.targets.items() if label != want}
+    if check.targets and all(label.split()[1] != arch for label in check.targets):
+        tuned_for = ", ".join(sorted(check.targets))
+        raise QatieError(f"{folder}: the records were tuned for {tuned_for}, this build is for {want}; pass the "
+                         f"log of this target with --tuning-log, or --no-tuning")
+    return [f"{folder}: {n} record(s) were tuned for {label}, this build is for {want}: their schedules apply, "
+            f"their timings are another CPU's" for label, n in sorted(others.items())]
 
 
 def _check_file(path: Path, workloads: int | None, check: LogCheck) -> int:
@@ -74,11 +144,11 @@ def _check_file(path: Path, workloads: int | None, check: LogCheck) -> int:
     count = 0
     for number, raw in enumerate(lines, start=1):
         if raw.strip():
-            _check_line(path, number, raw.decode("utf-8", "replace"), workloads)
+            _check_line(path, number, raw.decode("utf-8", "replace"), workloads, check)
             count += 1
     if tail.strip():
         try:
-            _check_line(path, len(lines) + 1, tail.decode("utf-8", "replace"), workloads)
+            _check_line(path, len(lines) + 1, tail.decode("utf-8", "replace"), workloads, check)
         except QatieError:
             with open(path, "r+b") as f:  # drop only the unfinished line
                 f.truncate(len(data) - len(tail))
@@ -108,7 +178,13 @@ def open_database(folder: Path, create: bool):
     elif not (folder / WORKLOADS).is_file():
         raise QatieError(f"{folder}: no tuning log here (no {WORKLOADS}); run `qatie-compile tune` first")
     check = check_log_dir(folder)
-    database = ms.database.JSONDatabase(
-        path_workload=str(folder / WORKLOADS), path_tuning_record=str(folder / RECORDS), allow_missing=create,
-    )
+    try:  # TVM replays every record's trace on its workload while loading
+        database = ms.database.JSONDatabase(
+            path_workload=str(folder / WORKLOADS), path_tuning_record=str(folder / RECORDS), allow_missing=create,
+        )
+    except Exception as exc:  # TVM raises RuntimeError and its own error types alike
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise QatieError(f"{folder}: a tuning record could not be applied to its workload (TVM: "
+                         f"{lines[-1] if lines else type(exc).__name__}); remove its line from {RECORDS}, "
+                         f"or build with --no-tuning") from None
     return database, check

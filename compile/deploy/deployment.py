@@ -23,11 +23,12 @@ class Deployment:
 
     @classmethod
     def from_options(cls, folder: Path, tracker: str | None, key: str | None, local: bool, device_timeout_s: float,
-                     timing: Timing, threads: int | None) -> Deployment:
+                     session_timeout_s: float, timing: Timing, threads: int | None) -> Deployment:
         """From the command line's options; threads default to the target file's `threads`."""
         artifact = load_artifact(folder)
         target = artifact.manifest.target
-        placement = placement_for(tracker, key, local, device_timeout_s, target.rpc_key, target.name)
+        placement = placement_for(tracker, key, local, device_timeout_s, session_timeout_s, target.rpc_key,
+                                  target.name)
         return cls(artifact, placement, timing, target.threads if threads is None else threads)
 
     def run(self, job: Callable[[Device], dict], log: Callable[[str], None]) -> list[dict]:

@@ -11,7 +11,7 @@ a Cortex-A53) would die with SIGILL mid-run, so it is refused before upload.
 from __future__ import annotations
 
 from compile.artifact import Artifact, triple_architecture
-from compile.deploy.rpc import Device, Tracker, request_device, wait_for_devices
+from compile.deploy.rpc import Device, Tracker, Unresponsive, bounded, request_device, wait_for_devices
 from qatie.errors import QatieError
 
 SYSTEM_TRIPLE = "target.llvm_get_system_triple"
@@ -21,6 +21,7 @@ BIG_CORES = 1  # TVM's thread affinity mode: the fastest cores first
 DEVICE_ARCH = "qatie.device.arch"
 DEVICE_CPU_FEATURES = "qatie.device.cpu_features"
 DEVICE_EMULATION = "qatie.device.emulation"
+QUERY_SESSION_S = 60.0  # a session that only asks the device what it is
 
 
 def _remote_string(device: Device, name: str) -> str | None:
@@ -34,11 +35,13 @@ def _remote_string(device: Device, name: str) -> str | None:
 def emulation_of(tracker: Tracker, key: str, timeout_s: float) -> str | None:
     """How the devices under `key` are emulated (our emulated devices say so), None for real ones."""
     wait_for_devices(tracker, key, timeout_s)  # an unknown key or busy devices: the usual one-line errors
-    device = request_device(tracker, key, timeout_s)
+    allocation = request_device(tracker, key, timeout_s)
+    what = f"device {allocation.name} (key '{key}')"
     try:
-        return _remote_string(device, DEVICE_EMULATION) or None
-    finally:
-        device.close()
+        device = bounded(lambda: allocation.connect(QUERY_SESSION_S), QUERY_SESSION_S, what)
+        return bounded(lambda: _remote_string(device, DEVICE_EMULATION), QUERY_SESSION_S, what) or None
+    except Unresponsive as exc:
+        raise QatieError(f"{exc}; restart it or pass another --key") from None
 
 
 def check_device(device: Device, artifact: Artifact) -> dict:

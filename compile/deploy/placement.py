@@ -12,7 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from compile.deploy.rpc import Device, Tracker, local_device, parse_tracker, request_device, wait_for_devices
+from compile.deploy.rpc import (
+    Device,
+    Tracker,
+    bounded,
+    local_device,
+    parse_tracker,
+    request_device,
+    wait_for_devices,
+)
 from qatie.errors import QatieError
 
 T = TypeVar("T")
@@ -24,7 +32,8 @@ class Placement:
 
     tracker: Tracker | None
     key: str | None
-    device_timeout_s: float = 60.0
+    device_timeout_s: float = 60.0  # waiting for a free device
+    session_timeout_s: float = 300.0  # one device's whole job: handshake, uploads, every run
 
     @property
     def where(self) -> str:
@@ -32,13 +41,13 @@ class Placement:
 
 
 def placement_for(tracker: str | None, key: str | None, local: bool, device_timeout_s: float,
-                  default_key: str | None, target_name: str) -> Placement:
+                  session_timeout_s: float, default_key: str | None, target_name: str) -> Placement:
     """--local, or --tracker HOST:PORT with --key (default: the artifact's rpc_key)."""
     if local == bool(tracker):
         raise QatieError("give either --local or --tracker HOST:PORT (with --key)")
     if local:
         return Placement(None, None)
-    placement = Placement(parse_tracker(tracker), key or default_key or "", device_timeout_s)
+    placement = Placement(parse_tracker(tracker), key or default_key or "", device_timeout_s, session_timeout_s)
     if not placement.key:
         raise QatieError(f"target {target_name} has no rpc_key; pass --key")
     return placement
@@ -52,25 +61,33 @@ def run_everywhere(placement: Placement, job: Callable[[Device], T], log: Callab
     held: list[Device] = []
     results: list[tuple[str, T]] = []
     lost: str | None = None  # the device that failed (at most one may)
+    lost_reason = ""
     label = ""  # marks the row that carries the failed device's retry
     while pending:
         try:
-            device = request_device(placement.tracker, placement.key, placement.device_timeout_s)
+            allocation = request_device(placement.tracker, placement.key, placement.device_timeout_s)
         except QatieError as exc:
             if lost is None:
                 raise
-            raise QatieError(f"device {lost} failed during the job and no other device could take the retry: {exc}") from None
+            raise QatieError(f"device {lost} failed during the job ({lost_reason}) and no other device could take "
+                             f"the retry: {exc}") from None
         pending -= 1
+
+        def connect_and_run(allocation=allocation) -> tuple[Device, T]:
+            device = allocation.connect(placement.session_timeout_s)
+            return device, job(device)
+
         try:
-            result = job(device)
+            device, result = bounded(connect_and_run, placement.session_timeout_s,
+                                     f"device {allocation.name} (key '{placement.key}')")
         except QatieError:
             raise
-        except Exception as exc:  # the device went away mid-job: TVM raises RPC/OS errors of many kinds
+        except Exception as exc:  # the device went away or hung mid-job: TVM raises errors of many kinds
             if lost is not None:
-                raise QatieError(f"device {lost} failed and the retry on {device.name} failed too "
+                raise QatieError(f"device {lost} failed and the retry on {allocation.name} failed too "
                                  f"({_last_line(exc)})") from None
-            lost = device.name
-            log(f"device {lost} failed during the job ({_last_line(exc)}); retrying once on another device")
+            lost, lost_reason = allocation.name, _last_line(exc)
+            log(f"device {lost} failed during the job ({lost_reason}); retrying once on another device")
             label = f" (retry of {lost})"
             if not pending:  # every other device is held by us, already measured: free one for the retry
                 for other in held:

@@ -8,6 +8,11 @@ with node names), and Q/DQ pairs whose axis disagree with their scales.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import math
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +22,7 @@ from onnx import numpy_helper
 from qatie.errors import QatieError
 
 MIN_OPSET, MAX_OPSET = 13, 21
+INT32_MAX = 2**31 - 1
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
@@ -38,7 +44,7 @@ def load_onnx(path: Path, input_shapes: dict[str, list[int]] | None = None) -> L
     _check_opset(path, proto)
     try:
         onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError as exc:
+    except (onnx.checker.ValidationError, ValueError) as exc:  # ValueError: undecodable strings too
         raise QatieError(f"{path}: onnx.checker rejects the model: {_first_line(exc)}") from None
     shapes = _static_input_shapes(path, proto, input_shapes or {})
     _check_supported_ops(path, proto)
@@ -72,6 +78,9 @@ def _static_input_shapes(path: Path, proto: onnx.ModelProto, given: dict[str, li
         if value.name in given:
             if len(given[value.name]) != len(dims):
                 raise QatieError(f"{path}: --input-shape for '{value.name}' has rank {len(given[value.name])}, the model {len(dims)}")
+            if min(given[value.name]) < 1:
+                raise QatieError(f"{path}: --input-shape {value.name}:{'x'.join(map(str, given[value.name]))} has an "
+                                 f"empty dimension; every dimension must be >= 1")
             shapes[value.name] = list(given[value.name])
             continue
         if any(not d.HasField("dim_value") or d.dim_value <= 0 for d in dims):
@@ -136,7 +145,81 @@ def _simplify(path: Path, proto: onnx.ModelProto, shapes: dict[str, list[int]]) 
 
 
 def to_relax(model: LoadedModel):
-    """Relax IRModule with weights as constants (what the QDQ folding pass rewrites)."""
+    """Relax IRModule with weights as constants (what the QDQ folding pass rewrites).
+
+    TVM's frontend checks shapes while it imports; a model that is valid ONNX but not at these
+    input sizes (a pooling window larger than its input, say) fails there with a traceback, so
+    its first line becomes the user's error. Tensors too large to index with int32 (TVM's index
+    type) or to hold in this machine's memory are refused here, before any compilation."""
     from tvm.relax.frontend.onnx import from_onnx
 
-    return from_onnx(model.proto, shape_dict=model.input_shapes, keep_params_in_input=False)
+    error = None
+    with _quiet_native_output():
+        try:
+            mod = from_onnx(model.proto, shape_dict=model.input_shapes, keep_params_in_input=False)
+        except Exception as exc:  # the frontend raises TVM, Python and assertion errors alike
+            error = _first_line(exc)
+        gc.collect()  # the failed import's block builder warns when destroyed: let that happen here
+    if error is not None:
+        raise QatieError(f"{model.path}: TVM's ONNX frontend cannot import the model at input shape(s) "
+                         f"{_shapes_text(model.input_shapes)}: {error}; check --input-shape")
+    _check_tensor_sizes(model, mod)
+    return mod
+
+
+@contextlib.contextmanager
+def _quiet_native_output():
+    """Silence stdout and stderr at the file-descriptor level: on a failed import TVM's frontend
+    prints the failing operator's inputs and its C++ block builder logs a warning, which would
+    bury the one-line error. What they printed is dropped; the exception carries the cause."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(os.devnull, "w") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+def _shapes_text(shapes: dict[str, list[int]]) -> str:
+    return ", ".join(f"{name}:{'x'.join(map(str, dims))}" for name, dims in shapes.items())
+
+
+def _check_tensor_sizes(model: LoadedModel, mod) -> None:
+    """The largest tensor of the imported graph must fit int32 indexing and this machine's memory."""
+    import psutil
+    import tvm
+    from tvm import relax
+
+    largest: tuple[int, int, str] = (0, 0, "")
+
+    def visit(expr) -> None:
+        nonlocal largest
+        ty = getattr(expr, "ty", None)
+        if not isinstance(expr, relax.Call) or not isinstance(ty, relax.TensorType) or ty.shape is None:
+            return
+        elements = math.prod(int(d) for d in ty.shape if isinstance(d, tvm.tirx.IntImm))
+        if elements > largest[0]:
+            largest = (elements, elements * tvm.DataType(ty.dtype).bits // 8, getattr(expr.op, "name", "?"))
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    elements, size, op = largest
+    shapes = _shapes_text(model.input_shapes)
+    if elements > INT32_MAX:
+        raise QatieError(f"{model.path}: at input shape(s) {shapes} the largest tensor ({op}) has {elements:,} "
+                         f"elements, beyond int32 indexing ({INT32_MAX:,}); use a smaller --input-shape")
+    memory = psutil.virtual_memory().total
+    if size > memory:
+        raise QatieError(f"{model.path}: at input shape(s) {shapes} the largest tensor ({op}) needs "
+                         f"{size / 2**30:.1f} GiB, more than this machine's {memory / 2**30:.1f} GiB; "
+                         f"use a smaller --input-shape")

@@ -31,7 +31,7 @@ from tvm.s_tir import meta_schedule as ms
 from compile.backend.intrinsics import register_cpu_intrinsics
 from compile.backend.schedules import default_schedule, fuse_kernels
 from compile.backend.targets import TargetSpec
-from compile.backend.tuning_db import DEFAULT_LOG_ROOT, is_shipped_log, open_database
+from compile.backend.tuning_db import DEFAULT_LOG_ROOT, check_targets, is_shipped_log, open_database
 from compile.deploy.device import emulation_of
 from compile.deploy.rpc import Tracker, tracker_summary, wait_for_devices
 from compile.frontend import load_and_fold
@@ -250,6 +250,7 @@ def tune(model: Path, input_shapes: dict, spec: TargetSpec, log_dir: Path, optio
     compiler = spec.compiler()
     devices = _free_devices(spec, options)
     database, check = open_database(log_dir, create=True)
+    check_targets(log_dir, check, spec.tvm_target().export())  # another architecture's records: refused
     _, mod, _ = load_and_fold(model, input_shapes)
     register_cpu_intrinsics()
     target = tuning_target(spec)
