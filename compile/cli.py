@@ -64,6 +64,10 @@ def main() -> None:
 def build(model: Path, target_name: str, out: Path, input_shapes: dict, emit_source: bool,
           tuning_log: Path | None, no_tuning: bool, require_int8: bool) -> None:
     """Compile MODEL for a target: OUT/model.so and OUT/manifest.json."""
+    from compile.artifact import check_replaceable
+
+    check_replaceable(out)  # output mistakes cost a second, not an import of the compiler
+    check_writable_folder(out.parent)
     from compile.backend.build import BuildOptions
     from compile.backend.build import build as run_build
     from compile.backend.targets import get_target
@@ -118,20 +122,21 @@ def tune(model: Path, target_name: str, trials: int, per_task: int | None, track
     from compile.backend.targets import get_target
     from compile.backend.tuning_db import default_log_dir
     from compile.deploy.rpc import parse_tracker
-    from compile.tuning.report import print_report, write_curve
-    from compile.tuning.tune import TuneOptions, refuse_emulator_timings_in_shipped_logs
-    from compile.tuning.tune import tune as run_tune
 
     spec = get_target(target_name)
     if key and not tracker:
         raise QatieError("--key needs --tracker HOST:PORT")
+    folder = log_dir or default_log_dir(spec.name)
+    check_writable_folder(folder, "--log-dir")  # before importing the compiler
+    if curve:
+        check_writable_file(curve, "--curve")
+    from compile.tuning.report import print_report, write_curve
+    from compile.tuning.tune import TuneOptions, refuse_emulator_timings_in_shipped_logs
+    from compile.tuning.tune import tune as run_tune
+
     options = TuneOptions(trials=trials, per_task=per_task, tracker=parse_tracker(tracker) if tracker else None,
                           key=key, device_timeout_s=device_timeout, builder_timeout_s=builder_timeout,
                           population=population, only=only)
-    folder = log_dir or default_log_dir(spec.name)
-    check_writable_folder(folder, "--log-dir")
-    if curve:
-        check_writable_file(curve, "--curve")
     emulated = None
     if options.tracker:
         emulated = refuse_emulator_timings_in_shipped_logs(options.tracker, key or spec.rpc_key or "",

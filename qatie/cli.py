@@ -125,10 +125,10 @@ def evaluate(checkpoint: Path, data: str, ptq_batches: int, json_out: Path | Non
 @click.option("--fp32", is_flag=True, help="Export the float network (no Q/DQ).")
 def export(checkpoint: Path, size: tuple[int, int], out: Path, fp32: bool) -> None:
     """QDQ ONNX (opset 20, onnxsim-simplified), verified against ONNX Runtime."""
+    check_writable_file(out)  # before importing torch and the exporter
     from qatie.export import export as run_export
     from qatie.references import WITHIN_ONE_STEP_REQUIRED
 
-    check_writable_file(out)
     convs, spec, fused = run_export(_load(checkpoint), size[0], size[1], out, fp32)
     kind = "float" if fp32 else "QDQ int8, every Conv input and weight through DequantizeLinear"
     click.echo(f"{out}: {convs} Conv ({kind})")
