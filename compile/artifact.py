@@ -18,7 +18,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -26,9 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, Field
 
-from qatie.errors import QatieError, validation_summary
+from compile.records import Record, read_record
+from qatie.atomic import check_writable_folder
+from qatie.errors import QatieError
 
 LIBRARY, KERNELS, MANIFEST = "model.so", "kernels.so", "manifest.json"
 # Generated kernel sources written by `--emit-source`, per TVM module kind: (inspect format, file).
@@ -42,10 +43,6 @@ TRIPLE_ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "a
 AT_FDCWD, RENAME_EXCHANGE = -100, 2  # <fcntl.h>, <linux/fs.h>
 
 
-class _Record(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
 def _plain_file_name(name: str) -> str:
     """A file directly inside the artifact folder: a manifest must not point anywhere else."""
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
@@ -57,7 +54,7 @@ FileName = Annotated[str, AfterValidator(_plain_file_name)]
 Sha256 = Annotated[str, Field(pattern="^[0-9a-f]{64}$")]
 
 
-class QuantParams(_Record):
+class QuantParams(Record):
     """The Q/DQ node on a graph input or output."""
 
     op: str
@@ -66,7 +63,7 @@ class QuantParams(_Record):
     dtype: str | None
 
 
-class TensorInfo(_Record):
+class TensorInfo(Record):
     name: str
     shape: list[int]
     dtype: str
@@ -81,7 +78,7 @@ class TensorInfo(_Record):
         return float(max(scale)) if isinstance(scale, list) else float(scale)
 
 
-class ModelInfo(_Record):
+class ModelInfo(Record):
     """The ONNX file the artifact was built from, and its boundary."""
 
     path: str
@@ -94,7 +91,7 @@ class ModelInfo(_Record):
         return self.outputs[0].step
 
 
-class TargetInfo(_Record):
+class TargetInfo(Record):
     name: str
     kind: Literal["cpu", "opencl"]
     tvm: dict
@@ -108,12 +105,12 @@ class TargetInfo(_Record):
         return {feature for flag, feature in ARM_FEATURE_FLAGS.items() if self.tvm.get(flag)}
 
 
-class LibraryFile(_Record):
+class LibraryFile(Record):
     file: FileName
     sha256: Sha256
 
 
-class IntegerInfo(_Record):
+class IntegerInfo(Record):
     """What the QDQ folding made integer (`compile.frontend.inspect.IntegerOps`, `FoldLog`)."""
 
     integer_convs: int
@@ -126,7 +123,7 @@ class IntegerInfo(_Record):
     not_rewritten_because: dict[str, dict[str, int]]
 
 
-class TuningInfo(_Record):
+class TuningInfo(Record):
     kernels_tuned: int
     kernels: int
     database: str | None
@@ -134,12 +131,12 @@ class TuningInfo(_Record):
     notes: list[str] = []  # records tuned for another CPU, and the like
 
 
-class KernelArg(_Record):
+class KernelArg(Record):
     shape: list[int]
     dtype: str
 
 
-class KernelInfo(_Record):
+class KernelInfo(Record):
     name: str
     calls: int
     args: list[KernelArg]
@@ -148,12 +145,12 @@ class KernelInfo(_Record):
     tuned: bool
 
 
-class KernelTable(_Record):
+class KernelTable(Record):
     call_order: list[str]
     kernels: list[KernelInfo]
 
 
-class Manifest(_Record):
+class Manifest(Record):
     model: ModelInfo
     target: TargetInfo
     library: LibraryFile
@@ -222,15 +219,7 @@ class Artifact:
 
 
 def read_manifest(path: Path) -> Manifest:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise QatieError(f"{path}: not valid JSON ({exc}); rebuild the artifact") from None
-    try:
-        return Manifest.model_validate(data)
-    except ValidationError as exc:
-        raise QatieError(f"{path}: not a manifest this version writes ({validation_summary(exc)}); "
-                         f"rebuild the artifact") from None
+    return read_record(path, Manifest, "a manifest this version writes", "rebuild the artifact")
 
 
 def load_artifact(folder: Path) -> Artifact:
@@ -276,8 +265,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # alive, and another user's
+        pass
     return True
 
 
@@ -288,6 +277,12 @@ def check_replaceable(out: Path) -> None:
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise QatieError(f"-o {out}: a folder that is not an artifact (no {MANIFEST}); a build replaces its "
                          f"-o folder whole, so choose an empty or new folder")
+
+
+def check_output(out: Path) -> None:
+    """Before any work: `out` can become an artifact, and files can be created beside it."""
+    check_replaceable(out)
+    check_writable_folder(out.parent)
 
 
 def publish(staging: Path, out: Path, manifest: Manifest) -> None:

@@ -64,10 +64,9 @@ def main() -> None:
 def build(model: Path, target_name: str, out: Path, input_shapes: dict, emit_source: bool,
           tuning_log: Path | None, no_tuning: bool, require_int8: bool) -> None:
     """Compile MODEL for a target: OUT/model.so and OUT/manifest.json."""
-    from compile.artifact import check_replaceable
+    from compile.artifact import check_output
 
-    check_replaceable(out)  # output mistakes cost a second, not an import of the compiler
-    check_writable_folder(out.parent)
+    check_output(out)  # output mistakes cost a second, not an import of the compiler
     from compile.backend.build import BuildOptions
     from compile.backend.build import build as run_build
     from compile.backend.targets import get_target
@@ -187,7 +186,7 @@ def targets() -> None:
         try:
             spec.tvm_target()  # a file TVM rejects is reported here, not at build time
         except QatieError as exc:
-            _echo_err(f"warning: target file skipped: {exc}")
+            _warn_skipped(str(exc))
             continue
         try:
             compiler = spec.compiler()
@@ -206,7 +205,11 @@ def targets() -> None:
 def _warn_broken(folder) -> None:
     """Broken target files, each by name, on stderr; the valid ones keep working."""
     for reason in folder.broken.values():
-        _echo_err(f"warning: target file skipped: {reason}")
+        _warn_skipped(reason)
+
+
+def _warn_skipped(reason: str) -> None:
+    _echo_err(f"warning: target file skipped: {reason}")
 
 
 @main.command(name="check-opencl")
@@ -339,22 +342,20 @@ def bench(artifact: Path, tracker: str | None, key: str | None, local: bool, dev
     """Run ARTIFACT on each device: output vs ONNX Runtime (and PyTorch), latency statistics."""
     from compile.deploy.bench import bench_on, onnx_reference, pytorch_reference
     from compile.deploy.deployment import Deployment
-    from compile.deploy.inputs import model_input
-    from compile.deploy.reports import BENCH_FORMATS, bench_table, write_report
+    from compile.deploy.reports import BENCH_FORMATS, bench_table
     from compile.deploy.timing import Timing
 
-    check_writable_folder(out or artifact / "reports")
     deployment = Deployment.from_options(artifact, tracker, key, local, device_timeout, session_timeout,
-                                         Timing(warmup, repeats, min_ms), threads)
+                                         Timing(warmup, repeats, min_ms), threads, out)
     loaded = deployment.artifact
-    x = model_input(loaded.manifest.model.inputs[0], input_npy)
+    x = deployment.model_input(input_npy)
     references = {"onnxruntime": onnx_reference(loaded, onnx_path, x)}
     if ckpt:
         references["pytorch"] = pytorch_reference(ckpt, x)
     rows = deployment.run(lambda device: bench_on(device, loaded, x, references, deployment.timing, deployment.threads),
                           _echo_err)
     report = deployment.report(rows)
-    write_report(report, out or artifact / "reports", BENCH_FORMATS)
+    deployment.write(report, BENCH_FORMATS)
     click.echo(bench_table(report))
 
 
@@ -365,23 +366,20 @@ def profile(artifact: Path, tracker: str | None, key: str | None, local: bool, d
             input_npy: Path | None, out: Path | None) -> None:
     """Per-kernel time of ARTIFACT on each device: table, CSV, JSON, Chrome trace, PNG."""
     from compile.deploy.deployment import Deployment
-    from compile.deploy.inputs import model_input
     from compile.deploy.profile import profile_on
-    from compile.deploy.reports import PROFILE_FORMATS, profile_tables, write_report
+    from compile.deploy.reports import PROFILE_FORMATS, profile_tables
     from compile.deploy.timing import Timing
 
-    check_writable_folder(out or artifact / "reports")
     deployment = Deployment.from_options(artifact, tracker, key, local, device_timeout, session_timeout,
-                                         Timing(warmup, repeats, min_ms), threads)
+                                         Timing(warmup, repeats, min_ms), threads, out)
     loaded = deployment.artifact
-    x = model_input(loaded.manifest.model.inputs[0], input_npy)
+    x = deployment.model_input(input_npy)
     rows = deployment.run(lambda device: profile_on(device, loaded, x, deployment.timing, deployment.threads),
                           _echo_err)
     report = deployment.report(rows, call_order=loaded.manifest.kernels.call_order)
-    folder = out or artifact / "reports"
-    written = write_report(report, folder, PROFILE_FORMATS)
+    written = deployment.write(report, PROFILE_FORMATS)
     click.echo(profile_tables(report))
-    click.echo(f"written: {', '.join(str(folder / name) for name in written)}")
+    click.echo(f"written: {', '.join(str(path) for path in written)}")
 
 
 @main.group()

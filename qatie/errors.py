@@ -9,9 +9,9 @@ class QatieError(Exception):
     """A user-caused error whose message already says what is wrong and how to fix it."""
 
 
-def validation_summary(exc) -> str:
-    """A pydantic ValidationError as one line: where in the file, what is wrong."""
-    error = exc.errors()[0]
-    where = ".".join(str(part) for part in error["loc"]) or "top level"
-    more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
-    return f"{where}: {error['msg']}{more}"
+def last_line(exc: BaseException) -> str:
+    """The last non-empty line of an exception's message: TVM puts the cause there, after its
+    C++ and Python frames."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+

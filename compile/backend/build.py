@@ -26,7 +26,7 @@ from compile.artifact import (
     ModelInfo,
     TargetInfo,
     TuningInfo,
-    check_replaceable,
+    check_output,
     publish,
     sha256,
     staging_folder,
@@ -38,8 +38,7 @@ from compile.backend.targets import TargetSpec
 from compile.frontend import load_and_fold
 from compile.frontend.inspect import integer_ops
 from compile.frontend.io_description import io_description
-from qatie.atomic import check_writable_folder
-from qatie.errors import QatieError
+from qatie.errors import QatieError, last_line
 
 PACKED_IMPORTS = "devc"  # the object TVM's export writes the packed imports (the VM executable) into
 
@@ -51,11 +50,6 @@ class BuildOptions:
     tuning_log: Path | None = None  # a tuning log folder to apply (must exist)
     use_tuning: bool = True  # False: every kernel gets the default schedule
     require_int8: bool = False  # a model with no integer conv is an error, not a warning
-
-
-def _first_line(exc: Exception) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else type(exc).__name__
 
 
 def imported_modules(module) -> list:
@@ -101,7 +95,7 @@ def _link_with_kernels(compiler: str, kernels: Path):
     return fcompile
 
 
-def _tuning_database(spec: TargetSpec, target, options: BuildOptions):
+def _tuning_database(spec: TargetSpec, target: dict, options: BuildOptions):
     """The target's tuning database: `options.tuning_log` if given (must exist), else the default
     folder if it holds a log, else none (every kernel keeps its default schedule); plus what the
     log check repaired (an interrupted append cut off), which the user must hear about."""
@@ -115,7 +109,7 @@ def _tuning_database(spec: TargetSpec, target, options: BuildOptions):
         return None, None, [], []
     register_cpu_intrinsics()  # tuned traces may tensorize with the CPU intrinsics
     database, check = open_database(folder, create=False)
-    notes = check_targets(folder, check, json.loads(str(target)))
+    notes = check_targets(folder, check, target)
     return database, folder, check.repaired, notes
 
 
@@ -126,12 +120,12 @@ def build(onnx_path: Path, spec: TargetSpec, out: Path, options: BuildOptions = 
     (`tuning_logs/<target>/`, or `options.tuning_log`), and our default schedules otherwise.
     """
     started = time.time()
-    check_replaceable(out)
-    check_writable_folder(out.parent)
+    check_output(out)
     spec.check_buildable()
     target = spec.tvm_target()
+    target_json = json.loads(str(target))  # recorded in the manifest; tuning records are checked against it
     compiler = spec.compiler()  # a missing cross compiler or a damaged log: errors before the import
-    database, database_dir, repaired, notes = _tuning_database(spec, target, options)
+    database, database_dir, repaired, notes = _tuning_database(spec, target_json, options)
     model, mod, fold_log = load_and_fold(onnx_path, options.input_shapes)
     inputs, outputs = io_description(model)
     if len(inputs) != 1:
@@ -149,7 +143,7 @@ def build(onnx_path: Path, spec: TargetSpec, out: Path, options: BuildOptions = 
     except Exception as exc:
         if database is None or not tuned.applying:
             raise
-        raise QatieError(f"{database_dir}: a tuning record could not be applied ({_first_line(exc)}); "
+        raise QatieError(f"{database_dir}: a tuning record could not be applied ({last_line(exc)}); "
                          f"remove its lines from the log or build with --no-tuning") from None
 
     staging = staging_folder(out)
@@ -159,7 +153,7 @@ def build(onnx_path: Path, spec: TargetSpec, out: Path, options: BuildOptions = 
         sources = _emit_sources(executable, staging) if options.emit_source else []
         manifest = Manifest(
             model=ModelInfo(path=str(onnx_path), sha256=sha256(onnx_path), inputs=inputs, outputs=outputs),
-            target=TargetInfo(name=spec.name, kind=spec.kind, tvm=json.loads(str(target)), rpc_key=spec.rpc_key,
+            target=TargetInfo(name=spec.name, kind=spec.kind, tvm=target_json, rpc_key=spec.rpc_key,
                               threads=spec.threads, compiler=compiler),
             library=LibraryFile(file=LIBRARY, sha256=sha256(library)),
             kernel_library=LibraryFile(file=KERNELS, sha256=sha256(kernels)),

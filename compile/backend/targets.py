@@ -10,16 +10,16 @@ host, tunable, needs the Android NDK — so no other module inspects a target's 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
-from qatie.errors import QatieError, validation_summary
+from compile.records import Record, read_record
+from qatie.errors import QatieError
 
 DEFAULT_TARGETS_DIR = Path(__file__).resolve().parents[2] / "targets"
 TARGETS_DIR_ENV = "QATIE_TARGETS_DIR"
@@ -27,20 +27,18 @@ NATIVE_CPU = "native"
 NDK_API_LEVEL_ENV = "TVM_NDK_API_LEVEL"
 
 
-class CrossCompiler(BaseModel):
+class CrossCompiler(Record):
     """`system`: this machine's compiler (the library runs here); `gnu`: a cross compiler on the
     PATH (`package` says what to install); `ndk`: the Android NDK's clang++."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
     kind: Literal["system", "gnu", "ndk"]
     cc: str | None = None
     package: str | None = None
 
 
-class TargetFile(BaseModel):
+class TargetFile(Record):
     """The schema of a target file."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
     description: str
     target: dict
     host: dict | None = None
@@ -165,14 +163,8 @@ def targets_dir() -> Path:
 
 
 def load_target(path: Path) -> TargetSpec:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise QatieError(f"{path}: not a readable target file ({exc})") from None
-    try:
-        return TargetSpec(name=path.stem, path=path, file=TargetFile.model_validate(data))
-    except ValidationError as exc:
-        raise QatieError(f"{path}: {validation_summary(exc)}; see targets/x86-host.json for a valid file") from None
+    file = read_record(path, TargetFile, "a target file", "see targets/x86-host.json for a valid one")
+    return TargetSpec(name=path.stem, path=path, file=file)
 
 
 @dataclass(frozen=True)

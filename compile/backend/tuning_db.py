@@ -22,9 +22,10 @@ import platform
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from compile.artifact import triple_architecture
-from qatie.errors import QatieError
+from qatie.errors import QatieError, last_line
 
 WORKLOADS, RECORDS = "database_workload.json", "database_tuning_record.json"
 DEFAULT_LOG_ROOT = Path(__file__).resolve().parents[2] / "tuning_logs"
@@ -48,7 +49,7 @@ class LogCheck:
     workloads: int = 0
     records: int = 0
     repaired: list[str] = field(default_factory=list)
-    targets: Counter = field(default_factory=Counter)  # target_label -> records tuned for it
+    targets: Counter = field(default_factory=Counter)  # TunedFor -> records tuned for it
 
 
 def _workload_problem(value) -> str | None:
@@ -110,28 +111,37 @@ def _check_line(path: Path, number: int, text: str, workloads: int | None, check
         raise QatieError(f"{path}:{number}: not a MetaSchedule database line ({problem}); fix or delete that "
                          f"line, or move the file away to start this target's log afresh")
     if workloads is not None:
-        check.targets[target_label(value[1][2])] += 1
+        check.targets[TunedFor.of(value[1][2])] += 1
 
 
-def target_label(target: dict) -> str:
-    """What a record was tuned for: kind, architecture (the host's when the target names no
-    triple) and CPU."""
-    arch = triple_architecture(str(target.get("mtriple") or platform.machine()))
-    return f"{target.get('kind')} {arch} {target.get('mcpu', 'generic')}"
+class TunedFor(NamedTuple):
+    """What a record was tuned for: kind, architecture and CPU."""
+
+    kind: str
+    arch: str
+    mcpu: str
+
+    @classmethod
+    def of(cls, target: dict) -> TunedFor:
+        """From a TVM target dict; a target that names no triple is this host's architecture."""
+        arch = triple_architecture(str(target.get("mtriple") or platform.machine()))
+        return cls(str(target.get("kind")), arch, str(target.get("mcpu", "generic")))
+
+    def __str__(self) -> str:
+        return " ".join(self)
 
 
 def check_targets(folder: Path, check: LogCheck, target: dict) -> list[str]:
     """Records tuned for another architecture are an error (their schedules were measured on
     another machine kind); for another CPU of the same architecture, a note for the user."""
-    want = target_label(target)
-    arch = want.split()[1]
-    others = {label: n for label, n in check.targets.items() if label != want}
-    if check.targets and all(label.split()[1] != arch for label in check.targets):
-        tuned_for = ", ".join(sorted(check.targets))
+    want = TunedFor.of(target)
+    others = {tuned: n for tuned, n in check.targets.items() if tuned != want}
+    if check.targets and all(tuned.arch != want.arch for tuned in check.targets):
+        tuned_for = ", ".join(sorted(map(str, check.targets)))
         raise QatieError(f"{folder}: the records were tuned for {tuned_for}, this build is for {want}; pass the "
                          f"log of this target with --tuning-log, or --no-tuning")
-    return [f"{folder}: {n} record(s) were tuned for {label}, this build is for {want}: their schedules apply, "
-            f"their timings are another CPU's" for label, n in sorted(others.items())]
+    return [f"{folder}: {n} record(s) were tuned for {tuned}, this build is for {want}: their schedules apply, "
+            f"their timings are another CPU's" for tuned, n in sorted(others.items())]
 
 
 def _check_file(path: Path, workloads: int | None, check: LogCheck) -> int:
@@ -183,8 +193,7 @@ def open_database(folder: Path, create: bool):
             path_workload=str(folder / WORKLOADS), path_tuning_record=str(folder / RECORDS), allow_missing=create,
         )
     except Exception as exc:  # TVM raises RuntimeError and its own error types alike
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         raise QatieError(f"{folder}: a tuning record could not be applied to its workload (TVM: "
-                         f"{lines[-1] if lines else type(exc).__name__}); remove its line from {RECORDS}, "
+                         f"{last_line(exc)}); remove its line from {RECORDS}, "
                          f"or build with --no-tuning") from None
     return database, check

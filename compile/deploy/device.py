@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from compile.artifact import Artifact, triple_architecture
 from compile.deploy.rpc import Device, Tracker, Unresponsive, bounded, request_device, wait_for_devices
-from qatie.errors import QatieError
+from qatie.errors import QatieError, last_line
 
 SYSTEM_TRIPLE = "target.llvm_get_system_triple"
 CONFIG_THREADPOOL, NUM_THREADS = "runtime.config_threadpool", "runtime.NumThreads"
@@ -80,7 +80,7 @@ def load_on_device(device: Device, artifact: Artifact, path) -> object:
     except Exception as exc:
         if "ELF" in str(exc) or "format" in str(exc):
             raise QatieError(f"device {device.name} cannot load {path} (built for {artifact.architecture}, "
-                             f"{artifact.target_name}): {str(exc).strip().splitlines()[-1]}") from None
+                             f"{artifact.target_name}): {last_line(exc)}") from None
         raise
 
 

@@ -21,7 +21,7 @@ from compile.deploy.rpc import (
     request_device,
     wait_for_devices,
 )
-from qatie.errors import QatieError
+from qatie.errors import QatieError, last_line
 
 T = TypeVar("T")
 
@@ -85,8 +85,8 @@ def run_everywhere(placement: Placement, job: Callable[[Device], T], log: Callab
         except Exception as exc:  # the device went away or hung mid-job: TVM raises errors of many kinds
             if lost is not None:
                 raise QatieError(f"device {lost} failed and the retry on {allocation.name} failed too "
-                                 f"({_last_line(exc)})") from None
-            lost, lost_reason = allocation.name, _last_line(exc)
+                                 f"({_failure(exc)})") from None
+            lost, lost_reason = allocation.name, _failure(exc)
             log(f"device {lost} failed during the job ({lost_reason}); retrying once on another device")
             label = f" (retry of {lost})"
             if not pending:  # every other device is held by us, already measured: free one for the retry
@@ -103,8 +103,8 @@ def run_everywhere(placement: Placement, job: Callable[[Device], T], log: Callab
     return results
 
 
-def _last_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    if "code=kShutdown" in text:
+def _failure(exc: Exception) -> str:
+    """Why a device's job failed, in words."""
+    if "code=kShutdown" in str(exc):
         return "the device's server process ended mid-session: it crashed (e.g. SIGILL) or was killed; see its log"
-    return text.splitlines()[-1] if text else type(exc).__name__
+    return last_line(exc)

@@ -249,11 +249,11 @@ def tune(model: Path, input_shapes: dict, spec: TargetSpec, log_dir: Path, optio
     spec.check_buildable()
     compiler = spec.compiler()
     devices = _free_devices(spec, options)
+    target = tuning_target(spec)
     database, check = open_database(log_dir, create=True)
-    check_targets(log_dir, check, spec.tvm_target().export())  # another architecture's records: refused
+    check_targets(log_dir, check, target.export())  # another architecture's records: refused
     _, mod, _ = load_and_fold(model, input_shapes)
     register_cpu_intrinsics()
-    target = tuning_target(spec)
     tasks = extract_tasks(mod, target)
 
     known = [_best_and_count(database, t.dispatched[0]) for t in tasks]
