@@ -1,13 +1,15 @@
-"""Host latency of the QATIE model: PyTorch fp32, ONNX Runtime fp32 and int8 (QDQ), TVM int8
-untuned and tuned, at each size and thread count, in one run on one machine.
+"""Host latency of the QATIE model: PyTorch fp32, ONNX Runtime fp32, int8 (our QDQ file) and int8
+(the same net quantized by ORT with uint8 activations, ORT's fastest x86 int8 path), LiteRT int8
+(the paper's own width-32 TFLite model, XNNPACK; with `--tflite`, needs `.[peers]`), TVM int8
+untuned and tuned, at each size and thread count, in one run on one machine. The ratio column
+compares every row with the fastest of the peers (everything but TVM) in the same setting.
 
 Each thread count is measured in its own process: TVM sizes its thread pool once per process.
 Writes `host_latency.json` + `.md`, and from the tuning curves that `qatie-compile tune --curve`
-wrote, `tuning_curve.md` + `.png`. Usage (the numbers in the README):
+wrote, `tuning_curve.md` + `.png`. Usage (the numbers in docs/performance.md):
 
-    python bench/host_latency.py --ckpt out/bench/qatie-c32.pt --size 256x256 --size 512x512 \\
-        --threads 1 --threads 0 --curve bench/results/tuning_curve-c32-256.json \\
-        --curve bench/results/tuning_curve-c32-512.json
+    python bench/host_latency.py --ckpt out/bench/qatie-c32.pt --size 100x100 --size 256x256 \\
+        --threads 1 --threads 0 --tflite bench/anchors/qatie_c32_int8_100x100.tflite
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from pathlib import Path
 
 import click
 
-ROWS = ("PyTorch fp32 (eager)", "ONNX Runtime fp32", "ONNX Runtime int8 (QDQ)",
-        "TVM int8 untuned (default schedules)", "TVM int8 tuned (MetaSchedule)")
-REFERENCE = "ONNX Runtime int8 (QDQ)"
+TORCH, ORT_FP32, ORT_QDQ, ORT_U8 = ("PyTorch fp32 (eager)", "ONNX Runtime fp32", "ONNX Runtime int8 (our QDQ file)",
+                                   "ONNX Runtime int8 (ORT-quantized, uint8 activations)")
+LITERT = "LiteRT int8, XNNPACK (the paper's c32 TFLite model)"
+TVM_ROWS = ("TVM int8 untuned (default schedules)", "TVM int8 tuned (MetaSchedule)")
+CALIBRATION_IMAGES = 4
 
 
 def _time_ms(fn, repeats: int, min_seconds: float) -> list[float]:
@@ -48,9 +52,12 @@ def _time_ms(fn, repeats: int, min_seconds: float) -> list[float]:
 @click.option("--curve", "curves", multiple=True, type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--work", default="out/bench", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--out", default="bench/results", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--tflite", "tflites", multiple=True, type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="A TFLite model run with LiteRT at the size its input has (repeatable; the paper's "
+                   "models do not resize: XNNPACK fails to reshape them).")
 @click.pass_context
 def main(ctx: click.Context, ckpt: Path, sizes: tuple[str, ...], thread_counts: tuple[int, ...], repeats: int,
-         tuning_log: Path, curves: tuple[Path, ...], work: Path, out: Path) -> None:
+         tuning_log: Path, curves: tuple[Path, ...], work: Path, out: Path, tflites: tuple[Path, ...]) -> None:
     if ctx.invoked_subcommand:
         return
     from compile.backend.build import BuildOptions, build
@@ -68,6 +75,7 @@ def main(ctx: click.Context, ckpt: Path, sizes: tuple[str, ...], thread_counts: 
         qdq, fp32 = work / f"qatie-{size}.onnx", work / f"qatie-{size}-fp32.onnx"
         export(ckpt_data, height, width, qdq, fp32=False)
         export(ckpt_data, height, width, fp32, fp32=True)
+        _ort_quantized(fp32, work / f"qatie-{size}-ort-u8.onnx", height, width)
         untuned = build(qdq, get_target("x86-host"), work / f"x86-host-{size}-untuned", BuildOptions(use_tuning=False))
         tuned = build(qdq, get_target("x86-host"), work / f"x86-host-{size}-tuned", BuildOptions(tuning_log=tuning_log))
         builds[size] = {"kernels_tuned": tuned.tuning.kernels_tuned, "kernels": tuned.tuning.kernels,
@@ -77,7 +85,8 @@ def main(ctx: click.Context, ckpt: Path, sizes: tuple[str, ...], thread_counts: 
     for size in sizes:
         for threads in thread_counts:
             measured = subprocess.run(
-                [sys.executable, __file__, "--ckpt", str(ckpt), "--work", str(work), "measure",
+                [sys.executable, __file__, "--ckpt", str(ckpt), "--work", str(work),
+                 *(a for t in tflites for a in ("--tflite", str(t))), "measure",
                  "--size", size, "--threads", str(threads), "--repeats", str(repeats)],
                 check=True, capture_output=True, text=True,
             )
@@ -87,7 +96,8 @@ def main(ctx: click.Context, ckpt: Path, sizes: tuple[str, ...], thread_counts: 
     import tvm
 
     report = {"command": command, "cpu": tvm.target.codegen.llvm_get_system_cpu(), "cores": os.cpu_count(),
-              "checkpoint": str(ckpt), "builds": builds, "results": results}
+              "cpu_features": _dot_product_features(), "checkpoint": str(ckpt), "tflite": [str(t) for t in tflites],
+              "builds": builds, "results": results}
     (out / "host_latency.json").write_text(json.dumps(report, indent=2))
     table = _markdown(report)
     (out / "host_latency.md").write_text(table)
@@ -137,8 +147,12 @@ def measure(ctx: click.Context, size: str, threads: int, repeats: int) -> None:
         x_tvm = tvm.runtime.tensor(x_np)
         return lambda: vm["main"](x_tvm)
 
-    runners = dict(zip(ROWS, (torch_run, ort_run(work / f"qatie-{size}-fp32.onnx"), ort_run(work / f"qatie-{size}.onnx"),
-                              tvm_run(work / f"x86-host-{size}-untuned"), tvm_run(work / f"x86-host-{size}-tuned"))))
+    runners = {TORCH: torch_run, ORT_FP32: ort_run(work / f"qatie-{size}-fp32.onnx"),
+               ORT_QDQ: ort_run(work / f"qatie-{size}.onnx"), ORT_U8: ort_run(work / f"qatie-{size}-ort-u8.onnx")}
+    tflite = next((t for t in ctx.parent.params["tflites"] if _tflite_size(t) == (height, width)), None)
+    if tflite:
+        runners[LITERT] = _litert_run(tflite, x_np, threads)
+    runners.update(zip(TVM_ROWS, (tvm_run(work / f"x86-host-{size}-untuned"), tvm_run(work / f"x86-host-{size}-tuned"))))
     rows = {}
     for name, fn in runners.items():
         samples = _time_ms(fn, repeats, min_seconds=2.0)
@@ -147,17 +161,73 @@ def measure(ctx: click.Context, size: str, threads: int, repeats: int) -> None:
     click.echo(json.dumps({"size": size, "threads": threads, "rows": rows}))
 
 
+def _tflite_size(tflite: Path) -> tuple[int, int]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    _, height, width, _ = Interpreter(model_path=str(tflite)).get_input_details()[0]["shape"]
+    return int(height), int(width)
+
+
+def _litert_run(tflite: Path, x_np, threads: int):
+    """LiteRT's interpreter (XNNPACK delegate by default) on `tflite`; NHWC input, quantized to
+    the model's int8 input if it takes codes."""
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(tflite), num_threads=threads)
+    interpreter.allocate_tensors()
+    detail = interpreter.get_input_details()[0]
+    nhwc = x_np.transpose(0, 2, 3, 1)
+    if detail["dtype"] != np.float32:
+        scale, zero = detail["quantization"]
+        info = np.iinfo(detail["dtype"])
+        nhwc = np.clip(np.round(nhwc / scale) + zero, info.min, info.max)
+    interpreter.set_tensor(detail["index"], nhwc.astype(detail["dtype"]))
+    return interpreter.invoke
+
+
+def _ort_quantized(fp32: Path, out: Path, height: int, width: int) -> None:
+    """The float export quantized by ONNX Runtime's own tool the way its docs show: QDQ, uint8
+    activations, per-channel int8 weights, calibrated on crops of the reference image."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from qatie.references import reference_input
+
+    class Images(CalibrationDataReader):
+        def __init__(self) -> None:
+            image = reference_input(height * 2, width * 2)
+            crops = [image[:, :, y:y + height, x:x + width] for y in (0, height) for x in (0, width)]
+            self.batches = iter([{"input": c.copy()} for c in crops[:CALIBRATION_IMAGES]])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(str(fp32), str(out), Images(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+
+
+def _dot_product_features() -> list[str]:
+    from compile.backend.dot_products import candidates
+    from compile.backend.targets import get_target
+
+    return [d.name for d in candidates(get_target("x86-host").tvm_target())]
+
+
 def _markdown(report: dict) -> str:
-    lines = [f"Measured with `{report['command']}` on {report['cpu']} ({report['cores']} cores).", ""]
+    lines = [f"Measured with `{report['command']}` on {report['cpu']} ({report['cores']} cores; "
+             f"int8 dot products: {', '.join(report['cpu_features']) or 'none'}).", ""]
     for result in report["results"]:
         size, threads = result["size"], result["threads"]
         build = report["builds"][size]
-        reference = result["rows"][REFERENCE]["median_ms"]
-        lines += [f"| {size}, {threads} thread(s) | median ms | min–max ms | runs | ORT int8 time / this |",
+        peers = {name: row for name, row in result["rows"].items() if name not in TVM_ROWS}
+        fastest = min(peers, key=lambda name: peers[name]["median_ms"])
+        reference = peers[fastest]["median_ms"]
+        lines += [f"| {size}, {threads} thread(s) | median ms | min–max ms | runs | fastest peer / this |",
                   "|---|---|---|---|---|"]
         for name, row in result["rows"].items():
             lines.append(f"| {name} | {row['median_ms']:.1f} | {row['min_ms']:.1f}–{row['max_ms']:.1f} | "
                          f"{row['runs']} | {reference / row['median_ms']:.2f}x |")
+        lines += ["", f"Fastest peer: {fastest}."]
         lines += ["", f"Tuned build: {build['kernels_tuned']} of {build['kernels']} kernels from the tuning log.", ""]
     return "\n".join(lines)
 

@@ -143,6 +143,7 @@ class KernelInfo(Record):
     macs: int
     bytes: int
     tuned: bool
+    dot_product: str | None = None  # the int8 dot-product instruction its conv is tensorized with
 
 
 class KernelTable(Record):

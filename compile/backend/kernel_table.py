@@ -14,6 +14,7 @@ import tvm
 from tvm import relax, s_tir, tirx
 
 from compile.artifact import KernelArg, KernelInfo, KernelTable
+from compile.backend.packed_conv import ANNOTATION
 
 
 @tvm.instrument.pass_instrument
@@ -25,12 +26,17 @@ class CaptureKernels:
 
     def __init__(self) -> None:
         self.macs: dict[str, int] | None = None
+        self.dot_products: dict[str, str] = {}
         self.scheduled: tvm.IRModule | None = None
 
     def run_after_pass(self, mod: tvm.IRModule, info: tvm.transform.PassInfo) -> None:
         if info.name == "FuseTIR" and self.macs is None:
-            self.macs = {gvar.name_hint: _macs(func) for gvar, func in mod.functions.items()
-                         if isinstance(func, tirx.PrimFunc)}
+            kernels = {gvar.name_hint: func for gvar, func in mod.functions.items() if isinstance(func, tirx.PrimFunc)}
+            self.macs = {name: _macs(func) for name, func in kernels.items()}
+            for name, func in kernels.items():
+                found = [b.annotations[ANNOTATION] for b in _blocks(func.body) if ANNOTATION in b.annotations]
+                if found:
+                    self.dot_products[name] = str(found[0])
 
     def run_before_pass(self, mod: tvm.IRModule, info: tvm.transform.PassInfo) -> None:
         if info.name == "CallTIRRewrite" and self.scheduled is None:
@@ -39,7 +45,7 @@ class CaptureKernels:
     def table(self, tuned_names: set[str]) -> KernelTable:
         if self.macs is None or self.scheduled is None:
             raise RuntimeError("the build pipeline ran no FuseTIR/CallTIRRewrite; cannot describe its kernels")
-        return kernel_table(self.scheduled, self.macs, tuned_names)
+        return kernel_table(self.scheduled, self.macs, tuned_names, self.dot_products)
 
 
 def _blocks(stmt) -> list:
@@ -57,11 +63,27 @@ def _blocks(stmt) -> list:
     return found
 
 
+def _uncast(expr):
+    while isinstance(expr, tirx.Cast):
+        expr = expr.value
+    return expr
+
+
+def _accumulates_a_product(block) -> bool:
+    """`acc = acc + a * b` (casts allowed): a conv or matmul update, not a pool whose window
+    index happens to multiply (a max-pool's `x[y * stride + ky]`)."""
+    store = block.body
+    if not isinstance(store, tirx.BufferStore):
+        return False
+    value = _uncast(store.value)
+    return isinstance(value, tirx.Add) and any(isinstance(_uncast(side), tirx.Mul) for side in (value.a, value.b))
+
+
 def _macs(func: tirx.PrimFunc) -> int:
-    """Multiply-accumulates: instances of reduction blocks whose update multiplies."""
+    """Multiply-accumulates: instances of reduction blocks whose update adds a product."""
     total = 0
     for block in _blocks(func.body):
-        if any(v.iter_type == tirx.IterVar.CommReduce for v in block.iter_vars) and " * " in str(block.body):
+        if any(v.iter_type == tirx.IterVar.CommReduce for v in block.iter_vars) and _accumulates_a_product(block):
             total += math.prod(int(v.dom.extent) for v in block.iter_vars)
     return total
 
@@ -85,7 +107,8 @@ def _calls(mod: tvm.IRModule) -> list[tuple[str, list[KernelArg]]]:
     return calls
 
 
-def kernel_table(scheduled: tvm.IRModule, macs: dict[str, int], tuned_names: set[str]) -> KernelTable:
+def kernel_table(scheduled: tvm.IRModule, macs: dict[str, int], tuned_names: set[str],
+                 dot_products: dict[str, str]) -> KernelTable:
     """The kernels in name order, and the order main calls them in."""
     calls = _calls(scheduled)
     order = [name for name, _ in calls]
@@ -99,6 +122,6 @@ def kernel_table(scheduled: tvm.IRModule, macs: dict[str, int], tuned_names: set
         kernels.append(KernelInfo(
             name=name, calls=order.count(name), args=args, macs=macs.get(name, 0),
             bytes=sum(math.prod(a.shape) * tvm.DataType(a.dtype).bits // 8 for a in args),
-            tuned=name in tuned_names,
+            tuned=name in tuned_names, dot_product=dot_products.get(name),
         ))
     return KernelTable(call_order=order, kernels=kernels)

@@ -7,6 +7,9 @@ records (MetaSchedule) replace them where they exist.
 - `DirectConv`: a conv reduction with its elementwise neighbours inlined where TVM allows;
   a tile of W outputs innermost (unrolled for LLVM's vectorizer), output channels and rows in
   parallel; the requantize epilogue as its own parallel, vectorized loop.
+- `PackedConv`: a conv the packing pass (`compile.backend.packed_conv`) laid out for a dot-product
+  instruction: a register tile of output-channel blocks x output pixels, the instruction
+  tensorized innermost, the requantize epilogue computed per tile while it is in cache.
 - `Elementwise`: any other kernel: producers inlined, the last block's loops fused, split into
   a parallel outer loop and a vectorized inner one.
 """
@@ -29,6 +32,8 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import try_inline
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 
+from compile.backend.dot_products import DotProduct, by_name
+from compile.backend.packed_conv import ANNOTATION, CONV_BLOCK, PACK_BLOCK, pack_convs
 from compile.backend.targets import target_kind
 
 VECTOR_LANES = (16, 8, 4, 2)
@@ -52,6 +57,109 @@ def _normalized(rule: CPUScheduleRule, func, target):
     sch = s_tir.Schedule(func)
     infos = normalize_prim_func(sch)
     return None if infos is None else (sch, infos)
+
+
+def packed_conv_block(sch: s_tir.Schedule):
+    """The packed conv block of a kernel and its dot product, or None. Looked up by name, so a
+    tuning record's trace names it (a record for another kernel fails loudly, not silently)."""
+    try:
+        conv = sch.get_sblock(CONV_BLOCK)
+    except Exception:  # noqa: BLE001 - TVM raises a plain error for a block that is not there
+        return None
+    name = sch.get(conv).annotations.get(ANNOTATION)
+    return None if name is None else (conv, by_name(str(name)))
+
+
+def packed_tiles(sch: s_tir.Schedule, conv, dot: DotProduct) -> list[tuple[int, int]]:
+    """The dot product's register tiles that divide this conv's channel blocks and width."""
+    _, blocks, _, width, *_ = (_extent(sch, loop) for loop in sch.get_loops(conv))
+    return [(o, x) for o, x in dot.tiles if blocks % o == 0 and width % x == 0]
+
+
+def schedule_packed_conv(sch: s_tir.Schedule, conv, dot: DotProduct, out_blocks, pixels) -> None:
+    """Register tile (out_blocks x pixels) with the instruction innermost; reduction outside it;
+    rows and channel blocks in parallel; the epilogue (everything after the conv, inlined into
+    one block) computed per tile. `out_blocks`/`pixels` may be sampled (MetaSchedule)."""
+    conv_name = sch.get(conv).name_hint
+    consumers = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if sch.get(b).name_hint != conv_name]
+    for block in consumers[:-1]:
+        sch.compute_inline(block)
+    n, o, y, x, lane, ic, ky, kx, inner = sch.get_loops(conv)
+    o_outer, o_inner = sch.split(o, [None, out_blocks])
+    x_outer, x_inner = sch.split(x, [None, pixels])
+    sch.reorder(n, o_outer, y, x_outer, ic, ky, kx, o_inner, x_inner, lane, inner)
+    sch.parallel(sch.fuse(n, o_outer, y))
+    epilogue = consumers[-1] if consumers else sch.cache_write(conv, 0, "global")
+    sch.reverse_compute_at(epilogue, x_outer)
+    sch.vectorize(sch.get_loops(epilogue)[-1])
+    init = sch.decompose_reduction(conv, ic)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.tensorize(lane, dot.intrin)
+    sch.unroll(o_inner)
+    sch.unroll(x_inner)
+
+
+def packed_conv_space(sch: s_tir.Schedule) -> list[s_tir.Schedule]:
+    """MetaSchedule's design space for a packed conv kernel: one schedule per register tile that
+    fits (the untuned default among them), so every tuning record is a tensorized kernel."""
+    conv, dot = packed_conv_block(sch)
+    spaces = []
+    for out_blocks, pixels in packed_tiles(sch, conv, dot):
+        space = sch.copy()
+        schedule_packed_conv(space, conv, dot, out_blocks, pixels)
+        spaces.append(space)
+    return spaces
+
+
+def packed_space_size(kernel: tvm.IRModule) -> int | None:
+    """How many schedules `packed_conv_space` has for this kernel; None if it is no packed conv
+    (its space, MetaSchedule's default, has no useful bound)."""
+    sch = s_tir.Schedule(kernel)
+    found = packed_conv_block(sch)
+    return None if found is None else len(packed_tiles(sch, *found))
+
+
+class PackedConv(CPUScheduleRule):
+    """The packed conv kernel with its first fitting register tile."""
+
+    def apply(self, func: tirx.PrimFunc, target, _tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        found = packed_conv_block(sch)
+        if found is None:
+            return None
+        conv, dot = found
+        out_blocks, pixels = packed_tiles(sch, conv, dot)[0]
+        schedule_packed_conv(sch, conv, dot, out_blocks, pixels)
+        return sch
+
+
+class Pack(CPUScheduleRule):
+    """A kernel ending in the packing of a conv's input ([N, C/depth, H, W, depth]), with what
+    produces it (pad, the previous conv's unpack, resize, ...) inlined: rows in parallel, the
+    `depth` channels unrolled, W vectorized (contiguous in the NCHW source; fusing W with the
+    channel lanes instead leaves a div/mod per element, measured 13x slower)."""
+
+    def apply(self, func: tirx.PrimFunc, target, _tunable: bool):
+        normalized = _normalized(self, func, target)
+        if normalized is None:
+            return None
+        sch, infos = normalized
+        last = infos[-1]
+        if sch.get(last.block_rv).name_hint != PACK_BLOCK or try_inline(sch, infos[:-1]):
+            return None
+        loops = sch.get_loops(last.block_rv)
+        *rows, width, lanes = loops
+        sch.reorder(lanes, width)
+        if rows:
+            sch.parallel(sch.fuse(*rows) if len(rows) > 1 else rows[0])
+        sch.unroll(lanes)
+        extent = _extent(sch, width)
+        vector = _divisor(extent) if extent else 1
+        if vector > 1:
+            sch.vectorize(sch.split(width, [None, vector])[1])
+        return sch
 
 
 class DirectConv(CPUScheduleRule):
@@ -128,7 +236,7 @@ def _parallel_vectorize(sch: s_tir.Schedule, block) -> None:
 def fuse_kernels(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     """Legalize and fuse: the kernels these passes produce are the tuning tasks, so tuning and
     building must both use exactly this list for database lookups to hit."""
-    return library_dispatch_passes(target) + legalize_passes(target)
+    return library_dispatch_passes(target) + [pack_convs(target)] + legalize_passes(target)
 
 
 @dataclass
@@ -168,7 +276,7 @@ def default_schedule(kernel: tvm.IRModule, target: tvm.target.Target) -> tvm.IRM
 
 
 def _default_rules() -> tvm.transform.Pass:
-    return dl.ApplyDefaultSchedule(DirectConv(), dl.cpu.Reduction(), Elementwise())
+    return dl.ApplyDefaultSchedule(PackedConv(), Pack(), DirectConv(), dl.cpu.Reduction(), Elementwise())
 
 
 def cpu_pipeline(target: tvm.target.Target, database=None, tuned: TunedKernels | None = None) -> tvm.transform.Pass:

@@ -52,7 +52,8 @@ def profile_on(device: Device, artifact: Artifact, x: np.ndarray, timing: Timing
         args = [_argument(spec, dev, rng) for spec in kernel.args]
         mean_s = float(np.median(time_calls(kernels_lib, kernel.name, dev, cold, *args)))
         rows.append({"name": kernel.name, "calls": kernel.calls, "macs": kernel.macs, "bytes": kernel.bytes,
-                     "tuned": kernel.tuned, "mean_ms": mean_s * 1e3, "total_ms": mean_s * 1e3 * kernel.calls})
+                     "tuned": kernel.tuned, "dot_product": kernel.dot_product, "mean_ms": mean_s * 1e3,
+                     "total_ms": mean_s * 1e3 * kernel.calls})
     executable = load_on_device(device, artifact, artifact.library)
     vm = relax.VirtualMachine(executable, dev)
     end_to_end = latency_stats(time_model(vm, dev, timing, tvm.runtime.tensor(x, dev)))

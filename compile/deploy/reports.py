@@ -17,7 +17,8 @@ from pathlib import Path
 
 from qatie.atomic import atomic_path, write_text_atomic
 
-PROFILE_COLUMNS = ("name", "calls", "total_ms", "mean_ms", "share", "macs", "bytes", "gmac_per_s", "gb_per_s", "tuned")
+PROFILE_COLUMNS = ("name", "calls", "total_ms", "mean_ms", "share", "macs", "bytes", "gmac_per_s", "gb_per_s", "tuned",
+                   "dot_product")
 TOP_KERNELS_PLOTTED = 15
 
 
@@ -85,8 +86,8 @@ def _bench_markdown(report: dict, folder: Path) -> str:
 def profile_table(report: dict, device: dict) -> str:
     rows = [[k["name"], str(k["calls"]), f"{k['total_ms']:.3f}", f"{k['mean_ms']:.3f}", f"{100 * k['share']:.1f} %",
              f"{k['macs'] * k['calls'] / 1e6:.1f}", f"{k['bytes'] * k['calls'] / 1e6:.2f}", f"{k['gmac_per_s']:.2f}",
-             f"{k['gb_per_s']:.2f}", "yes" if k["tuned"] else "no"] for k in device["kernels"]]
-    header = ["kernel", "calls", "total ms", "mean ms", "share", "MMAC", "MB", "GMAC/s", "GB/s", "tuned"]
+             f"{k['gb_per_s']:.2f}", "yes" if k["tuned"] else "no", k["dot_product"] or ""] for k in device["kernels"]]
+    header = ["kernel", "calls", "total ms", "mean ms", "share", "MMAC", "MB", "GMAC/s", "GB/s", "tuned", "dot product"]
     e2e = device["end_to_end"]["median_ms"]
     summary = (f"device {device['device']} ({_arch_cell(device)}, {device['threads']} thread(s)): kernels sum to {device['kernel_sum_ms']:.2f} ms, "
                f"end-to-end median {e2e:.2f} ms; the VM's own work and cache effects account for the "

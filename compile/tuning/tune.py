@@ -25,11 +25,12 @@ from pathlib import Path
 import psutil
 import tvm
 from tqdm import tqdm
+from tvm import s_tir
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
 from compile.backend.intrinsics import register_cpu_intrinsics
-from compile.backend.schedules import default_schedule, fuse_kernels
+from compile.backend.schedules import default_schedule, fuse_kernels, packed_conv_space, packed_space_size
 from compile.backend.targets import TargetSpec
 from compile.backend.tuning_db import DEFAULT_LOG_ROOT, check_targets, is_shipped_log, open_database
 from compile.deploy.device import emulation_of
@@ -39,6 +40,7 @@ from compile.tuning.worker import build_kernel, export_kernel
 from qatie.errors import QatieError
 
 UNMEASURED = 1e9  # MetaSchedule's run_secs for failed candidates are 1e10 s
+FAILED_RUN_SECS = 1e10  # what we commit for a tile that failed, as MetaSchedule does
 
 
 @dataclass
@@ -150,29 +152,6 @@ def _make_runner(spec: TargetSpec, options: TuneOptions, devices: int):
     return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=devices)
 
 
-def _measure_default_schedules(tasks: list, target, builder, runner, device_type: str) -> list[float | None]:
-    """Each task's kernel with our default (untuned) schedule, built and timed by the same
-    builder and runner as the candidates: the starting point of the tuning curve."""
-    kernels = []
-    with target:
-        for task in tasks:
-            mod = default_schedule(task.dispatched[0], target)
-            kernels.append((mod, ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
-    built = builder.build([ms.builder.BuilderInput(mod, target) for mod, _ in kernels])
-    inputs = [(b, args) for b, (_, args) in zip(built, kernels)]
-    futures = runner.run([ms.runner.RunnerInput(b.artifact_path, device_type, args)
-                          for b, args in inputs if b.error_msg is None])
-    results = iter(f.result() for f in futures)
-    times: list[float | None] = []
-    for b, _ in inputs:
-        result = next(results) if b.error_msg is None else None
-        times.append(_run_us(result.run_secs) if result is not None and result.error_msg is None else None)
-    for b, _ in inputs:
-        if b.artifact_path:
-            shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
-    return times
-
-
 @derived_object
 class _Progress(ms.measure_callback.PyMeasureCallback):
     """Live bar (trials / budget, best per task, estimated model latency) and the tuning curve.
@@ -182,8 +161,9 @@ class _Progress(ms.measure_callback.PyMeasureCallback):
     """
 
     def __init__(self, bar: tqdm, names: list[str], calls: list[int], best: list[float | None],
-                 default: list[float | None]) -> None:
+                 default: list[float | None], first_searched: int = 0) -> None:
         self.bar, self.names, self.calls, self.best, self.default = bar, names, calls, best, default
+        self.first_searched = first_searched  # MetaSchedule's task id 0 is this slot
         self.started = time.monotonic()
         self.measured = 0
         self.curve: list[dict] = [self._point(0)]
@@ -200,14 +180,18 @@ class _Progress(ms.measure_callback.PyMeasureCallback):
         self.bar.update(count)
 
     def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
-        times = [_run_us(r.run_secs) for r in runner_results if r.error_msg is None]
+        self.measured_batch(self.first_searched + task_id,
+                            [_run_us(r.run_secs) for r in runner_results if r.error_msg is None],
+                            count=len(measure_candidates))
+
+    def measured_batch(self, slot: int, times: list[float | None], count: int | None = None) -> None:
         valid = [t for t in times if t is not None]
-        if valid and (self.best[task_id] is None or min(valid) < self.best[task_id]):
-            self.best[task_id] = min(valid)
-        self.measured += len(measure_candidates)
+        if valid and (self.best[slot] is None or min(valid) < self.best[slot]):
+            self.best[slot] = min(valid)
+        self.measured += len(times) if count is None else count
         self.curve.append(self._point(self.measured))
-        best = f"{self.best[task_id]:.1f} us" if self.best[task_id] is not None else "failed"
-        self.bar.set_postfix_str(f"{self.names[task_id][:40]} best {best} | {len(self.best)} kernels ~{self.estimate_us() / 1e3:.2f} ms")
+        best = f"{self.best[slot]:.1f} us" if self.best[slot] is not None else "failed"
+        self.bar.set_postfix_str(f"{self.names[slot][:40]} best {best} | {len(self.best)} kernels ~{self.estimate_us() / 1e3:.2f} ms")
 
 
 def _faster(best: float | None, default: float | None) -> float | None:
@@ -259,8 +243,10 @@ def tune(model: Path, input_shapes: dict, spec: TargetSpec, log_dir: Path, optio
     known = [_best_and_count(database, t.dispatched[0]) for t in tasks]
     done = sum(count for _, count in known)
     per_task = options.per_task or options.trials
+    # a packed conv is done once each of its register tiles is measured
+    caps = [min(per_task, packed_space_size(t.dispatched[0]) or per_task) for t in tasks]
     pending = [i for i, (_, count) in enumerate(known)
-               if count < per_task and (not options.only or any(o in tasks[i].task_name for o in options.only))]
+               if count < caps[i] and (not options.only or any(o in tasks[i].task_name for o in options.only))]
     budget = options.trials - done
 
     started = time.monotonic()
@@ -277,9 +263,63 @@ def tune(model: Path, input_shapes: dict, spec: TargetSpec, log_dir: Path, optio
                       curve=progress.curve if progress else [], repaired=check.repaired)
 
 
+def _build_and_run(kernels: list[tvm.IRModule], target, builder, runner, device_type: str) -> list:
+    """Each scheduled kernel built and timed by the tuning builder and runner: run_secs per kernel
+    (None where it failed to build or run)."""
+    args = [ms.arg_info.ArgInfo.from_prim_func(mod["main"]) for mod in kernels]
+    built = builder.build([ms.builder.BuilderInput(mod, target) for mod in kernels])
+    futures = iter(runner.run([ms.runner.RunnerInput(b.artifact_path, device_type, a)
+                               for b, a in zip(built, args) if b.error_msg is None]))
+    results = []
+    for b in built:
+        result = next(futures).result() if b.error_msg is None else None
+        results.append(result.run_secs if result is not None and result.error_msg is None else None)
+        if b.artifact_path:
+            shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
+    return results
+
+
+def _measure_default_schedules(tasks: list, target, builder, runner, device_type: str) -> list[float | None]:
+    """Each task's kernel with our default (untuned) schedule, built and timed by the same
+    builder and runner as the candidates: the starting point of the tuning curve."""
+    with target:
+        kernels = [default_schedule(task.dispatched[0], target) for task in tasks]
+    return [_run_us(secs) for secs in _build_and_run(kernels, target, builder, runner, device_type)]
+
+
+def _trace_key(trace) -> str:
+    return str(trace)  # the trace as the Python it replays: same tile, same text
+
+
+def _measure_tiles(tasks: list, packed: list[int], target, builder, runner, database, progress: _Progress,
+                   budget: int) -> int:
+    """Packed convs: every register tile not yet in the database, measured and committed (their
+    space is a handful of schedules: an exhaustive pass, where an evolutionary search would keep
+    asking an exhausted space for candidates). Returns the trials used."""
+    used = 0
+    for task_id in packed:
+        kernel = tasks[task_id].dispatched[0]
+        workload = database.commit_workload(kernel)
+        seen = {_trace_key(r.trace) for r in database.get_top_k(workload, 1 << 30)}
+        spaces = [sch for sch in packed_conv_space(s_tir.Schedule(kernel)) if _trace_key(sch.trace) not in seen]
+        spaces = spaces[:budget - used]
+        if not spaces:
+            continue
+        progress.built(len(spaces))
+        run_secs = _build_and_run([sch.mod for sch in spaces], target, builder, runner, "cpu")
+        args = ms.arg_info.ArgInfo.from_prim_func(kernel["main"])
+        for sch, secs in zip(spaces, run_secs):
+            database.commit_tuning_record(ms.database.TuningRecord(
+                sch.trace, workload, secs if secs is not None else [FAILED_RUN_SECS], target, args))
+        progress.measured_batch(packed.index(task_id), [_run_us(secs) for secs in run_secs])
+        used += len(spaces)
+    return used
+
+
 def _search(tasks: list, pending: list[int], known: list, target, database, spec: TargetSpec, options: TuneOptions,
             devices: int, compiler: str, budget: int) -> tuple[_Progress, dict[int, float | None]]:
-    """Measure the pending tasks' default schedules, then run MetaSchedule on them for `budget` trials."""
+    """Measure the pending tasks' default schedules; then every register tile of the packed convs
+    and MetaSchedule on the other kernels, within `budget` trials."""
     runner = _make_runner(spec, options, devices)
     builder = ms.builder.LocalBuilder(
         max_workers=os.cpu_count() or 1, timeout_sec=options.builder_timeout_s,
@@ -287,29 +327,34 @@ def _search(tasks: list, pending: list[int], known: list, target, database, spec
     )
     measured = _measure_default_schedules([tasks[i] for i in pending], target, builder, runner, device_type="cpu")
     default_us = dict(zip(pending, measured))
-    contexts = [
-        ms.TuneContext(mod=tasks[i].dispatched[0], target=target, space_generator="post-order-apply",
-                       search_strategy=ms.search_strategy.EvolutionarySearch(
-                           population_size=options.population, genetic_num_iters=2),
-                       task_name=tasks[i].task_name, rand_state=options.seed + i,
-                       num_threads=os.cpu_count() or 1).clone()
-        for i in pending
-    ]
+    packed = [i for i in pending if packed_space_size(tasks[i].dispatched[0]) is not None]
+    searched = [i for i in pending if i not in packed]
+    order = packed + searched  # progress slots: packed convs first, then MetaSchedule's task ids
     key = _device_key(spec, options)
     where = f"{devices} device(s) under '{key}' at {options.tracker}" if options.tracker else "this host"
     bar = tqdm(total=budget, unit="trial", desc=f"tuning {spec.name} on {where}", dynamic_ncols=True)
-    progress = _Progress(bar, [tasks[i].task_name for i in pending], [int(tasks[i].weight) for i in pending],
-                         [known[i][0] for i in pending], [default_us[i] for i in pending])
-    scheduler = ms.task_scheduler.TaskScheduler.create("gradient")
-    with tempfile.TemporaryDirectory(prefix="qatie-ms-") as work_dir, _quiet_meta_schedule():
-        ms.tune_tasks(
-            tasks=contexts, task_weights=[float(tasks[i].weight) for i in pending], work_dir=work_dir,
-            max_trials_global=budget, max_trials_per_task=options.per_task or options.trials,
-            num_trials_per_iter=options.trials_per_round,
-            builder=_CommittingBuilder(builder, progress, scheduler), runner=runner,
-            database=database, cost_model="xgb", task_scheduler=scheduler,
-            measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), progress],
-        )
+    progress = _Progress(bar, [tasks[i].task_name for i in order], [int(tasks[i].weight) for i in order],
+                         [known[i][0] for i in order], [default_us[i] for i in order], first_searched=len(packed))
+    budget -= _measure_tiles(tasks, packed, target, builder, runner, database, progress, budget)
+    if budget > 0 and searched:
+        contexts = [
+            ms.TuneContext(mod=tasks[i].dispatched[0], target=target, space_generator="post-order-apply",
+                           search_strategy=ms.search_strategy.EvolutionarySearch(
+                               population_size=options.population, genetic_num_iters=2),
+                           task_name=tasks[i].task_name, rand_state=options.seed + i,
+                           num_threads=os.cpu_count() or 1).clone()
+            for i in searched
+        ]
+        scheduler = ms.task_scheduler.TaskScheduler.create("gradient")
+        with tempfile.TemporaryDirectory(prefix="qatie-ms-") as work_dir, _quiet_meta_schedule():
+            ms.tune_tasks(
+                tasks=contexts, task_weights=[float(tasks[i].weight) for i in searched], work_dir=work_dir,
+                max_trials_global=budget, max_trials_per_task=options.per_task or options.trials,
+                num_trials_per_iter=options.trials_per_round,
+                builder=_CommittingBuilder(builder, progress, scheduler), runner=runner,
+                database=database, cost_model="xgb", task_scheduler=scheduler,
+                measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), progress],
+            )
     bar.close()
     return progress, default_us
 

@@ -1,0 +1,132 @@
+"""One int8 conv, kernel against kernel: each dot-product path this CPU has (every register tile
+of our packed conv schedule) against ONNX Runtime's float Conv and its QLinearConv (u8 x s8),
+on the same shape, 1 thread. Writes `conv_kernels.json` + `.md` + `.png`.
+
+    python bench/conv_kernels.py --channels 32 --size 256x256
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+os.environ.setdefault("TVM_NUM_THREADS", "1")  # before TVM starts its pool
+REPEATS = 15
+
+
+def _best_ms(fn, repeats: int = REPEATS) -> float:
+    import time
+
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return best * 1e3
+
+
+def _tvm_rows(channels: int, height: int, width: int) -> list[dict]:
+    import tvm
+    from tvm import s_tir, te
+
+    from compile.backend.dot_products import candidates
+    from compile.backend.packed_conv import _conv, pack_weight
+    from compile.backend.schedules import packed_conv_block, packed_tiles, schedule_packed_conv
+    from compile.backend.targets import get_target
+
+    target = get_target("x86-host").tvm_target()
+    rng = np.random.default_rng(0)
+    rows = []
+    for dot in candidates(target):
+        weight = rng.integers(-64, 65, (channels, channels, 3, 3)).astype(np.int8)
+        data = te.placeholder((1, channels // dot.depth, height + 2, width + 2, dot.depth), dot.data_dtype, "data")
+        packed = pack_weight(weight, dot)
+        w = te.placeholder(packed.shape, dot.weight_dtype, "weight")
+        mod = tvm.IRModule({"main": te.create_prim_func([data, w, _conv(data, w, (1, 1), (1, 1), dot)])})
+        sch = s_tir.Schedule(mod)
+        conv, _ = packed_conv_block(sch)
+        args = [tvm.runtime.tensor(np.zeros([int(d) for d in data.shape], dot.data_dtype)), tvm.runtime.tensor(packed),
+                tvm.runtime.empty((1, channels // dot.lanes, height, width, dot.lanes), "int32")]
+        for tile in packed_tiles(sch, conv, dot):
+            tiled = sch.copy()
+            schedule_packed_conv(tiled, conv, dot, *tile)
+            kernel = tvm.compile(tiled.mod, target=target)
+            rows.append({"kernel": f"TVM {dot.name}, tile {tile[0]}x{tile[1]}" + (" (default)" if tile == packed_tiles(sch, conv, dot)[0] else ""),
+                         "ms": _best_ms(lambda: kernel(*args))})
+    return rows
+
+
+def _ort_rows(channels: int, height: int, width: int) -> list[dict]:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    shape = [1, channels, height + 2, width + 2]
+    weight = rng.standard_normal((channels, channels, 3, 3)).astype(np.float32)
+    scale = lambda name, v: numpy_helper.from_array(np.array(v, np.float32), name)  # noqa: E731
+    zero = lambda name, v, dt: numpy_helper.from_array(np.array(v, dt), name)  # noqa: E731
+    float_graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"])], "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(weight, "w")])
+    int_graph = helper.make_graph(
+        [helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"])], "qconv",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, shape)], [helper.make_tensor_value_info("y", TensorProto.UINT8, None)],
+        [numpy_helper.from_array(rng.integers(-64, 65, weight.shape).astype(np.int8), "w"), scale("xs", 0.02),
+         zero("xz", 128, np.uint8), scale("ws", np.full(channels, 0.01, np.float32)), zero("wz", np.zeros(channels, np.int8), np.int8),
+         scale("ys", 0.05), zero("yz", 128, np.uint8)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    rows = []
+    for name, graph, x in (("ONNX Runtime Conv (fp32)", float_graph, rng.standard_normal(shape).astype(np.float32)),
+                           ("ONNX Runtime QLinearConv (u8 x s8)", int_graph, rng.integers(0, 256, shape).astype(np.uint8))):
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        rows.append({"kernel": name, "ms": _best_ms(lambda: session.run(None, {"x": x}))})
+    return rows
+
+
+@click.command()
+@click.option("--channels", default=32, type=click.IntRange(min=16))
+@click.option("--size", default="256x256")
+@click.option("--out", default="bench/results", type=click.Path(path_type=Path, file_okay=False))
+def main(channels: int, size: str, out: Path) -> None:
+    import tvm
+
+    height, width = (int(v) for v in size.split("x"))
+    macs = channels * channels * 9 * height * width
+    rows = _tvm_rows(channels, height, width) + _ort_rows(channels, height, width)
+    for row in rows:
+        row["gmac_per_s"] = macs / row["ms"] / 1e6
+    report = {"command": "python bench/conv_kernels.py " + shlex.join(sys.argv[1:]),
+              "cpu": tvm.target.codegen.llvm_get_system_cpu(), "threads": 1,
+              "conv": f"{channels}->{channels} 3x3, {size} output, {macs / 1e9:.3f} GMAC", "rows": rows}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "conv_kernels.json").write_text(json.dumps(report, indent=2))
+    lines = [f"Measured with `{report['command']}` on {report['cpu']}, 1 thread, best of {REPEATS}: "
+             f"{report['conv']}.", "", "| kernel | ms | GMAC/s |", "|---|---|---|"]
+    lines += [f"| {r['kernel']} | {r['ms']:.2f} | {r['gmac_per_s']:.1f} |" for r in rows]
+    (out / "conv_kernels.md").write_text("\n".join(lines) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 0.4 * len(rows) + 1.2))
+    axis.barh([r["kernel"] for r in rows][::-1], [r["gmac_per_s"] for r in rows][::-1])
+    axis.set_xlabel("GMAC/s (1 thread)")
+    axis.set_title(f"{report['conv']} on {report['cpu']}")
+    figure.tight_layout()
+    figure.savefig(out / "conv_kernels.png", dpi=110)
+    click.echo("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

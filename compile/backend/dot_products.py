@@ -1,0 +1,158 @@
+"""Our int8 dot-product tensor intrinsics, one per instruction sequence, and which one a conv gets.
+
+Each is `C[lanes] int32 += A[depth] · B[lanes, depth]`: `depth` input channels of one pixel
+(broadcast to every lane) times the weights of `lanes` output channels, in one or two
+instructions. The packed conv (`compile.backend.packed_conv`) lays its data out with `depth`
+input channels innermost and its weights as [lanes][depth] blocks, so the innermost loops
+tensorize with no shuffles.
+
+Why ours and not TVM's (`tvm/s_tir/tensor_intrin/x86.py`): TVM 0.27's `dot_16x4_vnni` passes
+`int32x16` operands where LLVM 22's `llvm.x86.avx512.vpdpbusd.512` takes `<64 x i8>` and fails
+LLVM verification; there is no AVX2 intrinsic at all; and its AVX-512 one uses vpmaddubsw, which
+saturates int16 pair sums (not exact for arbitrary weights).
+
+- `vnni`: vpdpbusd, u8 x s8 -> s32 with no intermediate rounding. Exact.
+- `avx2-u8`: vpmaddubsw + vpmaddwd. vpmaddubsw adds two u8·s8 products in *saturating* int16,
+  so it is used only for a conv whose every adjacent weight pair has |w0| + |w1| <= 128
+  (255 · 128 = 32640 fits int16): `exact_for` checks that per conv at build time.
+- `avx2-i16`: the exact AVX2 path for all other convs: activations and weights widened to int16
+  when packed, vpmaddwd (int16 pairs -> int32, no saturation). Half the MACs per instruction.
+
+x86 multiplies unsigned activations by signed weights: an int8 activation code is shifted to
+uint8 exactly by adding 128 (`shift`), and the conv subtracts 128 · sum(w) per output channel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from tvm.s_tir import TensorIntrin
+from tvm.script import tirx as T
+
+PREFIX = "qatie_"
+U8_PAIR_LIMIT = 128  # |w0| + |w1| <= 128: 255 * 128 = 32640 <= int16 max
+
+
+@dataclass(frozen=True)
+class DotProduct:
+    """One tensor intrinsic and how the conv around it is laid out and scheduled."""
+
+    name: str
+    lanes: int  # output channels per instruction (the weight block's rows)
+    depth: int  # input channels per lane (contiguous, innermost in the packed data)
+    data_dtype: str  # the packed activations' type
+    weight_dtype: str  # the packed weights' type
+    shift: int  # added to int8 activation codes when packed (uint8 instructions)
+    features: tuple[str, ...]  # LLVM CPU features the target must have
+    # (output-channel blocks, output pixels) per register tile, best first; the first whose
+    # sizes divide the conv's is the untuned default (tuning samples all of them)
+    tiles: tuple[tuple[int, int], ...]
+    implementation: object = field(compare=False, repr=False)  # the TVMScript intrinsic body
+    pairs_must_fit_int16: bool = False
+
+    @property
+    def intrin(self) -> str:
+        return PREFIX + self.name.replace("-", "_")
+
+    def exact_for(self, weight: np.ndarray) -> bool:
+        """Whether this instruction computes the conv with weights `weight` (O, I, KH, KW) exactly."""
+        if not self.pairs_must_fit_int16:
+            return True
+        w = np.abs(weight.astype(np.int32))
+        channels = w.shape[1] + (-w.shape[1]) % self.depth
+        w = np.pad(w, ((0, 0), (0, channels - w.shape[1]), (0, 0), (0, 0)))
+        return bool((w[:, 0::2] + w[:, 1::2]).max(initial=0) <= U8_PAIR_LIMIT)
+
+
+def _description(lanes: int, depth: int, a_dtype: str, b_dtype: str):
+    @T.prim_func(s_tir=True)
+    def description(A: T.Buffer((depth,), a_dtype, offset_factor=1),
+                    B: T.Buffer((lanes, depth), b_dtype, offset_factor=1),
+                    C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:depth], B[0:lanes, 0:depth])
+            T.writes(C[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, depth):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    return description
+
+
+@T.prim_func(s_tir=True)
+def _vpdpbusd(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
+              C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        pixel = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16), dtype="uint8x64")
+        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), C.vload([0], dtype="int32x16"), pixel,
+            B.vload([0, 0], dtype="int8x64"), dtype="int32x16")
+
+
+@T.prim_func(s_tir=True)
+def _vpmaddubsw(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((8, 4), "int8", offset_factor=1),
+                C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+        T.writes(C[0:8])
+        pixel = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8), dtype="uint8x32")
+        pairs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"), pixel,
+                                        B.vload([0, 0], dtype="int8x32"), dtype="int16x16")
+        C[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs, T.broadcast(T.int16(1), 16), dtype="int32x8")
+
+
+@T.prim_func(s_tir=True)
+def _vpmaddwd(A: T.Buffer((2,), "int16", offset_factor=1), B: T.Buffer((8, 2), "int16", offset_factor=1),
+              C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:2], B[0:8, 0:2])
+        T.writes(C[0:8])
+        pixel = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int16x2"), dtype="int32"), 8), dtype="int16x16")
+        C[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pixel, B.vload([0, 0], dtype="int16x16"),
+            dtype="int32x8")
+
+
+DOT_PRODUCTS = (
+    DotProduct("vnni", 16, 4, "uint8", "int8", 128, ("avx512vnni",),
+               ((2, 8), (1, 8), (2, 4), (1, 4), (1, 2), (1, 1)), _vpdpbusd),
+    DotProduct("avx2-u8", 8, 4, "uint8", "int8", 128, ("avx2",),
+               ((4, 2), (2, 4), (1, 8), (2, 2), (1, 4), (1, 2), (1, 1)), _vpmaddubsw, pairs_must_fit_int16=True),
+    DotProduct("avx2-i16", 8, 2, "int16", "int16", 0, ("avx2",),
+               ((2, 4), (1, 8), (1, 4), (2, 2), (1, 2), (1, 1)), _vpmaddwd),
+)
+
+
+def _register() -> None:
+    """Register every intrinsic with TVM, on import: schedules and tuned traces name them, in the
+    build process and in MetaSchedule's workers alike."""
+    for dot in DOT_PRODUCTS:
+        TensorIntrin.register(dot.intrin, _description(dot.lanes, dot.depth, dot.data_dtype, dot.weight_dtype),
+                              dot.implementation, override=True)
+
+
+_register()
+
+
+def by_name(name: str) -> DotProduct:
+    return next(dot for dot in DOT_PRODUCTS if dot.name == name)
+
+
+def candidates(target) -> list[DotProduct]:
+    """The dot products `target`'s CPU has, best first (a conv takes the first exact for it)."""
+    from tvm.target import codegen
+
+    if str(target.kind) != "llvm":
+        return []
+    return [dot for dot in DOT_PRODUCTS if codegen.target_has_features(list(dot.features), target)]
+
+
+def choose(target, weight: np.ndarray) -> DotProduct | None:
+    """The fastest exact dot product for a conv with `weight` on `target`, or None (no packing)."""
+    return next((dot for dot in candidates(target) if dot.exact_for(weight)), None)

@@ -1,0 +1,194 @@
+"""Integer convs in a channel-blocked layout with their weights packed at build time.
+
+The integer-conv rewrite (`compile.frontend.rewrites.integer_conv`) leaves, per conv,
+
+    conv2d(x, W) int32 -> + offset -> float32 -> * scale [-> relu | leakyrelu] -> quantize
+
+in NCHW. A dot-product instruction needs `depth` input channels of one pixel contiguous and
+the weights of `lanes` output channels side by side, which NCHW is not, and tensorize never
+changes a layout. This pass rewrites each such chain, for the dot product the target and the
+conv's weights allow (`compile.backend.dot_products.choose`), into
+
+    pack(x): [N, C/depth, H, W, depth]           (shifted to uint8 / widened to int16 as needed)
+    conv:    [N, O/lanes, OH, OW, lanes] int32   (weights [O/lanes, C/depth, KH, KW, lanes, depth])
+    + offset -> float32 -> * scale [-> act] -> quantize    (same ops, per-channel constants blocked)
+    unpack:  [N, O, OH, OW] int8
+
+Channels are padded to whole blocks (zero weights; padded outputs are dropped by unpack). The
+epilogue stays elementwise, so it fuses into the conv kernel; pack and unpack are injective and
+fuse with their neighbours (the previous conv's unpack, the pad). The conv block carries the
+annotation `qatie.dot_product`, by which the schedules (`compile.backend.schedules.PackedConv`)
+find and tensorize it.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax, te, tirx
+from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+
+from compile.backend.dot_products import DotProduct, choose
+from compile.frontend.rewrite import constant
+
+ANNOTATION = "qatie.dot_product"
+CONV_BLOCK = "conv2d_packed"  # the conv block (the schedules find it by name)
+PACK_BLOCK = "pack"  # the block that lays a conv's input out (found by name by the schedules)
+ACTIVATIONS = ("relax.nn.relu", "relax.nn.leakyrelu")
+
+
+def _blocks(channels: int, size: int) -> int:
+    return -(-channels // size)
+
+
+def pack_weight(weight: np.ndarray, dot: DotProduct) -> np.ndarray:
+    """(O, I, KH, KW) int8 -> (O/lanes, I/depth, KH, KW, lanes, depth), zero-padded channels."""
+    o, i, kh, kw = weight.shape
+    ob, ib = _blocks(o, dot.lanes), _blocks(i, dot.depth)
+    padded = np.zeros((ob * dot.lanes, ib * dot.depth, kh, kw), dtype=weight.dtype)
+    padded[:o, :i] = weight
+    blocked = padded.reshape(ob, dot.lanes, ib, dot.depth, kh, kw).transpose(0, 2, 4, 5, 1, 3)
+    return np.ascontiguousarray(blocked).astype(dot.weight_dtype)
+
+
+def blocked_channels(values: np.ndarray, out_channels: int, dot: DotProduct, fill) -> np.ndarray:
+    """A per-channel constant (O values) as (1, O/lanes, 1, 1, lanes), padded with `fill`."""
+    ob = _blocks(out_channels, dot.lanes)
+    padded = np.full(ob * dot.lanes, fill, dtype=values.dtype)
+    padded[:out_channels] = np.broadcast_to(values.reshape(-1), (out_channels,))
+    return padded.reshape(1, ob, 1, 1, dot.lanes)
+
+
+def _pack_data(x: te.Tensor, dot: DotProduct) -> te.Tensor:
+    n, c, h, w = (int(d) for d in x.shape)
+    cb = _blocks(c, dot.depth)
+
+    def value(ni, bi, hi, wi, li):
+        channel = bi * dot.depth + li
+        code = x[ni, channel if c % dot.depth == 0 else tirx.min(channel, c - 1), hi, wi].astype("int32")
+        if x.dtype == "int8":
+            code = code + dot.shift
+        code = code.astype(dot.data_dtype)
+        return code if c % dot.depth == 0 else tirx.if_then_else(channel < c, code, tirx.const(0, dot.data_dtype))
+
+    return te.compute((n, cb, h, w, dot.depth), value, name=PACK_BLOCK)
+
+
+def _conv(data: te.Tensor, weight: te.Tensor, strides, dilation, dot: DotProduct) -> te.Tensor:
+    n, cb, h, w, depth = (int(d) for d in data.shape)
+    ob, _, kh, kw, lanes, _ = (int(d) for d in weight.shape)
+    (sy, sx), (dy, dx) = strides, dilation
+    oh, ow = (h - (kh - 1) * dy - 1) // sy + 1, (w - (kw - 1) * dx - 1) // sx + 1
+    ic = te.reduce_axis((0, cb), "ic")
+    ky, kx = te.reduce_axis((0, kh), "ky"), te.reduce_axis((0, kw), "kx")
+    ii = te.reduce_axis((0, depth), "ii")
+    return te.compute(
+        (n, ob, oh, ow, lanes),
+        lambda ni, o, y, x, oi: te.sum(
+            data[ni, ic, y * sy + ky * dy, x * sx + kx * dx, ii].astype("int32")
+            * weight[o, ic, ky, kx, oi, ii].astype("int32"),
+            axis=[ic, ky, kx, ii]),
+        name=CONV_BLOCK, attrs={ANNOTATION: dot.name})
+
+
+def _unpack(y: te.Tensor, channels: int) -> te.Tensor:
+    n, _, h, w, lanes = (int(d) for d in y.shape)
+    return te.compute((n, channels, h, w), lambda ni, c, hi, wi: y[ni, c // lanes, hi, wi, c % lanes], name="unpack")
+
+
+class PackConvs:
+    """The rewrite of one conv chain; `__call__` applies it to a module for a target."""
+
+    def __init__(self) -> None:
+        self.x, self.w, self.offset, self.scale = wildcard(), is_const(), is_const(), is_const()
+        self.conv = is_op("relax.nn.conv2d")(self.x, self.w)
+        value = is_op("relax.multiply")(
+            is_op("relax.astype")(is_op("relax.add")(self.conv, self.offset)), self.scale)
+        self.activations = [is_op(name)(value) for name in ACTIVATIONS]
+        self.s_y, self.z_y = is_const(), is_const()
+        self.root = is_op("relax.quantize")(functools.reduce(operator.or_, [*self.activations, value]),
+                                            self.s_y, self.z_y)
+
+    def __call__(self, mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+        builder = relax.BlockBuilder(mod)
+        rewritten = {gvar: rewrite_call(self.root, functools.partial(self._rewrite, builder, target), func)
+                     for gvar, func in mod.functions.items() if isinstance(func, relax.Function)}
+        mod = builder.finalize()
+        for gvar, func in rewritten.items():
+            mod[gvar] = func
+        return relax.transform.Normalize()(mod)
+
+    def _rewrite(self, builder: relax.BlockBuilder, target, call: relax.Call, match: dict) -> relax.Expr:
+        conv = match[self.conv]
+        attrs = conv.attrs
+        weight = constant(match[self.w])
+        x = match[self.x]
+        if (str(conv.ty.dtype) != "int32" or str(x.ty.dtype) not in ("int8", "uint8") or weight.dtype != np.int8
+                or int(attrs.groups) != 1 or any(int(p) for p in attrs.padding)
+                or (attrs.data_layout, attrs.kernel_layout) != ("NCHW", "OIHW")
+                or constant(match[self.s_y]).size != 1):
+            return call
+        dot = choose(target, weight)
+        if dot is None:
+            return call
+        out_channels = weight.shape[0]
+        offset = constant(match[self.offset]).astype(np.int64).reshape(-1)
+        if str(x.ty.dtype) == "int8" and dot.shift:
+            # uint8 data = code + shift: the conv gains shift * sum(w) per output channel
+            offset = offset - dot.shift * weight.astype(np.int64).sum(axis=(1, 2, 3))
+        if offset.min() < np.iinfo(np.int32).min or offset.max() > np.iinfo(np.int32).max:
+            return call  # the shifted offset leaves the int32 accumulator: keep the plain integer conv
+        offset = blocked_channels(offset.astype(np.int32), out_channels, dot, 0)
+        scale = blocked_channels(constant(match[self.scale]).astype(np.float32).reshape(-1), out_channels, dot, 1)
+
+        data = _call_te(builder, "pack_" + dot.name.replace("-", "_"), functools.partial(_pack_data, dot=dot),
+                        [_Emitted(x, [int(d) for d in x.ty.shape], str(x.ty.dtype))])
+        packed = pack_weight(weight, dot)
+        conv_of = functools.partial(_conv, strides=tuple(int(s) for s in attrs.strides),
+                                    dilation=tuple(int(d) for d in attrs.dilation), dot=dot)
+        acc = _call_te(builder, "conv2d", conv_of,
+                       [data, _Emitted(relax.const(packed), list(packed.shape), dot.weight_dtype)])
+        value = relax.op.multiply(relax.op.astype(relax.op.add(acc.expr, relax.const(offset)), "float32"),
+                                  relax.const(scale))
+        activation = next((match[a] for a in self.activations if a in match), None)
+        if activation is not None:
+            value = relax.Call(activation.op, [value], activation.attrs)
+        codes = relax.op.quantize(value, match[self.s_y], match[self.z_y], axis=1, out_dtype=call.attrs.out_dtype)
+        return _call_te(builder, "unpack", functools.partial(_unpack, channels=out_channels),
+                        [_Emitted(codes, acc.shape, str(call.attrs.out_dtype))]).expr
+
+
+@dataclass(frozen=True)
+class _Emitted:
+    """A Relax expression and its tensor type (expressions made inside a pattern rewrite have
+    no struct info yet, which BlockBuilder.call_te would need)."""
+
+    expr: relax.Expr
+    shape: list[int]
+    dtype: str
+
+
+def _call_te(builder: relax.BlockBuilder, name: str, compute, inputs: list[_Emitted]) -> _Emitted:
+    """`call_tir` of the PrimFunc that the TE function `compute` builds over `inputs`."""
+    placeholders = [te.placeholder(i.shape, i.dtype, f"arg{k}") for k, i in enumerate(inputs)]
+    out = compute(*placeholders)
+    func = te.create_prim_func([*placeholders, out], index_dtype_override="int64")  # Relax shapes are int64
+    gvar = builder.add_func(func.without_attr("global_symbol"), name)
+    shape = [int(d) for d in out.shape]
+    return _Emitted(relax.call_tir(gvar, [i.expr for i in inputs], relax.TensorType(shape, str(out.dtype))),
+                    shape, str(out.dtype))
+
+
+def pack_convs(target: tvm.target.Target) -> tvm.transform.Pass:
+    """The module pass (a no-op where the target has none of our dot products)."""
+    rewrite = PackConvs()
+
+    @tvm.transform.module_pass(opt_level=0, name="QatiePackConvs")
+    def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        return rewrite(mod, target)
+
+    return _pass
