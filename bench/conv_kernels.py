@@ -34,11 +34,11 @@ def _best_ms(fn, repeats: int = REPEATS) -> float:
 
 def _tvm_rows(channels: int, height: int, width: int) -> list[dict]:
     import tvm
-    from tvm import s_tir, te
+    from tvm import s_tir
 
     from compile.backend.dot_products import candidates
-    from compile.backend.packed_conv import _conv, pack_weight
-    from compile.backend.schedules import packed_conv_block, packed_tiles, schedule_packed_conv
+    from compile.backend.packed_conv import pack_weight, packed_conv_kernel
+    from compile.backend.schedules import packed_conv_block, packed_conv_space, packed_tiles
     from compile.backend.targets import get_target
 
     target = get_target("x86-host").tvm_target()
@@ -46,19 +46,16 @@ def _tvm_rows(channels: int, height: int, width: int) -> list[dict]:
     rows = []
     for dot in candidates(target):
         weight = rng.integers(-64, 65, (channels, channels, 3, 3)).astype(np.int8)
-        data = te.placeholder((1, channels // dot.depth, height + 2, width + 2, dot.depth), dot.data_dtype, "data")
+        data_shape = (1, channels // dot.depth, height + 2, width + 2, dot.depth)
         packed = pack_weight(weight, dot)
-        w = te.placeholder(packed.shape, dot.weight_dtype, "weight")
-        mod = tvm.IRModule({"main": te.create_prim_func([data, w, _conv(data, w, (1, 1), (1, 1), dot)])})
-        sch = s_tir.Schedule(mod)
+        sch = s_tir.Schedule(packed_conv_kernel(dot, data_shape, packed.shape))
         conv, _ = packed_conv_block(sch)
-        args = [tvm.runtime.tensor(np.zeros([int(d) for d in data.shape], dot.data_dtype)), tvm.runtime.tensor(packed),
+        args = [tvm.runtime.tensor(np.zeros(data_shape, dot.data_dtype)), tvm.runtime.tensor(packed),
                 tvm.runtime.empty((1, channels // dot.lanes, height, width, dot.lanes), "int32")]
-        for tile in packed_tiles(sch, conv, dot):
-            tiled = sch.copy()
-            schedule_packed_conv(tiled, conv, dot, *tile)
-            kernel = tvm.compile(tiled.mod, target=target)
-            rows.append({"kernel": f"TVM {dot.name}, tile {tile[0]}x{tile[1]}" + (" (default)" if tile == packed_tiles(sch, conv, dot)[0] else ""),
+        tiles = packed_tiles(sch, conv, dot)
+        for tile, space in zip(tiles, packed_conv_space(sch)):
+            kernel = tvm.compile(space.mod, target=target)
+            rows.append({"kernel": f"TVM {dot.name}, tile {tile[0]}x{tile[1]}" + (" (default)" if tile == tiles[0] else ""),
                          "ms": _best_ms(lambda: kernel(*args))})
     return rows
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tvm
-from tvm import s_tir, te
+from tvm import s_tir
 
 from compile.backend.dot_products import DOT_PRODUCTS, by_name, candidates, choose
-from compile.backend.packed_conv import _conv, pack_weight
-from compile.backend.schedules import packed_conv_block, packed_tiles, schedule_packed_conv
+from compile.backend.packed_conv import pack_weight, packed_conv_kernel
+from compile.backend.schedules import packed_conv_block, packed_conv_space, packed_tiles
 from compile.backend.targets import get_target
 from tests.helpers import run_compile
 
@@ -27,13 +27,6 @@ VNNI_CPU = "znver4"  # an AVX-512 VNNI CPU LLVM knows; compiled for, not run, on
 
 def _host_target() -> tvm.target.Target:
     return get_target("x86-host").tvm_target()
-
-
-def _packed_conv_module(dot, shape, weight_shape, stride):
-    data = te.placeholder(shape, dot.data_dtype, "data")
-    weight = te.placeholder(weight_shape, dot.weight_dtype, "weight")
-    out = _conv(data, weight, (stride, stride), (1, 1), dot)
-    return tvm.IRModule({"main": te.create_prim_func([data, weight, out])})
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -55,7 +48,7 @@ def test_every_dot_product_of_this_cpu_computes_the_conv_exactly(stride):
         x = (codes + dot.shift).astype(dot.data_dtype)
         packed_x = x.reshape(1, channels // dot.depth, dot.depth, *size).transpose(0, 1, 3, 4, 2).copy()
         packed_w = pack_weight(w, dot)
-        mod = _packed_conv_module(dot, packed_x.shape, packed_w.shape, stride)
+        mod = packed_conv_kernel(dot, packed_x.shape, packed_w.shape, (stride, stride))
         expected = np.zeros((outputs, (size[0] - 3) // stride + 1, (size[1] - 3) // stride + 1), np.int64)
         for ky in range(3):
             for kx in range(3):
@@ -64,11 +57,9 @@ def test_every_dot_product_of_this_cpu_computes_the_conv_exactly(stride):
         sch = s_tir.Schedule(mod)
         conv, found = packed_conv_block(sch)
         assert found == dot
-        tiles = packed_tiles(sch, conv, dot)
-        for tile in tiles if stride == 1 else tiles[:1]:
-            tiled = sch.copy()
-            schedule_packed_conv(tiled, conv, dot, *tile)
-            kernel = tvm.compile(tiled.mod, target=target)
+        tiled = list(zip(packed_tiles(sch, conv, dot), packed_conv_space(sch)))
+        for tile, space in tiled if stride == 1 else tiled[:1]:
+            kernel = tvm.compile(space.mod, target=target)
             out = tvm.runtime.empty((1, outputs // dot.lanes, *expected.shape[1:], dot.lanes), "int32")
             kernel(tvm.runtime.tensor(packed_x), tvm.runtime.tensor(packed_w), out)
             got = out.numpy().transpose(0, 1, 4, 2, 3).reshape(outputs, *expected.shape[1:])

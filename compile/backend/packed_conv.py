@@ -95,6 +95,14 @@ def _conv(data: te.Tensor, weight: te.Tensor, strides, dilation, dot: DotProduct
         name=CONV_BLOCK, attrs={ANNOTATION: dot.name})
 
 
+def packed_conv_kernel(dot: DotProduct, data_shape, weight_shape, strides=(1, 1)) -> tvm.IRModule:
+    """The packed conv alone as a kernel (packed data, packed weights -> int32), as it appears
+    inside a model's fused kernel: for measuring or checking one conv on its own."""
+    data = te.placeholder(data_shape, dot.data_dtype, "data")
+    weight = te.placeholder(weight_shape, dot.weight_dtype, "weight")
+    return tvm.IRModule({"main": te.create_prim_func([data, weight, _conv(data, weight, strides, (1, 1), dot)])})
+
+
 def _unpack(y: te.Tensor, channels: int) -> te.Tensor:
     n, _, h, w, lanes = (int(d) for d in y.shape)
     return te.compute((n, channels, h, w), lambda ni, c, hi, wi: y[ni, c // lanes, hi, wi, c % lanes], name="unpack")

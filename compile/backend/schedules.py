@@ -79,7 +79,7 @@ def packed_tiles(sch: s_tir.Schedule, conv, dot: DotProduct) -> list[tuple[int, 
 def schedule_packed_conv(sch: s_tir.Schedule, conv, dot: DotProduct, out_blocks, pixels) -> None:
     """Register tile (out_blocks x pixels) with the instruction innermost; reduction outside it;
     rows and channel blocks in parallel; the epilogue (everything after the conv, inlined into
-    one block) computed per tile. `out_blocks`/`pixels` may be sampled (MetaSchedule)."""
+    one block) computed per tile."""
     conv_name = sch.get(conv).name_hint
     consumers = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if sch.get(b).name_hint != conv_name]
     for block in consumers[:-1]:
@@ -155,10 +155,7 @@ class Pack(CPUScheduleRule):
         if rows:
             sch.parallel(sch.fuse(*rows) if len(rows) > 1 else rows[0])
         sch.unroll(lanes)
-        extent = _extent(sch, width)
-        vector = _divisor(extent) if extent else 1
-        if vector > 1:
-            sch.vectorize(sch.split(width, [None, vector])[1])
+        _split_vectorized(sch, width)
         return sch
 
 
@@ -221,16 +218,21 @@ class Elementwise(CPUScheduleRule):
         return sch
 
 
+def _split_vectorized(sch: s_tir.Schedule, loop):
+    """Split off the widest vector the loop's extent allows and vectorize it; the outer loop."""
+    extent = _extent(sch, loop)
+    lanes = _divisor(extent) if extent else 1
+    if lanes == 1:
+        return loop
+    outer, inner = sch.split(loop, [None, lanes])
+    sch.vectorize(inner)
+    return outer
+
+
 def _parallel_vectorize(sch: s_tir.Schedule, block) -> None:
     """Fuse a data-parallel block's loops; parallel outer part, vectorized inner part."""
     loops = sch.get_loops(block)
-    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-    extent = _extent(sch, fused)
-    lanes = _divisor(extent) if extent else 1
-    if lanes > 1:
-        fused, inner = sch.split(fused, [None, lanes])
-        sch.vectorize(inner)
-    sch.parallel(fused)
+    sch.parallel(_split_vectorized(sch, sch.fuse(*loops) if len(loops) > 1 else loops[0]))
 
 
 def fuse_kernels(target: tvm.target.Target) -> list[tvm.transform.Pass]:

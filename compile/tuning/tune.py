@@ -244,7 +244,8 @@ def tune(model: Path, input_shapes: dict, spec: TargetSpec, log_dir: Path, optio
     done = sum(count for _, count in known)
     per_task = options.per_task or options.trials
     # a packed conv is done once each of its register tiles is measured
-    caps = [min(per_task, packed_space_size(t.dispatched[0]) or per_task) for t in tasks]
+    space_sizes = [packed_space_size(t.dispatched[0]) for t in tasks]
+    caps = [min(per_task, size or per_task) for size in space_sizes]
     pending = [i for i, (_, count) in enumerate(known)
                if count < caps[i] and (not options.only or any(o in tasks[i].task_name for o in options.only))]
     budget = options.trials - done
@@ -252,7 +253,9 @@ def tune(model: Path, input_shapes: dict, spec: TargetSpec, log_dir: Path, optio
     started = time.monotonic()
     progress, default_us = None, {}
     if budget > 0 and pending:
-        progress, default_us = _search(tasks, pending, known, target, database, spec, options, devices, compiler, budget)
+        packed = [i for i in pending if space_sizes[i] is not None]
+        progress, default_us = _search(tasks, pending, packed, known, target, database, spec, options, devices,
+                                       compiler, budget)
 
     rows = []
     for i, task in enumerate(tasks):
@@ -297,7 +300,7 @@ def _measure_tiles(tasks: list, packed: list[int], target, builder, runner, data
     space is a handful of schedules: an exhaustive pass, where an evolutionary search would keep
     asking an exhausted space for candidates). Returns the trials used."""
     used = 0
-    for task_id in packed:
+    for slot, task_id in enumerate(packed):
         kernel = tasks[task_id].dispatched[0]
         workload = database.commit_workload(kernel)
         seen = {_trace_key(r.trace) for r in database.get_top_k(workload, 1 << 30)}
@@ -311,15 +314,15 @@ def _measure_tiles(tasks: list, packed: list[int], target, builder, runner, data
         for sch, secs in zip(spaces, run_secs):
             database.commit_tuning_record(ms.database.TuningRecord(
                 sch.trace, workload, secs if secs is not None else [FAILED_RUN_SECS], target, args))
-        progress.measured_batch(packed.index(task_id), [_run_us(secs) for secs in run_secs])
+        progress.measured_batch(slot, [_run_us(secs) for secs in run_secs])
         used += len(spaces)
     return used
 
 
-def _search(tasks: list, pending: list[int], known: list, target, database, spec: TargetSpec, options: TuneOptions,
-            devices: int, compiler: str, budget: int) -> tuple[_Progress, dict[int, float | None]]:
-    """Measure the pending tasks' default schedules; then every register tile of the packed convs
-    and MetaSchedule on the other kernels, within `budget` trials."""
+def _search(tasks: list, pending: list[int], packed: list[int], known: list, target, database, spec: TargetSpec,
+            options: TuneOptions, devices: int, compiler: str, budget: int) -> tuple[_Progress, dict[int, float | None]]:
+    """Measure the pending tasks' default schedules; then every register tile of the `packed`
+    convs among them and MetaSchedule on the other kernels, within `budget` trials."""
     runner = _make_runner(spec, options, devices)
     builder = ms.builder.LocalBuilder(
         max_workers=os.cpu_count() or 1, timeout_sec=options.builder_timeout_s,
@@ -327,7 +330,6 @@ def _search(tasks: list, pending: list[int], known: list, target, database, spec
     )
     measured = _measure_default_schedules([tasks[i] for i in pending], target, builder, runner, device_type="cpu")
     default_us = dict(zip(pending, measured))
-    packed = [i for i in pending if packed_space_size(tasks[i].dispatched[0]) is not None]
     searched = [i for i in pending if i not in packed]
     order = packed + searched  # progress slots: packed convs first, then MetaSchedule's task ids
     key = _device_key(spec, options)
