@@ -37,7 +37,7 @@ def _tvm_rows(channels: int, height: int, width: int) -> list[dict]:
     from tvm import s_tir
 
     from compile.backend.dot_products import candidates
-    from compile.backend.packed_conv import pack_weight, packed_conv_kernel
+    from compile.backend.packed_conv import pack_data, pack_weight, packed_conv_kernel
     from compile.backend.schedules import packed_conv_block, packed_conv_space, packed_tiles
     from compile.backend.targets import get_target
 
@@ -46,11 +46,11 @@ def _tvm_rows(channels: int, height: int, width: int) -> list[dict]:
     rows = []
     for dot in candidates(target):
         weight = rng.integers(-64, 65, (channels, channels, 3, 3)).astype(np.int8)
-        data_shape = (1, channels // dot.depth, height + 2, width + 2, dot.depth)
+        data = pack_data(np.zeros((1, channels, height + 2, width + 2), np.int8), dot)
         packed = pack_weight(weight, dot)
-        sch = s_tir.Schedule(packed_conv_kernel(dot, data_shape, packed.shape))
+        sch = s_tir.Schedule(packed_conv_kernel(dot, data.shape, packed.shape))
         conv, _ = packed_conv_block(sch)
-        args = [tvm.runtime.tensor(np.zeros(data_shape, dot.data_dtype)), tvm.runtime.tensor(packed),
+        args = [tvm.runtime.tensor(data), tvm.runtime.tensor(packed),
                 tvm.runtime.empty((1, channels // dot.lanes, height, width, dot.lanes), "int32")]
         tiles = packed_tiles(sch, conv, dot)
         for tile, space in zip(tiles, packed_conv_space(sch)):

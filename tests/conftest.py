@@ -88,11 +88,11 @@ def tiny_x86(tiny_onnx, tmp_path_factory) -> tuple[Path, Manifest]:
 
 @pytest.fixture(scope="session")
 def tiny_arm(tiny_onnx, tmp_path_factory) -> dict[str, Path]:
-    """The tiny model built for both ARM Linux targets with `qatie-compile`."""
+    """The tiny model built for both ARM Linux targets with `qatie-compile` (with its assembly)."""
     if not TOOLS["cross"][0]():
         pytest.skip(f"needs the 'cross' tools: {TOOLS['cross'][1]}")
     folder = tmp_path_factory.mktemp("arm")
     for target in ARM_TARGETS:
-        result = run_compile("--target", target, tiny_onnx[0], "-o", folder / target)
+        result = run_compile("--target", target, tiny_onnx[0], "-o", folder / target, "--emit-source")
         assert result.returncode == 0, result.stderr
     return {target: folder / target for target in ARM_TARGETS}

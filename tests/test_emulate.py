@@ -1,6 +1,7 @@
 """The shipped aarch64 library run on an emulated ARM device over RPC (qemu-aarch64 with the
-phone's CPU model, TVM's aarch64 runtime), checked against ONNX Runtime on the host; CPU
-features the emulated CPU lacks are refused before they can crash it, and a crash that happens
+phone's CPU model, TVM's aarch64 runtime), checked against ONNX Runtime on the host; each
+target's dot product (sdot, smull + sadalp) exact on its emulated core and in every conv kernel
+of its build; CPU features the emulated CPU lacks are refused before they can crash it, and a crash that happens
 anyway is reported with its cause."""
 
 from __future__ import annotations
@@ -11,9 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tvm
+from tvm.support import cc
 
+from compile.backend.dot_products import candidates
+from compile.backend.targets import get_target
 from compile.backend.tuning_db import RECORDS
+from compile.deploy.rpc import parse_tracker, request_device
 from qatie.references import WITHIN_ONE_STEP_REQUIRED
+from tests.conv_cases import INSTRUCTIONS, conv_case, conv_kernels, tile_kernels
 from tests.helpers import FIRST_CONV, assert_one_line_error, run_compile
 from tests.qdq_models import float_conv_net, ort_quantized
 from tests.rpc_cluster import free_port, start_cluster
@@ -61,6 +68,36 @@ def test_ort_quantized_net_on_emulated_fma_cpu_matches_onnxruntime(emulated, tmp
     assert result.returncode == 0, result.stderr
     agreement = json.loads((tmp_path / "bench.json").read_text())["devices"][0]["agreement"]["onnxruntime"]
     assert agreement["within_one_step"] >= WITHIN_ONE_STEP_REQUIRED, agreement
+
+
+@pytest.mark.parametrize(("target", "key", "dot"), [("arm64-linux", A53_KEY, "neon-smull"),
+                                                   ("arm64-linux-dotprod", A76_KEY, "sdot")])
+def test_arm_dot_product_computes_the_conv_exactly_on_the_emulated_core(emulated, target, key, dot, tmp_path):
+    """The target's own dot product, at every register tile, run on the emulated core (the
+    instruction executed by qemu's model of that CPU), against numpy: exact."""
+    spec = get_target(target)
+    (chosen, *_) = candidates(spec.tvm_target())
+    assert chosen.name == dot
+    case = conv_case(chosen, stride=1, seed=5)
+    tiles = tile_kernels(case)
+    library = tmp_path / "tiles.so"
+    tvm.compile(tiles, target=spec.tvm_target()).export_library(str(library), fcompile=cc.cross_compiler(spec.compiler()))
+    device = request_device(parse_tracker(emulated.address), key, 60).connect(120)
+    device.session.upload(str(library))
+    kernels, remote = device.session.load_module(library.name), device.session.cpu()
+    for tile in tiles.functions:
+        out = tvm.runtime.empty(case.out_shape, "int32", device=remote)
+        kernels[tile.name_hint](tvm.runtime.tensor(case.data, device=remote),
+                                tvm.runtime.tensor(case.weight, device=remote), out)
+        assert np.array_equal(case.unpacked(out.numpy()), case.expected), tile.name_hint
+
+
+@pytest.mark.parametrize(("target", "dot"), [("arm64-linux", "neon-smull"), ("arm64-linux-dotprod", "sdot")])
+def test_every_conv_kernel_of_an_arm_build_uses_its_dot_product(tiny_arm, target, dot):
+    convs = conv_kernels(tiny_arm[target])
+    wrong = {conv: (chosen, found) for conv, (chosen, found) in convs.items()
+             if chosen != dot or INSTRUCTIONS[dot] not in found}
+    assert not wrong, wrong
 
 
 def test_dotprod_library_on_a53_is_refused_naming_the_feature(tiny_arm, emulated, tmp_path):

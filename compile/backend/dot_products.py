@@ -17,9 +17,15 @@ saturates int16 pair sums (not exact for arbitrary weights).
   (255 · 128 = 32640 fits int16): `exact_for` checks that per conv at build time.
 - `avx2-i16`: the exact AVX2 path for all other convs: activations and weights widened to int16
   when packed, vpmaddwd (int16 pairs -> int32, no saturation). Half the MACs per instruction.
+- `sdot` (ARMv8.2 +dotprod): sdot, s8 x s8 -> s32, 4 lanes x 4. Exact.
+- `neon-smull` (ARMv8.0): smull (s8 x s8 -> s16, exact: |product| <= 2^14) then sadalp (adds
+  adjacent int16 products into the int32 accumulator, widening, so no int16 sum can overflow):
+  2 instructions per 8 MACs, where TVM's own neon kernel takes 6 per 16 (two of each of smull,
+  saddlp, plus addp and add).
 
-x86 multiplies unsigned activations by signed weights: an int8 activation code is shifted to
-uint8 exactly by adding 128 (`shift`), and the conv subtracts 128 · sum(w) per output channel.
+x86 multiplies unsigned activations by signed weights, ARM signed by signed: an activation code
+of the other signedness is shifted exactly by ±128 (`shift_from`), and the conv takes
+shift · sum(w) per output channel back out.
 """
 
 from __future__ import annotations
@@ -43,13 +49,19 @@ class DotProduct:
     depth: int  # input channels per lane (contiguous, innermost in the packed data)
     data_dtype: str  # the packed activations' type
     weight_dtype: str  # the packed weights' type
-    shift: int  # added to int8 activation codes when packed (uint8 instructions)
     features: tuple[str, ...]  # LLVM CPU features the target must have
     # (output-channel blocks, output pixels) per register tile, best first; the first whose
     # sizes divide the conv's is the untuned default (tuning samples all of them)
     tiles: tuple[tuple[int, int], ...]
     implementation: object = field(compare=False, repr=False)  # the TVMScript intrinsic body
     pairs_must_fit_int16: bool = False
+
+    def shift_from(self, codes_dtype: str) -> int:
+        """What packing adds to activation codes of `codes_dtype` to give exactly the values this
+        instruction multiplies (int8 -> uint8: +128, uint8 -> int8: -128; widening: 0)."""
+        if codes_dtype == self.data_dtype or self.data_dtype == "int16":
+            return 0
+        return {"uint8": 128, "int8": -128}[self.data_dtype]
 
     @property
     def intrin(self) -> str:
@@ -119,13 +131,44 @@ def _vpmaddwd(A: T.Buffer((2,), "int16", offset_factor=1), B: T.Buffer((8, 2), "
             dtype="int32x8")
 
 
+@T.prim_func(s_tir=True)
+def _sdot(A: T.Buffer((4,), "int8", offset_factor=1), B: T.Buffer((4, 4), "int8", offset_factor=1),
+          C: T.Buffer((4,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+        T.writes(C[0:4])
+        pixel = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 4), dtype="int8x16")
+        C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"), C.vload([0], dtype="int32x4"), pixel,
+            B.vload([0, 0], dtype="int8x16"), dtype="int32x4")
+
+
+@T.prim_func(s_tir=True)
+def _smull_sadalp(A: T.Buffer((2,), "int8", offset_factor=1), B: T.Buffer((4, 2), "int8", offset_factor=1),
+                  C: T.Buffer((4,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:4], A[0:2], B[0:4, 0:2])
+        T.writes(C[0:4])
+        pixel = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x2"), dtype="int16"), 4), dtype="int8x8")
+        products = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"), pixel,
+                                           B.vload([0, 0], dtype="int8x8"), dtype="int16x8")
+        # add + saddlp is selected as one sadalp
+        C[T.ramp(T.int32(0), 1, 4)] += T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"), products, dtype="int32x4")
+
+
+# NEON has 32 vector registers, AVX2 16: its tiles hold up to 16 accumulators. The ARM defaults
+# are chosen by register count, not measured (no ARM hardware here; emulator time is no guide).
+NEON_TILES = ((4, 4), (2, 8), (4, 2), (2, 4), (1, 8), (1, 4), (1, 2), (1, 1))
 DOT_PRODUCTS = (
-    DotProduct("vnni", 16, 4, "uint8", "int8", 128, ("avx512vnni",),
+    DotProduct("vnni", 16, 4, "uint8", "int8", ("avx512vnni",),
                ((2, 8), (1, 8), (2, 4), (1, 4), (1, 2), (1, 1)), _vpdpbusd),
-    DotProduct("avx2-u8", 8, 4, "uint8", "int8", 128, ("avx2",),
+    DotProduct("avx2-u8", 8, 4, "uint8", "int8", ("avx2",),
                ((4, 2), (2, 4), (1, 8), (2, 2), (1, 4), (1, 2), (1, 1)), _vpmaddubsw, pairs_must_fit_int16=True),
-    DotProduct("avx2-i16", 8, 2, "int16", "int16", 0, ("avx2",),
+    DotProduct("avx2-i16", 8, 2, "int16", "int16", ("avx2",),
                ((2, 4), (1, 8), (1, 4), (2, 2), (1, 2), (1, 1)), _vpmaddwd),
+    DotProduct("sdot", 4, 4, "int8", "int8", ("dotprod",), NEON_TILES, _sdot),
+    DotProduct("neon-smull", 4, 2, "int8", "int8", ("neon",), NEON_TILES, _smull_sadalp),
 )
 
 

@@ -9,16 +9,20 @@ the weights of `lanes` output channels side by side, which NCHW is not, and tens
 changes a layout. This pass rewrites each such chain, for the dot product the target and the
 conv's weights allow (`compile.backend.dot_products.choose`), into
 
-    pack(x): [N, C/depth, H, W, depth]           (shifted to uint8 / widened to int16 as needed)
-    conv:    [N, O/lanes, OH, OW, lanes] int32   (weights [O/lanes, C/depth, KH, KW, lanes, depth])
+    pack(x): [N, C/G, H, W, G]                   (shifted to the instruction's signedness / widened to int16)
+    conv:    [N, O/lanes, OH, OW, lanes] int32   (weights [O/lanes, C/G, KH, KW, G/depth, lanes, depth])
     + offset -> float32 -> * scale [-> act] -> quantize    (same ops, per-channel constants blocked)
     unpack:  [N, O, OH, OW] int8
 
-Channels are padded to whole blocks (zero weights; padded outputs are dropped by unpack). The
-epilogue stays elementwise, so it fuses into the conv kernel; pack and unpack are injective and
-fuse with their neighbours (the previous conv's unpack, the pad). The conv block carries the
-annotation `qatie.dot_product`, by which the schedules (`compile.backend.schedules.PackedConv`)
-find and tensorize it.
+with channel groups of G = lanes input channels (fewer for a conv with fewer inputs): the
+layout a conv writes is the layout the next conv reads, so between two convs the unpack and
+the pack meet as an elementwise copy (index (g*G + l) // G = g), not a transposition; and one
+pixel's G channels are contiguous, so a register tile streams its rows instead of touching
+C/depth planes. Channels are padded to whole blocks (zero weights; padded outputs are dropped
+by unpack). The epilogue stays elementwise, so it fuses into the conv kernel; pack and unpack
+are injective and fuse with their neighbours (the previous conv's unpack, the pad). The conv
+block carries the annotation `qatie.dot_product`, by which the schedules
+(`compile.backend.schedules.PackedConv`) find and tensorize it.
 """
 
 from __future__ import annotations
@@ -45,14 +49,30 @@ def _blocks(channels: int, size: int) -> int:
     return -(-channels // size)
 
 
+def channel_group(dot: DotProduct, channels: int) -> int:
+    """G: input channels per pixel block, `lanes` (a conv's output block), or fewer for a conv
+    with fewer inputs (an RGB image: 4, not 8 or 16), always whole `depth` groups."""
+    return min(dot.lanes, _blocks(channels, dot.depth) * dot.depth)
+
+
 def pack_weight(weight: np.ndarray, dot: DotProduct) -> np.ndarray:
-    """(O, I, KH, KW) int8 -> (O/lanes, I/depth, KH, KW, lanes, depth), zero-padded channels."""
+    """(O, I, KH, KW) int8 -> (O/lanes, I/G, KH, KW, G/depth, lanes, depth), zero-padded channels."""
     o, i, kh, kw = weight.shape
-    ob, ib = _blocks(o, dot.lanes), _blocks(i, dot.depth)
-    padded = np.zeros((ob * dot.lanes, ib * dot.depth, kh, kw), dtype=weight.dtype)
+    group = channel_group(dot, i)
+    ob, ib = _blocks(o, dot.lanes), _blocks(i, group)
+    padded = np.zeros((ob * dot.lanes, ib * group, kh, kw), dtype=weight.dtype)
     padded[:o, :i] = weight
-    blocked = padded.reshape(ob, dot.lanes, ib, dot.depth, kh, kw).transpose(0, 2, 4, 5, 1, 3)
+    blocked = padded.reshape(ob, dot.lanes, ib, group // dot.depth, dot.depth, kh, kw).transpose(0, 2, 5, 6, 3, 1, 4)
     return np.ascontiguousarray(blocked).astype(dot.weight_dtype)
+
+
+def pack_data(codes: np.ndarray, dot: DotProduct) -> np.ndarray:
+    """What the pack kernel computes, in numpy: NCHW activation codes -> [N, C/G, H, W, G]."""
+    n, c, h, w = codes.shape
+    group = channel_group(dot, c)
+    padded = np.zeros((n, _blocks(c, group) * group, h, w), dtype=np.int64)
+    padded[:, :c] = codes.astype(np.int64) + dot.shift_from(str(codes.dtype))
+    return padded.reshape(n, -1, group, h, w).transpose(0, 1, 3, 4, 2).astype(dot.data_dtype)
 
 
 def blocked_channels(values: np.ndarray, out_channels: int, dot: DotProduct, fill) -> np.ndarray:
@@ -65,33 +85,34 @@ def blocked_channels(values: np.ndarray, out_channels: int, dot: DotProduct, fil
 
 def _pack_data(x: te.Tensor, dot: DotProduct) -> te.Tensor:
     n, c, h, w = (int(d) for d in x.shape)
-    cb = _blocks(c, dot.depth)
+    group = channel_group(dot, c)
+    shift = dot.shift_from(str(x.dtype))
 
     def value(ni, bi, hi, wi, li):
-        channel = bi * dot.depth + li
-        code = x[ni, channel if c % dot.depth == 0 else tirx.min(channel, c - 1), hi, wi].astype("int32")
-        if x.dtype == "int8":
-            code = code + dot.shift
+        channel = bi * group + li
+        code = x[ni, channel if c % group == 0 else tirx.min(channel, c - 1), hi, wi].astype("int32")
+        if shift:
+            code = code + shift
         code = code.astype(dot.data_dtype)
-        return code if c % dot.depth == 0 else tirx.if_then_else(channel < c, code, tirx.const(0, dot.data_dtype))
+        return code if c % group == 0 else tirx.if_then_else(channel < c, code, tirx.const(0, dot.data_dtype))
 
-    return te.compute((n, cb, h, w, dot.depth), value, name=PACK_BLOCK)
+    return te.compute((n, _blocks(c, group), h, w, group), value, name=PACK_BLOCK)
 
 
 def _conv(data: te.Tensor, weight: te.Tensor, strides, dilation, dot: DotProduct) -> te.Tensor:
-    n, cb, h, w, depth = (int(d) for d in data.shape)
-    ob, _, kh, kw, lanes, _ = (int(d) for d in weight.shape)
+    n, cb, h, w, _ = (int(d) for d in data.shape)
+    ob, _, kh, kw, groups, lanes, depth = (int(d) for d in weight.shape)
     (sy, sx), (dy, dx) = strides, dilation
     oh, ow = (h - (kh - 1) * dy - 1) // sy + 1, (w - (kw - 1) * dx - 1) // sx + 1
     ic = te.reduce_axis((0, cb), "ic")
     ky, kx = te.reduce_axis((0, kh), "ky"), te.reduce_axis((0, kw), "kx")
-    ii = te.reduce_axis((0, depth), "ii")
+    ig, ii = te.reduce_axis((0, groups), "ig"), te.reduce_axis((0, depth), "ii")
     return te.compute(
         (n, ob, oh, ow, lanes),
         lambda ni, o, y, x, oi: te.sum(
-            data[ni, ic, y * sy + ky * dy, x * sx + kx * dx, ii].astype("int32")
-            * weight[o, ic, ky, kx, oi, ii].astype("int32"),
-            axis=[ic, ky, kx, ii]),
+            data[ni, ic, y * sy + ky * dy, x * sx + kx * dx, ig * depth + ii].astype("int32")
+            * weight[o, ic, ky, kx, ig, oi, ii].astype("int32"),
+            axis=[ic, ky, kx, ig, ii]),
         name=CONV_BLOCK, attrs={ANNOTATION: dot.name})
 
 
@@ -145,9 +166,10 @@ class PackConvs:
             return call
         out_channels = weight.shape[0]
         offset = constant(match[self.offset]).astype(np.int64).reshape(-1)
-        if str(x.ty.dtype) == "int8" and dot.shift:
-            # uint8 data = code + shift: the conv gains shift * sum(w) per output channel
-            offset = offset - dot.shift * weight.astype(np.int64).sum(axis=(1, 2, 3))
+        shift = dot.shift_from(str(x.ty.dtype))
+        if shift:
+            # packed data = code + shift: the conv gains shift * sum(w) per output channel
+            offset = offset - shift * weight.astype(np.int64).sum(axis=(1, 2, 3))
         if offset.min() < np.iinfo(np.int32).min or offset.max() > np.iinfo(np.int32).max:
             return call  # the shifted offset leaves the int32 accumulator: keep the plain integer conv
         offset = blocked_channels(offset.astype(np.int32), out_channels, dot, 0)
