@@ -14,6 +14,7 @@ from compile.backend.schedules import build_with_default_schedules
 from compile.backend.targets import all_targets, get_target
 from compile.frontend.fold import fold_qdq
 from compile.frontend.inspect import integer_ops
+from compile.frontend.rewrites.exact_statistics import ExactStatistics
 from compile.frontend.onnx_loader import load_onnx, to_relax
 from qatie.references import WITHIN_ONE_STEP_REQUIRED, ort_output
 from tests.helpers import assert_one_line_error, run_compile
@@ -52,11 +53,34 @@ def test_qatie_model_folds_to_100_percent_integer_and_matches_ort_exactly(tiny_o
     # max-pool, the 3 nearest resizes, the 5 shared-quantizer concats and the 4 tanh (as tables)
     assert ops.ops["relax.nn.max_pool2d"] == 1 and ops.ops["relax.image.resize2d"] == 3
     assert ops.ops["relax.concat"] == 5 and ops.ops["relax.take"] == 4
+    assert log.applied["exact-statistics"] == 10  # mean and variance of the 5 InstanceNorms
     x = np.random.default_rng(0).random((1, 3, 40, 36), dtype=np.float32)
     want = ort_output(model.proto.SerializeToString(), x)
     steps = np.abs(_run_tvm(folded, x, FMA_TARGET) - want) / _output_scale(model.proto)
     # power-of-two scales: integer kernels and the QDQ float definition agree bit for bit
     assert steps.max() == 0.0
+
+
+def test_instance_norm_statistics_are_the_exact_values_rounded_once():
+    """mean and variance of DQ(int8 codes) from integer sums: numpy's float64 statistics rounded
+    to float32, for a count (37 x 53) that is no power of two."""
+    codes = np.random.default_rng(7).integers(-128, 128, (1, 4, 37, 53)).astype(np.int8)
+    scale, zero = 0.0078125, -9
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(codes.shape, "int8"))
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            real = builder.emit(relax.op.dequantize(x, relax.const(scale, "float32"), relax.const(zero, "int8"), axis=1))
+            stats = [builder.emit(op(real, axis=[2, 3], keepdims=True)) for op in (relax.op.mean, relax.op.variance)]
+            out = builder.emit_output(relax.Tuple(stats))
+        builder.emit_func_output(out)
+    folded, log = fold_qdq(builder.get(), (ExactStatistics(),))
+    assert log.applied["exact-statistics"] == 2
+    vm = relax.VirtualMachine(build_with_default_schedules(folded, tvm.target.Target(FMA_TARGET)), tvm.cpu())
+    mean, variance = (t.numpy() for t in vm["main"](tvm.runtime.tensor(codes)))
+    exact = (codes.astype(np.float64) - zero) * scale
+    assert np.array_equal(mean, exact.mean(axis=(2, 3), keepdims=True).astype(np.float32))
+    assert np.array_equal(variance, exact.var(axis=(2, 3), keepdims=True).astype(np.float32))
 
 
 def test_ort_quantize_static_model_uint8_per_channel_matches_ort(ort_qdq):
