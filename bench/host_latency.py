@@ -5,7 +5,7 @@ untuned and tuned, at each size and thread count, in one run on one machine. The
 compares every row with the fastest of the peers (everything but TVM) in the same setting.
 
 Each thread count is measured in its own process: TVM sizes its thread pool once per process.
-Writes `host_latency.json` + `.md`, and from the tuning curves that `qatie-compile tune --curve`
+Writes `host_latency.json` + `.md` + `.png`, and from the tuning curves that `qatie-compile tune --curve`
 wrote, `tuning_curve.md` + `.png`. Usage (the numbers in docs/performance.md):
 
     python bench/host_latency.py --ckpt out/bench/qatie-c32.pt --size 100x100 --size 256x256 \\
@@ -32,7 +32,7 @@ TVM_ROWS = ("TVM int8 untuned (default schedules)", "TVM int8 tuned (MetaSchedul
 CALIBRATION_IMAGES = 4
 
 
-def _time_ms(fn, repeats: int, min_seconds: float) -> list[float]:
+def time_ms(fn, repeats: int, min_seconds: float) -> list[float]:
     """Warm up once, then at least `repeats` runs and at least `min_seconds` of them."""
     fn()
     samples, started = [], time.perf_counter()
@@ -75,7 +75,7 @@ def main(ctx: click.Context, ckpt: Path, sizes: tuple[str, ...], thread_counts: 
         qdq, fp32 = work / f"qatie-{size}.onnx", work / f"qatie-{size}-fp32.onnx"
         export(ckpt_data, height, width, qdq, fp32=False)
         export(ckpt_data, height, width, fp32, fp32=True)
-        _ort_quantized(fp32, work / f"qatie-{size}-ort-u8.onnx", height, width)
+        ort_quantized(fp32, work / f"qatie-{size}-ort-u8.onnx", height, width)
         untuned = build(qdq, get_target("x86-host"), work / f"x86-host-{size}-untuned", BuildOptions(use_tuning=False))
         tuned = build(qdq, get_target("x86-host"), work / f"x86-host-{size}-tuned", BuildOptions(tuning_log=tuning_log))
         builds[size] = {"kernels_tuned": tuned.tuning.kernels_tuned, "kernels": tuned.tuning.kernels,
@@ -101,6 +101,7 @@ def main(ctx: click.Context, ckpt: Path, sizes: tuple[str, ...], thread_counts: 
     (out / "host_latency.json").write_text(json.dumps(report, indent=2))
     table = _markdown(report)
     (out / "host_latency.md").write_text(table)
+    plot(report, out / "host_latency.png")
     click.echo(table)
     if curves:
         click.echo(_write_curves(curves, out))
@@ -155,7 +156,7 @@ def measure(ctx: click.Context, size: str, threads: int, repeats: int) -> None:
     runners.update(zip(TVM_ROWS, (tvm_run(work / f"x86-host-{size}-untuned"), tvm_run(work / f"x86-host-{size}-tuned"))))
     rows = {}
     for name, fn in runners.items():
-        samples = _time_ms(fn, repeats, min_seconds=2.0)
+        samples = time_ms(fn, repeats, min_seconds=2.0)
         rows[name] = {"median_ms": statistics.median(samples), "min_ms": min(samples), "max_ms": max(samples),
                       "runs": len(samples)}
     click.echo(json.dumps({"size": size, "threads": threads, "rows": rows}))
@@ -186,7 +187,7 @@ def _litert_run(tflite: Path, x_np, threads: int):
     return interpreter.invoke
 
 
-def _ort_quantized(fp32: Path, out: Path, height: int, width: int) -> None:
+def ort_quantized(fp32: Path, out: Path, height: int, width: int) -> None:
     """The float export quantized by ONNX Runtime's own tool the way its docs show: QDQ, uint8
     activations, per-channel int8 weights, calibrated on crops of the reference image."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -230,6 +231,33 @@ def _markdown(report: dict) -> str:
         lines += ["", f"Fastest peer: {fastest}."]
         lines += ["", f"Tuned build: {build['kernels_tuned']} of {build['kernels']} kernels from the tuning log.", ""]
     return "\n".join(lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    """Each row's speed relative to the fastest peer, per size and thread count (> 1: faster)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = [f"{r['size']}\n{r['threads']} thread(s)" for r in report["results"]]
+    names = list(dict.fromkeys(name for r in report["results"] for name in r["rows"]))
+    figure, axis = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / len(names)
+    for k, name in enumerate(names):
+        ratios = []
+        for result in report["results"]:
+            peers = [row["median_ms"] for n, row in result["rows"].items() if n not in TVM_ROWS]
+            row = result["rows"].get(name)
+            ratios.append(min(peers) / row["median_ms"] if row else 0.0)
+        axis.bar([i + k * width for i in range(len(settings))], ratios, width, label=name)
+    axis.axhline(1.0, color="black", linewidth=0.8)
+    axis.set_xticks([i + 0.4 - width / 2 for i in range(len(settings))], settings, fontsize=8)
+    axis.set_ylabel("speed vs fastest peer (median)")
+    axis.set_title(f"QATIE c=32 on {report['cpu']}: higher is faster")
+    axis.legend(fontsize=6, loc="upper left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
 
 
 def _write_curves(paths: tuple[Path, ...], out: Path) -> str:

@@ -12,6 +12,8 @@ import pytest
 import tvm
 
 from compile.backend.dot_products import DOT_PRODUCTS, by_name, candidates, choose
+from compile.backend.packed_conv import pack_depthwise_weight, packed_depthwise_kernel
+from compile.backend.schedules import default_schedule
 from compile.backend.targets import get_target
 from tests.conv_cases import INSTRUCTIONS, conv_case, conv_kernels, tile_kernels
 from tests.helpers import run_compile
@@ -38,6 +40,34 @@ def test_every_dot_product_of_this_cpu_computes_the_conv_exactly(stride):
             out = tvm.runtime.empty(case.out_shape, "int32")
             kernels[tile.name_hint](tvm.runtime.tensor(case.data), tvm.runtime.tensor(case.weight), out)
             assert np.array_equal(case.unpacked(out.numpy()), case.expected), (dot.name, tile.name_hint)
+
+
+@pytest.mark.parametrize(("stride", "dtype"), [(1, "int8"), (2, "uint8")])
+def test_a_packed_depthwise_conv_is_exact(stride, dtype):
+    """A depthwise conv in the packed layout (channels not a whole number of blocks, extreme
+    codes and weights) with its default schedule, against numpy."""
+    target = _host_target()
+    lanes = candidates(target)[0].lanes
+    rng = np.random.default_rng(stride)
+    info = np.iinfo(dtype)
+    codes = rng.integers(info.min, info.max + 1, (1, 12, 11, 19)).astype(dtype)
+    codes[0, :, 0] = info.max
+    weight = rng.integers(-128, 128, (12, 1, 3, 3)).astype(np.int8)
+    weight[:, 0, 0, 0] = -128
+    padded = np.zeros((1, -(-12 // lanes) * lanes, 11, 19), dtype)  # whole channel blocks
+    padded[:, :12] = codes
+    packed = padded.reshape(1, -1, lanes, 11, 19).transpose(0, 1, 3, 4, 2).copy()
+    packed_w = pack_depthwise_weight(weight, lanes)
+    kernel = default_schedule(packed_depthwise_kernel(packed.shape, packed_w.shape, dtype, (stride, stride)), target)
+    expected = np.zeros((12, (11 - 3) // stride + 1, (19 - 3) // stride + 1), np.int64)
+    for ky in range(3):
+        for kx in range(3):
+            window = codes[0, :, ky::stride, kx::stride][:, :expected.shape[1], :expected.shape[2]].astype(np.int64)
+            expected += weight[:, 0, ky, kx, None, None].astype(np.int64) * window
+    out = tvm.runtime.empty((1, packed.shape[1], *expected.shape[1:], lanes), "int32")
+    tvm.compile(kernel, target=target)(tvm.runtime.tensor(packed), tvm.runtime.tensor(packed_w), out)
+    got = out.numpy().transpose(0, 1, 4, 2, 3).reshape(-1, *expected.shape[1:])[:12]
+    assert np.array_equal(got, expected)
 
 
 def _arm(cpu: str, *mattr: str) -> tvm.target.Target:

@@ -19,7 +19,9 @@ layout a conv writes is the layout the next conv reads, so between two convs the
 the pack meet as an elementwise copy (index (g*G + l) // G = g), not a transposition; and one
 pixel's G channels are contiguous, so a register tile streams its rows instead of touching
 C/depth planes. Channels are padded to whole blocks (zero weights; padded outputs are dropped
-by unpack). The epilogue stays elementwise, so it fuses into the conv kernel; pack and unpack
+by unpack). A depthwise conv (groups = channels) has no dot product, but gets the same layout
+with G = lanes of the target's dot product (`_depthwise`: int32 multiply-adds, `lanes` channels
+per vector), so it reads and writes the blocks of the convs around it. The epilogue stays elementwise, so it fuses into the conv kernel; pack and unpack
 are injective and fuse with their neighbours (the previous conv's unpack, the pad). The conv
 block carries the annotation `qatie.dot_product`, by which the schedules
 (`compile.backend.schedules.PackedConv`) find and tensorize it.
@@ -36,11 +38,12 @@ import tvm
 from tvm import relax, te, tirx
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
-from compile.backend.dot_products import DotProduct, choose
+from compile.backend.dot_products import DotProduct, candidates, choose
 from compile.frontend.rewrite import constant
 
 ANNOTATION = "qatie.dot_product"
 CONV_BLOCK = "conv2d_packed"  # the conv block (the schedules find it by name)
+DEPTHWISE_BLOCK = "depthwise_packed"  # a depthwise conv's block (found by name too)
 PACK_BLOCK = "pack"  # the block that lays a conv's input out (found by name by the schedules)
 ACTIVATIONS = ("relax.nn.relu", "relax.nn.leakyrelu")
 
@@ -75,26 +78,33 @@ def pack_data(codes: np.ndarray, dot: DotProduct) -> np.ndarray:
     return padded.reshape(n, -1, group, h, w).transpose(0, 1, 3, 4, 2).astype(dot.data_dtype)
 
 
-def blocked_channels(values: np.ndarray, out_channels: int, dot: DotProduct, fill) -> np.ndarray:
+def blocked_channels(values: np.ndarray, out_channels: int, lanes: int, fill) -> np.ndarray:
     """A per-channel constant (O values) as (1, O/lanes, 1, 1, lanes), padded with `fill`."""
-    ob = _blocks(out_channels, dot.lanes)
-    padded = np.full(ob * dot.lanes, fill, dtype=values.dtype)
+    ob = _blocks(out_channels, lanes)
+    padded = np.full(ob * lanes, fill, dtype=values.dtype)
     padded[:out_channels] = np.broadcast_to(values.reshape(-1), (out_channels,))
-    return padded.reshape(1, ob, 1, 1, dot.lanes)
+    return padded.reshape(1, ob, 1, 1, lanes)
 
 
-def _pack_data(x: te.Tensor, dot: DotProduct) -> te.Tensor:
+def pack_depthwise_weight(weight: np.ndarray, lanes: int) -> np.ndarray:
+    """(C, 1, KH, KW) int8 -> (C/lanes, KH, KW, lanes), zero-padded channels."""
+    c, _, kh, kw = weight.shape
+    padded = np.zeros((_blocks(c, lanes) * lanes, kh, kw), dtype=weight.dtype)
+    padded[:c] = weight[:, 0]
+    return np.ascontiguousarray(padded.reshape(-1, lanes, kh, kw).transpose(0, 2, 3, 1))
+
+
+def _pack_data(x: te.Tensor, group: int, dtype: str, shift: int) -> te.Tensor:
+    """NCHW codes -> [N, C/group, H, W, group] of `dtype`, each code plus `shift`, padded with 0."""
     n, c, h, w = (int(d) for d in x.shape)
-    group = channel_group(dot, c)
-    shift = dot.shift_from(str(x.dtype))
 
     def value(ni, bi, hi, wi, li):
         channel = bi * group + li
         code = x[ni, channel if c % group == 0 else tirx.min(channel, c - 1), hi, wi].astype("int32")
         if shift:
             code = code + shift
-        code = code.astype(dot.data_dtype)
-        return code if c % group == 0 else tirx.if_then_else(channel < c, code, tirx.const(0, dot.data_dtype))
+        code = code.astype(dtype)
+        return code if c % group == 0 else tirx.if_then_else(channel < c, code, tirx.const(0, dtype))
 
     return te.compute((n, _blocks(c, group), h, w, group), value, name=PACK_BLOCK)
 
@@ -116,12 +126,34 @@ def _conv(data: te.Tensor, weight: te.Tensor, strides, dilation, dot: DotProduct
         name=CONV_BLOCK, attrs={ANNOTATION: dot.name})
 
 
+def _depthwise(data: te.Tensor, weight: te.Tensor, strides, dilation) -> te.Tensor:
+    """Each channel with its own filter, `lanes` channels per vector: int32 multiply-adds."""
+    n, cb, h, w, lanes = (int(d) for d in data.shape)
+    _, kh, kw, _ = (int(d) for d in weight.shape)
+    (sy, sx), (dy, dx) = strides, dilation
+    oh, ow = (h - (kh - 1) * dy - 1) // sy + 1, (w - (kw - 1) * dx - 1) // sx + 1
+    ky, kx = te.reduce_axis((0, kh), "ky"), te.reduce_axis((0, kw), "kx")
+    return te.compute(
+        (n, cb, oh, ow, lanes),
+        lambda ni, c, y, x, li: te.sum(
+            data[ni, c, y * sy + ky * dy, x * sx + kx * dx, li].astype("int32") * weight[c, ky, kx, li].astype("int32"),
+            axis=[ky, kx]),
+        name=DEPTHWISE_BLOCK)
+
+
 def packed_conv_kernel(dot: DotProduct, data_shape, weight_shape, strides=(1, 1)) -> tvm.IRModule:
     """The packed conv alone as a kernel (packed data, packed weights -> int32), as it appears
     inside a model's fused kernel: for measuring or checking one conv on its own."""
     data = te.placeholder(data_shape, dot.data_dtype, "data")
     weight = te.placeholder(weight_shape, dot.weight_dtype, "weight")
     return tvm.IRModule({"main": te.create_prim_func([data, weight, _conv(data, weight, strides, (1, 1), dot)])})
+
+
+def packed_depthwise_kernel(data_shape, weight_shape, dtype: str, strides=(1, 1)) -> tvm.IRModule:
+    """The packed depthwise conv alone as a kernel (packed codes, packed weights -> int32)."""
+    data = te.placeholder(data_shape, dtype, "data")
+    weight = te.placeholder(weight_shape, "int8", "weight")
+    return tvm.IRModule({"main": te.create_prim_func([data, weight, _depthwise(data, weight, strides, (1, 1))])})
 
 
 def _unpack(y: te.Tensor, channels: int) -> te.Tensor:
@@ -157,31 +189,44 @@ class PackConvs:
         weight = constant(match[self.w])
         x = match[self.x]
         if (str(conv.ty.dtype) != "int32" or str(x.ty.dtype) not in ("int8", "uint8") or weight.dtype != np.int8
-                or int(attrs.groups) != 1 or any(int(p) for p in attrs.padding)
+                or any(int(p) for p in attrs.padding)
                 or (attrs.data_layout, attrs.kernel_layout) != ("NCHW", "OIHW")
                 or constant(match[self.s_y]).size != 1):
             return call
-        dot = choose(target, weight)
-        if dot is None:
-            return call
-        out_channels = weight.shape[0]
+        geometry = {"strides": tuple(int(s) for s in attrs.strides), "dilation": tuple(int(d) for d in attrs.dilation)}
+        x_in = _Emitted(x, [int(d) for d in x.ty.shape], str(x.ty.dtype))
         offset = constant(match[self.offset]).astype(np.int64).reshape(-1)
-        shift = dot.shift_from(str(x.ty.dtype))
+        if int(attrs.groups) == 1:
+            dot = choose(target, weight)
+            if dot is None:
+                return call
+            lanes, shift = dot.lanes, dot.shift_from(x_in.dtype)
+            data = _call_te(builder, "pack_" + dot.name.replace("-", "_"), functools.partial(
+                _pack_data, group=channel_group(dot, x_in.shape[1]), dtype=dot.data_dtype, shift=shift), [x_in])
+            packed = pack_weight(weight, dot)
+            compute = functools.partial(_conv, dot=dot, **geometry)
+        elif int(attrs.groups) == weight.shape[0] == x_in.shape[1] and weight.shape[1] == 1:
+            usable = candidates(target)  # no dot product: the neighbours' channel blocks, int32 lanes
+            if not usable:
+                return call
+            lanes, shift = usable[0].lanes, 0
+            data = _call_te(builder, "pack_depthwise", functools.partial(
+                _pack_data, group=lanes, dtype=x_in.dtype, shift=0), [x_in])
+            packed = pack_depthwise_weight(weight, lanes)
+            compute = functools.partial(_depthwise, **geometry)
+        else:
+            return call  # grouped conv: the plain integer conv stays
+        out_channels = weight.shape[0]
         if shift:
             # packed data = code + shift: the conv gains shift * sum(w) per output channel
             offset = offset - shift * weight.astype(np.int64).sum(axis=(1, 2, 3))
         if offset.min() < np.iinfo(np.int32).min or offset.max() > np.iinfo(np.int32).max:
             return call  # the shifted offset leaves the int32 accumulator: keep the plain integer conv
-        offset = blocked_channels(offset.astype(np.int32), out_channels, dot, 0)
-        scale = blocked_channels(constant(match[self.scale]).astype(np.float32).reshape(-1), out_channels, dot, 1)
+        offset = blocked_channels(offset.astype(np.int32), out_channels, lanes, 0)
+        scale = blocked_channels(constant(match[self.scale]).astype(np.float32).reshape(-1), out_channels, lanes, 1)
 
-        data = _call_te(builder, "pack_" + dot.name.replace("-", "_"), functools.partial(_pack_data, dot=dot),
-                        [_Emitted(x, [int(d) for d in x.ty.shape], str(x.ty.dtype))])
-        packed = pack_weight(weight, dot)
-        conv_of = functools.partial(_conv, strides=tuple(int(s) for s in attrs.strides),
-                                    dilation=tuple(int(d) for d in attrs.dilation), dot=dot)
-        acc = _call_te(builder, "conv2d", conv_of,
-                       [data, _Emitted(relax.const(packed), list(packed.shape), dot.weight_dtype)])
+        acc = _call_te(builder, "conv2d", compute, [data, _Emitted(relax.const(packed), list(packed.shape),
+                                                                   str(packed.dtype))])
         value = relax.op.multiply(relax.op.astype(relax.op.add(acc.expr, relax.const(offset)), "float32"),
                                   relax.const(scale))
         activation = next((match[a] for a in self.activations if a in match), None)
