@@ -73,9 +73,10 @@ def _gmacs(sequence: Sequence, accumulators: int, folder: Path) -> float:
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench/results"))
 def main(out: Path) -> None:
     """Measure each sequence this CPU can run; write dot_peak.json and .md."""
+    from tvm.target import codegen
+
     from compile.backend.dot_products import candidates
     from compile.backend.targets import get_target
-    from tvm.target import codegen
 
     target = get_target("x86-host").tvm_target()
     usable = {dot.name for dot in candidates(target)}
@@ -93,8 +94,8 @@ def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "dot_peak.json").write_text(json.dumps({"command": command, "cpu": cpu, "rows": rows, "peaks": peaks},
                                                   indent=1) + "\n")
-    lines = [f"Measured with `{command}` on {cpu}, 1 core, best of {REPEATS} runs of {ITERATIONS} steps per "
-             "accumulator (registers only: the arithmetic ceiling).", "",
+    lines = [(f"Measured with `{command}` on {cpu}, 1 core, best of {REPEATS} runs of {ITERATIONS} steps per "
+              "accumulator (registers only: the arithmetic ceiling)."), "",
              "| dot product | accumulators | GMAC/s |", "|---|---|---|"]
     lines += [f"| {r['dot_product']} | {r['accumulators']} | {r['gmac_per_s']} |" for r in rows]
     (out / "dot_peak.md").write_text("\n".join(lines) + "\n")

@@ -26,7 +26,7 @@ import click
 
 os.environ.setdefault("TVM_NUM_THREADS", "1")  # before TVM starts its pool
 
-from host_latency import ORT_FP32, ORT_U8, ort_quantized, time_ms  # noqa: E402
+from host_latency import ORT_FP32, ORT_U8, ort_quantized, time_ms
 
 TVM_UNTUNED = "TVM int8 untuned (default schedules)"
 SIZE = 224
@@ -87,7 +87,6 @@ def _export(net, path: Path) -> None:
 
 
 def _measure(name: str, fp32: Path, qdq: Path, artifact: Path) -> dict:
-    import numpy as np
     import onnxruntime as ort
     import tvm
     from tvm import relax
@@ -127,10 +126,10 @@ def _output_step(qdq: Path) -> float:
 
 
 def _markdown(report: dict) -> str:
-    lines = [f"Measured with `{report['command']}` on {report['cpu']}, 1 thread, {SIZE}x{SIZE}, "
-             "random weights, ORT's `quantize_static` (QDQ, uint8 activations, per-channel int8 weights).", "",
-             "| net | GMAC | integer MACs | convs on a dot product | ORT fp32 ms | ORT int8 ms | TVM untuned ms | "
-             "ORT int8 / TVM | TVM within 1 step of ORT spec / of ORT integer runtime |",
+    lines = [(f"Measured with `{report['command']}` on {report['cpu']}, 1 thread, {SIZE}x{SIZE}, "
+              "random weights, ORT's `quantize_static` (QDQ, uint8 activations, per-channel int8 weights)."), "",
+             ("| net | GMAC | integer MACs | convs on a dot product | ORT fp32 ms | ORT int8 ms | TVM untuned ms | "
+              "ORT int8 / TVM | TVM within 1 step of ORT spec / of ORT integer runtime |"),
              "|---|---|---|---|---|---|---|---|---|"]
     for result in report["results"]:
         rows, agree, build = result["rows"], result["agreement"], result["build"]

@@ -99,10 +99,11 @@ def test_rerun_with_budget_already_spent_tunes_nothing_and_keeps_the_log(tiny_on
 def test_killed_tuning_keeps_committed_records_and_the_rerun_finishes_the_budget(tiny_onnx, tmp_path):
     log_dir, budget = tmp_path / "x86-host", 32
     exe = Path(sys.executable).parent / "qatie-compile"
-    # the InstanceNorm statistics kernels: MetaSchedule's open-ended default space (a packed conv's
-    # few register tiles would be measured out before there were 16 records to kill it after)
+    # the InstanceNorm statistics kernels (integer sums of squares, `fused_cast_multiply_sum`):
+    # MetaSchedule's open-ended default space (a packed conv's few register tiles would be
+    # measured out before there were 16 records to kill it after)
     args = [str(exe), "tune", "--target", "x86-host", str(tiny_onnx[0]), "--trials", str(budget),
-            "--only", "fused_variance", "--log-dir", str(log_dir)]
+            "--only", "_sum", "--log-dir", str(log_dir)]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
     while len(_records(log_dir)) < 16 and process.poll() is None and time.monotonic() < deadline:
