@@ -87,6 +87,23 @@ def test_local_tuning_writes_tvm_records_that_the_next_build_uses(tiny_onnx, tun
     assert np.array_equal(_run_model(tmp_path / "tuned" / "model.so", x), _run_model(tmp_path / "untuned" / "model.so", x))
 
 
+def test_a_build_at_another_size_says_its_kernels_have_records_for_other_shapes_only(tiny_ckpt, tuned_log, tmp_path):
+    from qatie.checkpoint import load_checkpoint
+    from qatie.export import export
+
+    log_dir, _ = tuned_log
+    other = tmp_path / "tiny-32.onnx"
+    export(load_checkpoint(tiny_ckpt), 32, 32, other, fp32=False)
+    result = run_console_script("qatie-compile", "--target", "x86-host", other, "-o", tmp_path / "build",
+                                "--tuning-log", log_dir)
+    assert result.returncode == 0, result.stderr
+    assert "0 of " in result.stdout and "kernels tuned" in result.stdout
+    # the tuned stem conv exists at 32x32 too, as another workload: said, with what to do
+    assert "have records there for other shapes only" in result.stderr and "tune this model at this size" in result.stderr
+    notes = json.loads((tmp_path / "build" / "manifest.json").read_text())["tuning"]["notes"]
+    assert any("other shapes only" in note for note in notes)
+
+
 def test_rerun_with_budget_already_spent_tunes_nothing_and_keeps_the_log(tiny_onnx, tuned_log):
     log_dir, _ = tuned_log
     before = (log_dir / RECORDS).read_bytes()

@@ -146,6 +146,10 @@ def build(onnx_path: Path, spec: TargetSpec, out: Path, options: BuildOptions = 
         raise QatieError(f"{database_dir}: a tuning record could not be applied ({last_line(exc)}); "
                          f"remove its lines from the log or build with --no-tuning") from None
 
+    if tuned.other_shapes:
+        notes.append(f"{database_dir}: {tuned.other_shapes} of the {tuned.total - tuned.applied} untuned kernels have "
+                     f"records there for other shapes only (tuned at another input size or for another model); "
+                     f"tune this model at this size to give them records")
     staging = staging_folder(out)
     try:
         library, kernels = staging / LIBRARY, staging / KERNELS

@@ -12,6 +12,7 @@ import math
 
 import tvm
 from tvm import relax, s_tir, tirx
+from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
 from compile.artifact import KernelArg, KernelInfo, KernelTable
 from compile.backend.packed_conv import ANNOTATION
@@ -61,6 +62,16 @@ def _blocks(stmt) -> list:
     for child in children:
         found.extend(_blocks(child))
     return found
+
+
+def shape_free_key(func: tirx.PrimFunc) -> tuple:
+    """A kernel's identity without its shapes: its blocks (names and annotations, in order) and
+    its arguments' ranks and types. Two kernels with one key are the same computation at other
+    sizes, e.g. one model exported at two input sizes."""
+    blocks = tuple((b.name_hint, tuple(sorted((str(k), str(v)) for k, v in b.annotations.items())))
+                   for b in _blocks(func.body))
+    args = tuple((len(a.shape), str(a.dtype)) for a in ArgInfo.from_prim_func(func))
+    return blocks, args
 
 
 def _uncast(expr):

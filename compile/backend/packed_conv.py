@@ -21,10 +21,12 @@ pixel's G channels are contiguous, so a register tile streams its rows instead o
 C/depth planes. Channels are padded to whole blocks (zero weights; padded outputs are dropped
 by unpack). A depthwise conv (groups = channels) has no dot product, but gets the same layout
 with G = lanes of the target's dot product (`_depthwise`: int32 multiply-adds, `lanes` channels
-per vector), so it reads and writes the blocks of the convs around it. The epilogue stays elementwise, so it fuses into the conv kernel; pack and unpack
+per vector, weights [C/lanes, KH, KW, lanes]), so it reads and writes the blocks of the convs
+around it. The epilogue stays elementwise, so it fuses into the conv kernel; pack and unpack
 are injective and fuse with their neighbours (the previous conv's unpack, the pad). The conv
 block carries the annotation `qatie.dot_product`, by which the schedules
-(`compile.backend.schedules.PackedConv`) find and tensorize it.
+(`compile.backend.schedules.PackedConv`) find and tensorize it; the depthwise block is found
+by its name (`PackedDepthwise`).
 """
 
 from __future__ import annotations

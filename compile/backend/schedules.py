@@ -33,7 +33,14 @@ from tvm.s_tir.dlight.base import try_inline
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 
 from compile.backend.dot_products import DotProduct, by_name
-from compile.backend.packed_conv import ANNOTATION, CONV_BLOCK, DEPTHWISE_BLOCK, PACK_BLOCK, pack_convs
+from compile.backend.kernel_table import shape_free_key
+from compile.backend.packed_conv import (
+    ANNOTATION,
+    CONV_BLOCK,
+    DEPTHWISE_BLOCK,
+    PACK_BLOCK,
+    pack_convs,
+)
 from compile.backend.targets import target_kind
 
 VECTOR_LANES = (16, 8, 4, 2)
@@ -293,6 +300,7 @@ class TunedKernels:
     total: int = 0
     names: set[str] = field(default_factory=set)
     applying: bool = False  # True while records are applied: an error then is the log's
+    other_shapes: int = 0  # untuned kernels the log holds records for at other sizes only
 
 
 def _apply_database(database, tuned: TunedKernels) -> tvm.transform.Pass:
@@ -309,6 +317,10 @@ def _apply_database(database, tuned: TunedKernels) -> tvm.transform.Pass:
         tuned.total = len(kernels)
         tuned.names = {name for name, f in kernels.items() if f.attrs and f.attrs.get("tirx.is_scheduled", False)}
         tuned.applied = len(tuned.names)
+        if database is not None:
+            logged = {shape_free_key(r.workload.mod["main"]) for r in database.get_all_tuning_records()}
+            tuned.other_shapes = sum(1 for name, f in kernels.items()
+                                     if name not in tuned.names and shape_free_key(f) in logged)
         return mod
 
     return _apply
