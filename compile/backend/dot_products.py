@@ -53,7 +53,8 @@ class DotProduct:
     # (output-channel blocks, output pixels) per register tile, best first; the first whose
     # sizes divide the conv's is the untuned default (tuning samples all of them)
     tiles: tuple[tuple[int, int], ...]
-    implementation: object = field(compare=False, repr=False)  # the TVMScript intrinsic body
+    # the instruction sequence: (int32 accumulators, broadcast pixel, weight block) -> accumulators
+    update: object = field(compare=False, repr=False)
     pairs_must_fit_int16: bool = False
 
     def shift_from(self, codes_dtype: str) -> int:
@@ -94,67 +95,50 @@ def _description(lanes: int, depth: int, a_dtype: str, b_dtype: str):
     return description
 
 
-@T.prim_func(s_tir=True)
-def _vpdpbusd(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
-              C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        pixel = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16), dtype="uint8x64")
-        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), C.vload([0], dtype="int32x16"), pixel,
-            B.vload([0, 0], dtype="int8x64"), dtype="int32x16")
+def _implementation(lanes: int, depth: int, a_dtype: str, b_dtype: str, update):
+    """The intrinsic's body: the pixel's `depth` codes broadcast to every lane, the weight block
+    as one vector, and `update(accumulators, pixel, weights)` -> the new int32 accumulators."""
+    bits = np.dtype(a_dtype).itemsize * 8 * depth  # the pixel's codes as one integer
+
+    @T.prim_func(s_tir=True)
+    def implementation(A: T.Buffer((depth,), a_dtype, offset_factor=1),
+                       B: T.Buffer((lanes, depth), b_dtype, offset_factor=1),
+                       C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:depth], B[0:lanes, 0:depth])
+            T.writes(C[0:lanes])
+            pixel = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], f"{a_dtype}x{depth}"), dtype=f"int{bits}"),
+                                              lanes), dtype=f"{a_dtype}x{lanes * depth}")
+            C[T.ramp(T.int32(0), 1, lanes)] = update(C.vload([0], dtype=f"int32x{lanes}"), pixel,
+                                                     B.vload([0, 0], dtype=f"{b_dtype}x{lanes * depth}"))
+
+    return implementation
 
 
-@T.prim_func(s_tir=True)
-def _vpmaddubsw(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((8, 4), "int8", offset_factor=1),
-                C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
-        T.writes(C[0:8])
-        pixel = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8), dtype="uint8x32")
-        pairs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"), pixel,
-                                        B.vload([0, 0], dtype="int8x32"), dtype="int16x16")
-        C[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs, T.broadcast(T.int16(1), 16), dtype="int32x8")
+def _llvm(name: str, dtype: str, *args):
+    return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(name), *args, dtype=dtype)
 
 
-@T.prim_func(s_tir=True)
-def _vpmaddwd(A: T.Buffer((2,), "int16", offset_factor=1), B: T.Buffer((8, 2), "int16", offset_factor=1),
-              C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:2], B[0:8, 0:2])
-        T.writes(C[0:8])
-        pixel = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int16x2"), dtype="int32"), 8), dtype="int16x16")
-        C[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pixel, B.vload([0, 0], dtype="int16x16"),
-            dtype="int32x8")
+def _vpdpbusd(acc, pixel, weights):
+    return _llvm("llvm.x86.avx512.vpdpbusd.512", "int32x16", acc, pixel, weights)
 
 
-@T.prim_func(s_tir=True)
-def _sdot(A: T.Buffer((4,), "int8", offset_factor=1), B: T.Buffer((4, 4), "int8", offset_factor=1),
-          C: T.Buffer((4,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:4], A[0:4], B[0:4, 0:4])
-        T.writes(C[0:4])
-        pixel = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 4), dtype="int8x16")
-        C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"), C.vload([0], dtype="int32x4"), pixel,
-            B.vload([0, 0], dtype="int8x16"), dtype="int32x4")
+def _vpmaddubsw(acc, pixel, weights):
+    pairs = _llvm("llvm.x86.avx2.pmadd.ub.sw", "int16x16", pixel, weights)
+    return acc + _llvm("llvm.x86.avx2.pmadd.wd", "int32x8", pairs, T.broadcast(T.int16(1), 16))
 
 
-@T.prim_func(s_tir=True)
-def _smull_sadalp(A: T.Buffer((2,), "int8", offset_factor=1), B: T.Buffer((4, 2), "int8", offset_factor=1),
-                  C: T.Buffer((4,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:4], A[0:2], B[0:4, 0:2])
-        T.writes(C[0:4])
-        pixel = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x2"), dtype="int16"), 4), dtype="int8x8")
-        products = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"), pixel,
-                                           B.vload([0, 0], dtype="int8x8"), dtype="int16x8")
-        # add + saddlp is selected as one sadalp
-        C[T.ramp(T.int32(0), 1, 4)] += T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"), products, dtype="int32x4")
+def _vpmaddwd(acc, pixel, weights):
+    return acc + _llvm("llvm.x86.avx2.pmadd.wd", "int32x8", pixel, weights)
+
+
+def _sdot(acc, pixel, weights):
+    return _llvm("llvm.aarch64.neon.sdot.v4i32.v16i8", "int32x4", acc, pixel, weights)
+
+
+def _smull_sadalp(acc, pixel, weights):
+    products = _llvm("llvm.aarch64.neon.smull.v8i16", "int16x8", pixel, weights)
+    return acc + _llvm("llvm.aarch64.neon.saddlp.v4i32.v8i16", "int32x4", products)  # add + saddlp: one sadalp
 
 
 # NEON has 32 vector registers, AVX2 16: its tiles hold up to 16 accumulators. The ARM defaults
@@ -176,8 +160,8 @@ def _register() -> None:
     """Register every intrinsic with TVM, on import: schedules and tuned traces name them, in the
     build process and in MetaSchedule's workers alike."""
     for dot in DOT_PRODUCTS:
-        TensorIntrin.register(dot.intrin, _description(dot.lanes, dot.depth, dot.data_dtype, dot.weight_dtype),
-                              dot.implementation, override=True)
+        shape = (dot.lanes, dot.depth, dot.data_dtype, dot.weight_dtype)
+        TensorIntrin.register(dot.intrin, _description(*shape), _implementation(*shape, dot.update), override=True)
 
 
 _register()

@@ -68,15 +68,40 @@ def _normalized(rule: CPUScheduleRule, func, target):
     return None if infos is None else (sch, infos)
 
 
+def _block_named(sch: s_tir.Schedule, name: str):
+    """The kernel's block called `name`, or None."""
+    try:
+        return sch.get_sblock(name)
+    except Exception:  # noqa: BLE001 - TVM raises a plain error for a block that is not there
+        return None
+
+
 def packed_conv_block(sch: s_tir.Schedule):
     """The packed conv block of a kernel and its dot product, or None. Looked up by name, so a
     tuning record's trace names it (a record for another kernel fails loudly, not silently)."""
-    try:
-        conv = sch.get_sblock(CONV_BLOCK)
-    except Exception:  # noqa: BLE001 - TVM raises a plain error for a block that is not there
-        return None
-    name = sch.get(conv).annotations.get(ANNOTATION)
+    conv = _block_named(sch, CONV_BLOCK)
+    name = None if conv is None else sch.get(conv).annotations.get(ANNOTATION)
     return None if name is None else (conv, by_name(str(name)))
+
+
+def _inline_epilogue(sch: s_tir.Schedule, conv):
+    """Everything after the conv inlined into its last block, the epilogue (None if there is none)."""
+    conv_name = sch.get(conv).name_hint
+    consumers = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if sch.get(b).name_hint != conv_name]
+    for block in consumers[:-1]:
+        sch.compute_inline(block)
+    return consumers[-1] if consumers else None
+
+
+def _epilogue_per_tile(sch: s_tir.Schedule, conv, epilogue, tile, reduction) -> None:
+    """The epilogue computed (vectorized) under the register-tile loop `tile` while the
+    accumulators are in cache; the accumulators' init split off at the first reduction loop and
+    vectorized. (The order of these steps is part of the tuning records' traces.)"""
+    epilogue = epilogue if epilogue is not None else sch.cache_write(conv, 0, "global")
+    sch.reverse_compute_at(epilogue, tile)
+    sch.vectorize(sch.get_loops(epilogue)[-1])
+    init = sch.decompose_reduction(conv, reduction)
+    sch.vectorize(sch.get_loops(init)[-1])
 
 
 def packed_tiles(sch: s_tir.Schedule, conv, dot: DotProduct) -> list[tuple[int, int]]:
@@ -89,20 +114,13 @@ def schedule_packed_conv(sch: s_tir.Schedule, conv, dot: DotProduct, out_blocks,
     """Register tile (out_blocks x pixels) with the instruction innermost; reduction outside it;
     rows and channel blocks in parallel; the epilogue (everything after the conv, inlined into
     one block) computed per tile."""
-    conv_name = sch.get(conv).name_hint
-    consumers = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if sch.get(b).name_hint != conv_name]
-    for block in consumers[:-1]:
-        sch.compute_inline(block)
+    epilogue = _inline_epilogue(sch, conv)
     n, o, y, x, lane, ic, ky, kx, group, inner = sch.get_loops(conv)
     o_outer, o_inner = sch.split(o, [None, out_blocks])
     x_outer, x_inner = sch.split(x, [None, pixels])
     sch.reorder(n, o_outer, y, x_outer, ic, ky, kx, group, o_inner, x_inner, lane, inner)
     sch.parallel(sch.fuse(n, o_outer, y))
-    epilogue = consumers[-1] if consumers else sch.cache_write(conv, 0, "global")
-    sch.reverse_compute_at(epilogue, x_outer)
-    sch.vectorize(sch.get_loops(epilogue)[-1])
-    init = sch.decompose_reduction(conv, ic)
-    sch.vectorize(sch.get_loops(init)[-1])
+    _epilogue_per_tile(sch, conv, epilogue, x_outer, ic)
     sch.tensorize(lane, dot.intrin)
     sch.unroll(o_inner)
     sch.unroll(x_inner)
@@ -153,23 +171,16 @@ class PackedDepthwise(CPUScheduleRule):
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
         sch = s_tir.Schedule(func)
-        try:
-            conv = sch.get_sblock(DEPTHWISE_BLOCK)
-        except Exception:  # noqa: BLE001 - TVM raises a plain error for a block that is not there
+        conv = _block_named(sch, DEPTHWISE_BLOCK)
+        if conv is None:
             return None
-        consumers = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if sch.get(b).name_hint != DEPTHWISE_BLOCK]
-        for block in consumers[:-1]:
-            sch.compute_inline(block)
+        epilogue = _inline_epilogue(sch, conv)
         n, c, y, x, lanes, ky, kx = sch.get_loops(conv)
         pixels = next(p for p in DEPTHWISE_PIXELS if (_extent(sch, x) or 1) % p == 0)
         x_outer, x_inner = sch.split(x, [None, pixels])
         sch.reorder(n, c, y, x_outer, ky, kx, x_inner, lanes)
         sch.parallel(sch.fuse(n, c, y))
-        epilogue = consumers[-1] if consumers else sch.cache_write(conv, 0, "global")
-        sch.reverse_compute_at(epilogue, x_outer)
-        sch.vectorize(sch.get_loops(epilogue)[-1])
-        init = sch.decompose_reduction(conv, ky)
-        sch.vectorize(sch.get_loops(init)[-1])
+        _epilogue_per_tile(sch, conv, epilogue, x_outer, ky)
         sch.unroll(x_inner)
         sch.unroll(lanes)  # the update block takes no `vectorize` (see DirectConv); LLVM's SLP packs the lanes
         return sch
@@ -317,7 +328,7 @@ def _apply_database(database, tuned: TunedKernels) -> tvm.transform.Pass:
         tuned.total = len(kernels)
         tuned.names = {name for name, f in kernels.items() if f.attrs and f.attrs.get("tirx.is_scheduled", False)}
         tuned.applied = len(tuned.names)
-        if database is not None:
+        if database is not None and tuned.applied < tuned.total:
             logged = {shape_free_key(r.workload.mod["main"]) for r in database.get_all_tuning_records()}
             tuned.other_shapes = sum(1 for name, f in kernels.items()
                                      if name not in tuned.names and shape_free_key(f) in logged)
