@@ -86,7 +86,7 @@ def _export(net, path: Path) -> None:
                       output_names=["output"], opset_version=20, dynamo=False)
 
 
-def _measure(name: str, fp32: Path, qdq: Path, artifact: Path) -> dict:
+def _measure(name: str, fp32: Path, qdq: Path, artifact: Path, step: float) -> dict:
     import onnxruntime as ort
     import tvm
     from tvm import relax
@@ -108,21 +108,9 @@ def _measure(name: str, fp32: Path, qdq: Path, artifact: Path) -> dict:
         rows[label] = {"median_ms": statistics.median(samples), "min_ms": min(samples), "max_ms": max(samples),
                        "runs": len(samples)}
     got = vm["main"](x_tvm).numpy()
-    step = _output_step(qdq)
     return {"net": name, "rows": rows, "agreement": {
         "ORT spec semantics": agreement(got, ort_output(qdq, x), step).as_dict(),
         "ORT integer runtime": agreement(got, sessions[ORT_U8].run(None, {"input": x})[0], step).as_dict()}}
-
-
-def _output_step(qdq: Path) -> float:
-    """The output's quantization step: the scale of the DequantizeLinear that produces it."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(qdq))
-    made_by = {o: n for n in model.graph.node for o in n.output}
-    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    return float(inits[made_by[model.graph.output[0].name].input[1]])
 
 
 def _markdown(report: dict) -> str:
@@ -183,7 +171,7 @@ def main(work: Path, out: Path) -> None:
         _export(net, fp32)
         ort_quantized(fp32, qdq, SIZE, SIZE)
         manifest = build(qdq, get_target("x86-host"), work / name, BuildOptions(use_tuning=False))
-        result = _measure(name, fp32, qdq, work / name)
+        result = _measure(name, fp32, qdq, work / name, manifest.model.output_step)
         result["build"] = {"gmac": (manifest.integer.integer_macs + manifest.integer.float_macs) / 1e9,
                            "integer_mac_fraction": manifest.integer.integer_mac_fraction,
                            "dot_products": sorted({k.dot_product for k in manifest.kernels.kernels if k.dot_product}),
