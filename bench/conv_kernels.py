@@ -55,7 +55,7 @@ def _tvm_rows(channels: int, height: int, width: int) -> list[dict]:
         tiles = packed_tiles(sch, conv, dot)
         for tile, space in zip(tiles, packed_conv_space(sch)):
             kernel = tvm.compile(space.mod, target=target)
-            rows.append({"kernel": f"TVM {dot.name}, tile {tile[0]}x{tile[1]}" + (" (default)" if tile == tiles[0] else ""),
+            rows.append({"kernel": f"TVM {dot.name}, tile {tile.name}" + (" (default)" if tile == tiles[0] else ""),
                          "ms": _best_ms(lambda: kernel(*args))})
     return rows
 

@@ -30,17 +30,32 @@ TORCH, ORT_FP32, ORT_QDQ, ORT_U8 = ("PyTorch fp32 (eager)", "ONNX Runtime fp32",
 LITERT = "LiteRT int8, XNNPACK (the paper's c32 TFLite model)"
 TVM_ROWS = ("TVM int8 untuned (default schedules)", "TVM int8 tuned (MetaSchedule)")
 CALIBRATION_IMAGES = 4
+SWITCH_PAUSE_S = 0.3  # between runtimes when they use several threads: see timed_rows
 
 
-def time_ms(fn, repeats: int, min_seconds: float) -> list[float]:
-    """Warm up once, then at least `repeats` runs and at least `min_seconds` of them."""
-    fn()
-    samples, started = [], time.perf_counter()
-    while len(samples) < repeats or time.perf_counter() - started < min_seconds:
-        begin = time.perf_counter()
+def timed_rows(runners: dict, repeats: int, min_seconds: float, pause_s: float = 0.0) -> dict[str, dict]:
+    """Each runner warmed up once, then timed in rounds that run every runner once, for at
+    least `repeats` rounds and `min_seconds` per runner: on a shared host whose speed drifts by
+    tens of percent within a minute, every runtime then sees the same drift, where timing them
+    one after another would credit it to one of them. With several threads, pass `pause_s`
+    (`SWITCH_PAUSE_S`): ORT's, PyTorch's and TVM's worker threads spin for a while after a call,
+    and with every core in use a spinning pool took a core from the runtime timed next
+    (identical TVM builds at 100x100, 2 threads: 14.5 and 34.3 ms without a pause, one right
+    after ORT; 16.2 and 14.1 ms with 0.3 s, 0.05 s was not enough). Returns per runner:
+    median, min, max (ms) and the number of runs."""
+    for fn in runners.values():
         fn()
-        samples.append((time.perf_counter() - begin) * 1e3)
-    return samples
+    samples = {name: [] for name in runners}
+    started = time.perf_counter()
+    while (len(samples[next(iter(samples))]) < repeats
+           or time.perf_counter() - started < min_seconds * len(runners)):
+        for name, fn in runners.items():
+            time.sleep(pause_s)
+            begin = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - begin) * 1e3)
+    return {name: {"median_ms": statistics.median(runs), "min_ms": min(runs), "max_ms": max(runs), "runs": len(runs)}
+            for name, runs in samples.items()}
 
 
 @click.group(invoke_without_command=True)
@@ -154,11 +169,7 @@ def measure(ctx: click.Context, size: str, threads: int, repeats: int) -> None:
     if tflite:
         runners[LITERT] = _litert_run(tflite, x_np, threads)
     runners.update(zip(TVM_ROWS, (tvm_run(work / f"x86-host-{size}-untuned"), tvm_run(work / f"x86-host-{size}-tuned"))))
-    rows = {}
-    for name, fn in runners.items():
-        samples = time_ms(fn, repeats, min_seconds=2.0)
-        rows[name] = {"median_ms": statistics.median(samples), "min_ms": min(samples), "max_ms": max(samples),
-                      "runs": len(samples)}
+    rows = timed_rows(runners, repeats, min_seconds=2.0, pause_s=SWITCH_PAUSE_S if threads > 1 else 0.0)
     click.echo(json.dumps({"size": size, "threads": threads, "rows": rows}))
 
 
@@ -215,8 +226,10 @@ def _dot_product_features() -> list[str]:
 
 
 def _markdown(report: dict) -> str:
-    lines = [f"Measured with `{report['command']}` on {report['cpu']} ({report['cores']} cores; "
-             f"int8 dot products: {', '.join(report['cpu_features']) or 'none'}).", ""]
+    lines = [(f"Measured with `{report['command']}` on {report['cpu']} ({report['cores']} cores; "
+              f"int8 dot products: {', '.join(report['cpu_features']) or 'none'}). The runtimes of one "
+              "table are timed in interleaved rounds (each runs once per round, with a pause between "
+              "runtimes when they use several threads), so the shared host's speed drift hits them alike."), ""]
     for result in report["results"]:
         size, threads = result["size"], result["threads"]
         build = report["builds"][size]

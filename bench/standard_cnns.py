@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import statistics
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import click
 
 os.environ.setdefault("TVM_NUM_THREADS", "1")  # before TVM starts its pool
 
-from host_latency import ORT_FP32, ORT_U8, ort_quantized, time_ms
+from host_latency import ORT_FP32, ORT_U8, ort_quantized, timed_rows
 
 TVM_UNTUNED = "TVM int8 untuned (default schedules)"
 SIZE = 224
@@ -102,11 +101,7 @@ def _measure(name: str, fp32: Path, qdq: Path, artifact: Path, step: float) -> d
     x_tvm = tvm.runtime.tensor(x)
     runners = {label: (lambda s=s: s.run(None, {"input": x})) for label, s in sessions.items()}
     runners[TVM_UNTUNED] = lambda: vm["main"](x_tvm)
-    rows = {}
-    for label, run in runners.items():
-        samples = time_ms(run, repeats=10, min_seconds=2.0)
-        rows[label] = {"median_ms": statistics.median(samples), "min_ms": min(samples), "max_ms": max(samples),
-                       "runs": len(samples)}
+    rows = timed_rows(runners, repeats=10, min_seconds=2.0)
     got = vm["main"](x_tvm).numpy()
     return {"net": name, "rows": rows, "agreement": {
         "ORT spec semantics": agreement(got, ort_output(qdq, x), step).as_dict(),
@@ -128,7 +123,8 @@ def _markdown(report: dict) -> str:
                      f"{rows[TVM_UNTUNED]['median_ms']:.1f} | {ratio:.2f}x | "
                      f"{agree['ORT spec semantics']['within_one_step']:.3%} / "
                      f"{agree['ORT integer runtime']['within_one_step']:.3%} |")
-    lines += ["", "Medians of >= 10 runs of >= 2 s in all; min–max in the JSON. Ratio > 1: TVM faster."]
+    lines += ["", ("Medians of >= 10 runs and >= 2 s per runtime, the runtimes of a net timed in interleaved "
+                   "rounds; min–max in the JSON. Ratio > 1: TVM faster.")]
     return "\n".join(lines) + "\n"
 
 

@@ -85,12 +85,12 @@ def build(model: Path, target_name: str, out: Path, input_shapes: dict, emit_sou
         click.echo(f"WARNING: nothing was quantized: 0 of {integer.float_convs} convs run in integer arithmetic "
                    f"(a float model, or Q/DQ nodes no rewrite recognises); the library computes in float. "
                    f"Pass --require-int8 to make this an error", err=True)
-    source = f"tuned from {tuning.database}" if tuning.database else "no tuning log"
+    source = f"from {tuning.database}" if tuning.database else "no tuning log"
     click.echo(
         f"{out}/model.so for {target_name}: {integer.integer_convs} of "
         f"{integer.integer_convs + integer.float_convs} convs integer "
         f"({100 * integer.integer_mac_fraction:.1f} % of conv MACs), {tuning.kernels_tuned} of "
-        f"{tuning.kernels} kernels {source}, built in {manifest.build_seconds} s"
+        f"{tuning.kernels} kernels tuned ({source}), built in {manifest.build_seconds} s"
     )
 
 

@@ -18,7 +18,9 @@ from compile.backend.dot_products import DotProduct
 from compile.backend.packed_conv import pack_data, pack_weight, packed_conv_kernel
 from compile.backend.schedules import packed_conv_block, packed_conv_space, packed_tiles
 
-CHANNELS, OUTPUTS, SIZE = 8, 16, (9, 17)
+# two input-channel blocks for every dot product (so a chunked tile loops over blocks), and
+# 64 output pixels per row at stride 1 (every register tile fits, two chunks per row)
+CHANNELS, OUTPUTS, SIZE = 16, 16, (6, 66)
 # what each dot product's conv kernels must contain in their assembly (sadalp: smull alone is plain int8 code)
 INSTRUCTIONS = {"vnni": "vpdpbusd", "avx2-u8": "vpmaddubsw", "avx2-i16": "vpmaddwd", "sdot": "sdot",
                 "neon-smull": "sadalp"}
@@ -63,14 +65,14 @@ def conv_case(dot: DotProduct, stride: int, seed: int) -> ConvCase:
 
 def tile_kernels(case: ConvCase, all_tiles: bool = True) -> tvm.IRModule:
     """The case's packed conv scheduled at each register tile (or the default one), one function
-    per tile named `tile_<blocks>x<pixels>`, in one module (one library to upload to a device)."""
+    per tile named `tile_<blocks>x<pixels>[_<chunk>]`, in one module (one library to upload to a device)."""
     sch = s_tir.Schedule(packed_conv_kernel(case.dot, case.data.shape, case.weight.shape, (case.stride,) * 2))
     conv, found = packed_conv_block(sch)
     assert found == case.dot
     tiled = list(zip(packed_tiles(sch, conv, case.dot), packed_conv_space(sch)))
     functions = {}
-    for (blocks, pixels), space in tiled if all_tiles else tiled[:1]:
-        name = f"tile_{blocks}x{pixels}"
+    for tile, space in tiled if all_tiles else tiled[:1]:
+        name = "tile_" + tile.name.replace("/", "_")
         functions[name] = space.mod["main"].with_attr("global_symbol", name)
     return tvm.IRModule(functions)
 

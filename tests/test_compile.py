@@ -14,11 +14,11 @@ from compile.backend.schedules import build_with_default_schedules
 from compile.backend.targets import all_targets, get_target
 from compile.frontend.fold import fold_qdq
 from compile.frontend.inspect import integer_ops
-from compile.frontend.rewrites.exact_statistics import ExactStatistics
 from compile.frontend.onnx_loader import load_onnx, to_relax
+from compile.frontend.rewrites.exact_statistics import ExactStatistics
 from qatie.references import WITHIN_ONE_STEP_REQUIRED, ort_output
 from tests.helpers import assert_one_line_error, run_compile
-from tests.qdq_models import float_conv_net, ort_quantized
+from tests.qdq_models import float_classifier_net, float_conv_net, ort_quantized
 
 # An FMA-capable x86 target: float contraction is on, so any float rounding difference shows.
 FMA_TARGET = {"kind": "llvm", "mcpu": "haswell"}
@@ -94,6 +94,27 @@ def test_ort_quantize_static_model_uint8_per_channel_matches_ort(ort_qdq):
     assert np.mean(steps <= 1.0 + 1e-3) >= WITHIN_ONE_STEP_REQUIRED, steps.max()
 
 
+def test_ort_quantized_gemm_and_matmul_run_as_packed_integer_convs(tmp_path):
+    """A classifier head (Gemm with transB, MatMul) quantized by ORT folds to integer 1x1
+    convs, which the backend packs onto the host's dot product; outputs within one step of
+    ORT's spec semantics (float scales: rounding of the bias onto the accumulator grid)."""
+    from compile.backend.build import BuildOptions, build
+
+    onnx_path = ort_quantized(float_classifier_net(tmp_path / "float.onnx"), tmp_path / "qdq.onnx", size=16)
+    model = load_onnx(onnx_path)
+    folded, log = fold_qdq(to_relax(model))
+    assert log.applied["integer-gemm"] == 2 and "integer-gemm" not in log.skipped
+    assert integer_ops(folded).float_convs == 0 and "relax.matmul" not in integer_ops(folded).ops
+    rng = np.random.default_rng(7)
+    steps = np.concatenate([
+        np.abs(_run_tvm(folded, x, FMA_TARGET) - ort_output(model.proto.SerializeToString(), x)).reshape(-1)
+        for x in (rng.random((1, 3, 16, 16), dtype=np.float32) for _ in range(20))]) / _output_scale(model.proto)
+    assert np.mean(steps <= 1.0 + 1e-3) >= WITHIN_ONE_STEP_REQUIRED, steps.max()
+    manifest = build(onnx_path, get_target("x86-host"), tmp_path / "out", BuildOptions(use_tuning=False))
+    convs = [k for k in manifest.kernels.kernels if k.macs > 0 and "sum" not in k.name]
+    assert len(convs) == 3 and all(k.dot_product for k in convs), [(k.name, k.dot_product) for k in convs]
+
+
 @pytest.mark.xdist_group("deploy")
 def test_build_x86_host_writes_loadable_library_and_manifest(tiny_onnx, tiny_x86):
     out, manifest = tiny_x86
@@ -115,6 +136,20 @@ def test_build_x86_host_writes_loadable_library_and_manifest(tiny_onnx, tiny_x86
     x = np.random.default_rng(3).random((1, 3, 40, 36), dtype=np.float32)
     got = vm["main"](tvm.runtime.tensor(x)).numpy()
     assert np.array_equal(got, ort_output(tiny_onnx[0], x))
+
+
+def test_only_integer_codes_travel_between_kernels(tiny_x86):
+    """Each kernel writes integer codes (int8, the packed int8/int16 layouts, InstanceNorm's
+    int32 sums); only the last one writes float, the model's output. A dequantize with two
+    consumers is computed in each (the gates' tanh outputs feed a multiply and a concat), and
+    a tanh table lookup fuses with its index computation and its consumers."""
+    _, manifest = tiny_x86
+    table = {k.name: k for k in manifest.kernels.kernels}
+    writes = [(name, table[name].args[-1].dtype) for name in manifest.kernels.call_order]
+    assert [name for name, dtype in writes if not dtype.startswith(("int", "uint"))] == [writes[-1][0]]
+    lookups = [name for name in table if "lookup" in name]
+    assert len(lookups) >= 2 and all("unpack" in name and "subtract" in name for name in lookups)
+    assert "take" not in table
 
 
 @pytest.mark.cross

@@ -35,7 +35,7 @@ from compile.backend.kernel_table import CaptureKernels
 from compile.backend.pass_config import pass_config
 from compile.backend.schedules import TunedKernels, build_with_default_schedules
 from compile.backend.targets import TargetSpec
-from compile.frontend import load_and_fold
+from compile.frontend import fold_qdq, load_onnx, to_relax
 from compile.frontend.inspect import integer_ops
 from compile.frontend.io_description import io_description
 from qatie.errors import QatieError, last_line
@@ -124,9 +124,12 @@ def build(onnx_path: Path, spec: TargetSpec, out: Path, options: BuildOptions = 
     spec.check_buildable()
     target = spec.tvm_target()
     target_json = json.loads(str(target))  # recorded in the manifest; tuning records are checked against it
-    compiler = spec.compiler()  # a missing cross compiler or a damaged log: errors before the import
+    compiler = spec.compiler()  # a missing cross compiler: an error before the import
+    # the file is validated before the tuning log is opened: that registers the CPU tensor
+    # intrinsics (seconds of TVMScript parsing), which a malformed model should not wait for
+    model = load_onnx(onnx_path, options.input_shapes)
     database, database_dir, repaired, notes = _tuning_database(spec, target_json, options)
-    model, mod, fold_log = load_and_fold(onnx_path, options.input_shapes)
+    mod, fold_log = fold_qdq(to_relax(model))
     inputs, outputs = io_description(model)
     if len(inputs) != 1:
         raise QatieError(f"{onnx_path}: {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); qatie-compile "

@@ -33,13 +33,13 @@ from __future__ import annotations
 
 import functools
 import operator
-from dataclasses import dataclass
 
 import numpy as np
 import tvm
 from tvm import relax, te, tirx
-from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+from tvm.relax.dpl import is_const, is_op, wildcard
 
+from compile.backend.call_te import Emitted, call_te, rewrite_module
 from compile.backend.dot_products import DotProduct, candidates, choose
 from compile.frontend.rewrite import constant
 
@@ -177,13 +177,7 @@ class PackConvs:
                                             self.s_y, self.z_y)
 
     def __call__(self, mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-        builder = relax.BlockBuilder(mod)
-        rewritten = {gvar: rewrite_call(self.root, functools.partial(self._rewrite, builder, target), func)
-                     for gvar, func in mod.functions.items() if isinstance(func, relax.Function)}
-        mod = builder.finalize()
-        for gvar, func in rewritten.items():
-            mod[gvar] = func
-        return relax.transform.Normalize()(mod)
+        return rewrite_module(mod, self.root, lambda builder, call, match: self._rewrite(builder, target, call, match))
 
     def _rewrite(self, builder: relax.BlockBuilder, target, call: relax.Call, match: dict) -> relax.Expr:
         conv = match[self.conv]
@@ -196,14 +190,14 @@ class PackConvs:
                 or constant(match[self.s_y]).size != 1):
             return call
         geometry = {"strides": tuple(int(s) for s in attrs.strides), "dilation": tuple(int(d) for d in attrs.dilation)}
-        x_in = _Emitted(x, [int(d) for d in x.ty.shape], str(x.ty.dtype))
+        x_in = Emitted(x, [int(d) for d in x.ty.shape], str(x.ty.dtype))
         offset = constant(match[self.offset]).astype(np.int64).reshape(-1)
         if int(attrs.groups) == 1:
             dot = choose(target, weight)
             if dot is None:
                 return call
             lanes, shift = dot.lanes, dot.shift_from(x_in.dtype)
-            data = _call_te(builder, "pack_" + dot.name.replace("-", "_"), functools.partial(
+            data = call_te(builder, "pack_" + dot.name.replace("-", "_"), functools.partial(
                 _pack_data, group=channel_group(dot, x_in.shape[1]), dtype=dot.data_dtype, shift=shift), [x_in])
             packed = pack_weight(weight, dot)
             compute = functools.partial(_conv, dot=dot, **geometry)
@@ -212,7 +206,7 @@ class PackConvs:
             if not usable:
                 return call
             lanes, shift = usable[0].lanes, 0
-            data = _call_te(builder, "pack_depthwise", functools.partial(
+            data = call_te(builder, "pack_depthwise", functools.partial(
                 _pack_data, group=lanes, dtype=x_in.dtype, shift=0), [x_in])
             packed = pack_depthwise_weight(weight, lanes)
             compute = functools.partial(_depthwise, **geometry)
@@ -227,37 +221,16 @@ class PackConvs:
         offset = blocked_channels(offset.astype(np.int32), out_channels, lanes, 0)
         scale = blocked_channels(constant(match[self.scale]).astype(np.float32).reshape(-1), out_channels, lanes, 1)
 
-        acc = _call_te(builder, "conv2d", compute, [data, _Emitted(relax.const(packed), list(packed.shape),
-                                                                   str(packed.dtype))])
+        acc = call_te(builder, "conv2d", compute, [data, Emitted(relax.const(packed), list(packed.shape),
+                                                                  str(packed.dtype))])
         value = relax.op.multiply(relax.op.astype(relax.op.add(acc.expr, relax.const(offset)), "float32"),
                                   relax.const(scale))
         activation = next((match[a] for a in self.activations if a in match), None)
         if activation is not None:
             value = relax.Call(activation.op, [value], activation.attrs)
         codes = relax.op.quantize(value, match[self.s_y], match[self.z_y], axis=1, out_dtype=call.attrs.out_dtype)
-        return _call_te(builder, "unpack", functools.partial(_unpack, channels=out_channels),
-                        [_Emitted(codes, acc.shape, str(call.attrs.out_dtype))]).expr
-
-
-@dataclass(frozen=True)
-class _Emitted:
-    """A Relax expression and its tensor type (expressions made inside a pattern rewrite have
-    no struct info yet, which BlockBuilder.call_te would need)."""
-
-    expr: relax.Expr
-    shape: list[int]
-    dtype: str
-
-
-def _call_te(builder: relax.BlockBuilder, name: str, compute, inputs: list[_Emitted]) -> _Emitted:
-    """`call_tir` of the PrimFunc that the TE function `compute` builds over `inputs`."""
-    placeholders = [te.placeholder(i.shape, i.dtype, f"arg{k}") for k, i in enumerate(inputs)]
-    out = compute(*placeholders)
-    func = te.create_prim_func([*placeholders, out], index_dtype_override="int64")  # Relax shapes are int64
-    gvar = builder.add_func(func.without_attr("global_symbol"), name)
-    shape = [int(d) for d in out.shape]
-    return _Emitted(relax.call_tir(gvar, [i.expr for i in inputs], relax.TensorType(shape, str(out.dtype))),
-                    shape, str(out.dtype))
+        return call_te(builder, "unpack", functools.partial(_unpack, channels=out_channels),
+                       [Emitted(codes, acc.shape, str(call.attrs.out_dtype))]).expr
 
 
 def pack_convs(target: tvm.target.Target) -> tvm.transform.Pass:

@@ -9,16 +9,22 @@ records (MetaSchedule) replace them where they exist.
   parallel; the requantize epilogue as its own parallel, vectorized loop.
 - `PackedConv`: a conv the packing pass (`compile.backend.packed_conv`) laid out for a dot-product
   instruction: a register tile of output-channel blocks x output pixels, the instruction
-  tensorized innermost, the requantize epilogue computed per tile while it is in cache.
+  tensorized innermost, chunks of a row sharing each input-channel block's weights when they
+  would not stay in L1 (`Tile`), the requantize epilogue computed per tile while it is in cache.
+- `Pack`: a conv's input packing with its producers inlined; after a channel concat, the
+  channel-block loop partitioned at the concat's inputs.
 - `Elementwise`: any other kernel: producers inlined, the last block's loops fused, split into
   a parallel outer loop and a vectorized inner one.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import re
 from dataclasses import dataclass, field
 
+import numpy as np
 import tvm
 from tvm import relax, s_tir, tirx
 from tvm.relax.backend.cpu_generic.pipeline import (
@@ -33,6 +39,7 @@ from tvm.s_tir.dlight.base import try_inline
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 
 from compile.backend.dot_products import DotProduct, by_name
+from compile.backend.kernel_boundaries import injective_tables, per_consumer
 from compile.backend.kernel_table import shape_free_key
 from compile.backend.packed_conv import (
     ANNOTATION,
@@ -45,6 +52,8 @@ from compile.backend.targets import target_kind
 
 VECTOR_LANES = (16, 8, 4, 2)
 CONV_KINDS = re.compile(r"^S{3,4}R{1,3}$")
+CHUNK_PIXELS = 32  # output pixels per input-channel block pass of a packed conv (see Tile)
+CHUNK_ABOVE_BYTES = 16 * 1024  # a register tile's weights above this (half an L1) are chunked by default
 PACK_UNROLL = 4  # pixels per iteration of a packing kernel's W loop
 DEPTHWISE_PIXELS = (4, 2, 1)  # output pixels per register tile of a packed depthwise conv, first that divides
 CONCAT_BLOCK = "T_concat"  # TOPI's concatenate block
@@ -104,21 +113,59 @@ def _epilogue_per_tile(sch: s_tir.Schedule, conv, epilogue, tile, reduction) -> 
     sch.vectorize(sch.get_loops(init)[-1])
 
 
-def packed_tiles(sch: s_tir.Schedule, conv, dot: DotProduct) -> list[tuple[int, int]]:
-    """The dot product's register tiles that divide this conv's channel blocks and width."""
-    _, blocks, _, width, *_ = (_extent(sch, loop) for loop in sch.get_loops(conv))
-    return [(o, x) for o, x in dot.tiles if blocks % o == 0 and width % x == 0]
+@dataclass(frozen=True)
+class Tile:
+    """How a packed conv is tiled: `out_blocks` x `pixels` int32 accumulators in registers, and
+    `chunk` output pixels of one row that run through one input-channel block before the next,
+    so its weights (9 taps x a block) stay in L1 while `chunk / pixels` tiles use them. With
+    `chunk == pixels` each tile runs the whole reduction alone: best while the register tile's
+    weights stay in L1 (chunking only adds accumulator loads and stores, e.g. to 1x1 convs), but
+    above that every tile re-reads them from L2. Measured on znver3 (AVX2), 1 thread, best of 25
+    interleaved: 128 -> 64 channels 3x3 at 64x64 (37 KB of weights per 2x4 tile) 59 -> 66
+    GMAC/s, 64 -> 32 at 128x128 (18 KB) 60 -> 66."""
+
+    out_blocks: int
+    pixels: int
+    chunk: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.out_blocks}x{self.pixels}" + (f"/{self.chunk}" if self.chunk != self.pixels else "")
 
 
-def schedule_packed_conv(sch: s_tir.Schedule, conv, dot: DotProduct, out_blocks, pixels) -> None:
-    """Register tile (out_blocks x pixels) with the instruction innermost; reduction outside it;
+def _chunk(pixels: int, width: int) -> int:
+    """The widest multiple of `pixels` up to `CHUNK_PIXELS` that divides the row."""
+    return max(c for c in range(pixels, max(CHUNK_PIXELS, pixels) + 1, pixels) if width % c == 0)
+
+
+def packed_tiles(sch: s_tir.Schedule, conv, dot: DotProduct) -> list[Tile]:
+    """The tiles that fit this conv (its dot product's register tiles dividing its channel blocks
+    and width), each whole and chunked; the first is the untuned default, chunked when the
+    register tile's weights would not stay in L1 (`CHUNK_ABOVE_BYTES`)."""
+    _, blocks, _, width, lanes, *reduction = (_extent(sch, loop) for loop in sch.get_loops(conv))
+    block_bytes = lanes * math.prod(reduction) * np.dtype(dot.weight_dtype).itemsize
+    tiles = []
+    for out_blocks, pixels in dot.tiles:
+        if blocks % out_blocks == 0 and width % pixels == 0:
+            pair = [Tile(out_blocks, pixels, pixels), Tile(out_blocks, pixels, _chunk(pixels, width))]
+            tiles += list(dict.fromkeys(pair[::-1] if out_blocks * block_bytes > CHUNK_ABOVE_BYTES else pair))
+    return tiles
+
+
+def schedule_packed_conv(sch: s_tir.Schedule, conv, dot: DotProduct, tile: Tile) -> None:
+    """Register tile (out_blocks x pixels) with the instruction innermost; the taps and channel
+    groups of one input-channel block outside it, the block loop outside the chunk's tiles;
     rows and channel blocks in parallel; the epilogue (everything after the conv, inlined into
-    one block) computed per tile."""
+    one block) computed per chunk."""
     epilogue = _inline_epilogue(sch, conv)
     n, o, y, x, lane, ic, ky, kx, group, inner = sch.get_loops(conv)
-    o_outer, o_inner = sch.split(o, [None, out_blocks])
-    x_outer, x_inner = sch.split(x, [None, pixels])
-    sch.reorder(n, o_outer, y, x_outer, ic, ky, kx, group, o_inner, x_inner, lane, inner)
+    o_outer, o_inner = sch.split(o, [None, tile.out_blocks])
+    if tile.chunk == tile.pixels:
+        x_outer, x_inner = sch.split(x, [None, tile.pixels])
+        sch.reorder(n, o_outer, y, x_outer, ic, ky, kx, group, o_inner, x_inner, lane, inner)
+    else:
+        x_outer, x_tiles, x_inner = sch.split(x, [None, tile.chunk // tile.pixels, tile.pixels])
+        sch.reorder(n, o_outer, y, x_outer, ic, x_tiles, ky, kx, group, o_inner, x_inner, lane, inner)
     sch.parallel(sch.fuse(n, o_outer, y))
     _epilogue_per_tile(sch, conv, epilogue, x_outer, ic)
     sch.tensorize(lane, dot.intrin)
@@ -127,13 +174,13 @@ def schedule_packed_conv(sch: s_tir.Schedule, conv, dot: DotProduct, out_blocks,
 
 
 def packed_conv_space(sch: s_tir.Schedule) -> list[s_tir.Schedule]:
-    """MetaSchedule's design space for a packed conv kernel: one schedule per register tile that
-    fits (the untuned default among them), so every tuning record is a tensorized kernel."""
+    """MetaSchedule's design space for a packed conv kernel: one schedule per tile that fits
+    (the untuned default among them), so every tuning record is a tensorized kernel."""
     conv, dot = packed_conv_block(sch)
     spaces = []
-    for out_blocks, pixels in packed_tiles(sch, conv, dot):
+    for tile in packed_tiles(sch, conv, dot):
         space = sch.copy()
-        schedule_packed_conv(space, conv, dot, out_blocks, pixels)
+        schedule_packed_conv(space, conv, dot, tile)
         spaces.append(space)
     return spaces
 
@@ -157,8 +204,7 @@ class PackedConv(CPUScheduleRule):
         if found is None:
             return None
         conv, dot = found
-        out_blocks, pixels = packed_tiles(sch, conv, dot)[0]
-        schedule_packed_conv(sch, conv, dot, out_blocks, pixels)
+        schedule_packed_conv(sch, conv, dot, packed_tiles(sch, conv, dot)[0])
         return sch
 
 
@@ -186,6 +232,34 @@ class PackedDepthwise(CPUScheduleRule):
         return sch
 
 
+def _concat_channel_offsets(sch: s_tir.Schedule, infos) -> list[int] | None:
+    """Where each input of a channel concat in the kernel starts (sorted, from 0), or None if
+    there is no concat or it joins another axis. Read from the concat block's input regions:
+    input k is read at channel `c - offset_k` and at the output's own index on every other
+    axis (a unit axis normalized away is read at 0)."""
+    concat = next((info.block_rv for info in infos if sch.get(info.block_rv).name_hint.startswith(CONCAT_BLOCK)), None)
+    if concat is None:
+        return None
+    block = sch.get(concat)
+    analyzer = tvm.sym.Analyzer()
+
+    def shift(index) -> int | None:
+        """index = (some iter var) - shift, or a unit axis read at 0: the shift, else None."""
+        for v in block.iter_vars:
+            delta = analyzer.simplify(v.var - index)
+            if isinstance(delta, tirx.IntImm):
+                return int(delta)
+        return 0 if isinstance(index, tirx.IntImm) and int(index) == 0 else None
+
+    offsets = set()
+    for read in block.reads:
+        shifts = [shift(r.min) for r in read.region]
+        if len(shifts) < 2 or None in shifts or any(d for k, d in enumerate(shifts) if k != 1):
+            return None
+        offsets.add(shifts[1])
+    return sorted(offsets)
+
+
 class Pack(CPUScheduleRule):
     """A kernel ending in the packing of a conv's input ([N, C/G, H, W, G]), with what produces
     it (pad, the previous conv's unpack, resize, ...) inlined: rows in parallel, the G channels
@@ -194,9 +268,13 @@ class Pack(CPUScheduleRule):
     at 256x256 (znver3): resize + pad + pack 4.77 -> 0.50 ms, unpack + pad + pack 0.44 -> 0.06 ms
     against vectorizing W with the channels unrolled.
 
-    Except after a concat: which input a channel comes from is a select per lane there (TVM
-    cannot see that a G-block never straddles two inputs), so both inputs are read for every
-    lane: W vectorized, channels unrolled is faster (concat + pack 5.46 -> 1.46 ms)."""
+    After a channel concat, which input a channel comes from is a select per lane, so every
+    lane would read every input. Where the inputs start at whole G-blocks, the channel-block
+    loop is partitioned at those starts: each part reads one input, its selects fold away, and
+    it takes the same schedule (concat of four 32-channel tensors + requantize + pack at
+    128x128: 2.02 -> 1.25 ms, best of 30). Otherwise W is vectorized with the channels
+    unrolled, which reads both sides of a select with contiguous loads (5.46 -> 1.46 ms against
+    the channels as the vector there)."""
 
     def apply(self, func: tirx.PrimFunc, target, _tunable: bool):
         normalized = _normalized(self, func, target)
@@ -204,21 +282,35 @@ class Pack(CPUScheduleRule):
             return None
         sch, infos = normalized
         last = infos[-1]
-        concat = any(sch.get(info.block_rv).name_hint.startswith(CONCAT_BLOCK) for info in infos)
+        offsets = _concat_channel_offsets(sch, infos)
         if sch.get(last.block_rv).name_hint != PACK_BLOCK or try_inline(sch, infos[:-1]):
             return None
         *rows, width, lanes = sch.get_loops(last.block_rv)
+        group = _extent(sch, lanes)
+        if offsets is not None and len(rows) >= 2 and all(o % group == 0 for o in offsets):
+            blocks = [o // group for o in offsets] + [_extent(sch, rows[-2])]
+            sizes = [b - a for a, b in itertools.pairwise(blocks)]
+            for part in sch.loop_partition(rows[-2], [*sizes[:-1], None]) if len(sizes) > 1 else [rows[-2]]:
+                *_, row, width, lanes = sch.get_loops(sch.get_child_blocks(part)[-1])
+                sch.parallel(row)  # partitioned loops cannot fuse (they do not start at 0)
+                self._pixels(sch, width, lanes)
+            return sch
         if rows:
             sch.parallel(sch.fuse(*rows) if len(rows) > 1 else rows[0])
-        if concat:
+        if offsets is not None:
             sch.reorder(lanes, width)
             sch.unroll(lanes)
             _split_vectorized(sch, width)
             return sch
+        self._pixels(sch, width, lanes)
+        return sch
+
+    @staticmethod
+    def _pixels(sch: s_tir.Schedule, width, lanes) -> None:
+        """A pixel's channels as one vector, W unrolled by `PACK_UNROLL`."""
         if (_extent(sch, width) or 1) % PACK_UNROLL == 0:
             sch.unroll(sch.split(width, [None, PACK_UNROLL])[1])
         sch.vectorize(lanes)
-        return sch
 
 
 class DirectConv(CPUScheduleRule):
@@ -300,7 +392,8 @@ def _parallel_vectorize(sch: s_tir.Schedule, block) -> None:
 def fuse_kernels(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     """Legalize and fuse: the kernels these passes produce are the tuning tasks, so tuning and
     building must both use exactly this list for database lookups to hit."""
-    return library_dispatch_passes(target) + [pack_convs(target)] + legalize_passes(target)
+    return (library_dispatch_passes(target) + [pack_convs(target), injective_tables(), per_consumer()]
+            + legalize_passes(target))
 
 
 @dataclass

@@ -21,4 +21,4 @@ def load_and_fold(onnx_path: Path, input_shapes: dict | None = None):
     return model, mod, log
 
 
-__all__ = ["FoldLog", "LoadedModel", "load_and_fold", "load_onnx", "to_relax"]
+__all__ = ["FoldLog", "LoadedModel", "fold_qdq", "load_and_fold", "load_onnx", "to_relax"]
