@@ -225,6 +225,13 @@ def _dot_product_features() -> list[str]:
     return [d.name for d in candidates(get_target("x86-host").tvm_target())]
 
 
+def _fastest_peer(result: dict) -> tuple[str, float]:
+    """The fastest runtime that is not ours in one setting, and its median ms."""
+    peers = {name: row["median_ms"] for name, row in result["rows"].items() if name not in TVM_ROWS}
+    fastest = min(peers, key=peers.get)
+    return fastest, peers[fastest]
+
+
 def _markdown(report: dict) -> str:
     lines = [(f"Measured with `{report['command']}` on {report['cpu']} ({report['cores']} cores; "
               f"int8 dot products: {', '.join(report['cpu_features']) or 'none'}). The runtimes of one "
@@ -233,9 +240,7 @@ def _markdown(report: dict) -> str:
     for result in report["results"]:
         size, threads = result["size"], result["threads"]
         build = report["builds"][size]
-        peers = {name: row for name, row in result["rows"].items() if name not in TVM_ROWS}
-        fastest = min(peers, key=lambda name: peers[name]["median_ms"])
-        reference = peers[fastest]["median_ms"]
+        fastest, reference = _fastest_peer(result)
         lines += [f"| {size}, {threads} thread(s) | median ms | min–max ms | runs | fastest peer / this |",
                   "|---|---|---|---|---|"]
         for name, row in result["rows"].items():
@@ -260,9 +265,8 @@ def plot(report: dict, path: Path) -> None:
     for k, name in enumerate(names):
         ratios = []
         for result in report["results"]:
-            peers = [row["median_ms"] for n, row in result["rows"].items() if n not in TVM_ROWS]
             row = result["rows"].get(name)
-            ratios.append(min(peers) / row["median_ms"] if row else 0.0)
+            ratios.append(_fastest_peer(result)[1] / row["median_ms"] if row else 0.0)
         axis.bar([i + k * width for i in range(len(settings))], ratios, width, label=name)
     axis.axhline(1.0, color="black", linewidth=0.8)
     axis.set_xticks([i + 0.4 - width / 2 for i in range(len(settings))], settings, fontsize=8)

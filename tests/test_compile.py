@@ -104,7 +104,8 @@ def test_ort_quantized_gemm_and_matmul_run_as_packed_integer_convs(tmp_path):
     model = load_onnx(onnx_path)
     folded, log = fold_qdq(to_relax(model))
     assert log.applied["integer-gemm"] == 2 and "integer-gemm" not in log.skipped
-    assert integer_ops(folded).float_convs == 0 and "relax.matmul" not in integer_ops(folded).ops
+    ops = integer_ops(folded)
+    assert ops.float_convs == 0 and "relax.matmul" not in ops.ops
     rng = np.random.default_rng(7)
     steps = np.concatenate([
         np.abs(_run_tvm(folded, x, FMA_TARGET) - ort_output(model.proto.SerializeToString(), x)).reshape(-1)

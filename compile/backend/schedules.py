@@ -282,8 +282,10 @@ class Pack(CPUScheduleRule):
             return None
         sch, infos = normalized
         last = infos[-1]
-        offsets = _concat_channel_offsets(sch, infos)
-        if sch.get(last.block_rv).name_hint != PACK_BLOCK or try_inline(sch, infos[:-1]):
+        if sch.get(last.block_rv).name_hint != PACK_BLOCK:
+            return None
+        offsets = _concat_channel_offsets(sch, infos)  # before inlining removes the concat block
+        if try_inline(sch, infos[:-1]):
             return None
         *rows, width, lanes = sch.get_loops(last.block_rv)
         group = _extent(sch, lanes)
