@@ -243,7 +243,9 @@ def check_opencl_command(model: Path, target_names: tuple[str, ...], run_kernels
             raise QatieError(f"target {spec.name} is not an OpenCL target")
         spec.check_buildable()
     if run_kernels:
-        passed = [_run_on_opencl(model, spec, input_shapes, input_npy) for spec in specs]
+        from compile.offline.opencl_run import check_model_on_opencl
+
+        passed = [_report_opencl_run(result) for result in check_model_on_opencl(model, specs, input_shapes, input_npy)]
         if not all(passed):
             raise SystemExit(1)
         return
@@ -262,13 +264,10 @@ def check_opencl_command(model: Path, target_names: tuple[str, ...], run_kernels
         raise SystemExit(1)
 
 
-def _run_on_opencl(model: Path, spec, input_shapes: dict, input_npy: Path | None) -> bool:
+def _report_opencl_run(result) -> bool:
     """One target's `check-opencl --run` report; True when everything agrees."""
-    from compile.offline.opencl_run import check_model_on_opencl
-
-    result = check_model_on_opencl(model, spec, input_shapes, input_npy)
     compiled = result.run.compile_check
-    click.echo(f"{spec.name}: {len(compiled.kernels) - len(compiled.failed)}/{len(compiled.kernels)} kernels compile "
+    click.echo(f"{result.target}: {len(compiled.kernels) - len(compiled.failed)}/{len(compiled.kernels)} kernels compile "
                f"on {compiled.device}")
     for kernel, error in sorted(compiled.failed.items()):
         click.echo(f"  FAILED {kernel}: {error}")
@@ -276,7 +275,7 @@ def _run_on_opencl(model: Path, spec, input_shapes: dict, input_npy: Path | None
         return False
     kernels = result.run.kernels.values()
     agreeing = sum(k.agrees for k in kernels)
-    click.echo(f"{spec.name}: ran {len(result.run.call_order)} kernel calls; {agreeing}/{len(kernels)} kernels agree "
+    click.echo(f"{result.target}: ran {len(result.run.call_order)} kernel calls; {agreeing}/{len(kernels)} kernels agree "
                f"with the same kernel compiled for the CPU")
     for kernel in kernels:
         if not kernel.agrees:
@@ -284,7 +283,7 @@ def _run_on_opencl(model: Path, spec, input_shapes: dict, input_npy: Path | None
             click.echo(f"  DISAGREES {kernel.name}{first}: max integer diff {kernel.max_int_diff}, "
                        f"max float diff {100 * kernel.max_float_rel_diff:.3g} % of range")
     for name, agree in result.agreement.items():
-        click.echo(f"{spec.name}: output vs {name}: max {agree.max_steps:.1f} steps, "
+        click.echo(f"{result.target}: output vs {name}: max {agree.max_steps:.1f} steps, "
                    f"{100 * agree.within_one_step:.3f} % within 1 step, PSNR {agree.psnr_db:.2f} dB")
     return result.passed
 

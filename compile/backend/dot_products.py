@@ -34,7 +34,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from tvm.s_tir import TensorIntrin
-from tvm.script import tirx as T
+from tvm.script.ir_builder import IRBuilder
+from tvm.tirx import PrimFunc
+from tvm.tirx.script import builder as T
 
 PREFIX = "qatie_"
 U8_PAIR_LIMIT = 128  # |w0| + |w1| <= 128: 255 * 128 = 32640 <= int16 max
@@ -78,41 +80,48 @@ class DotProduct:
         return bool((w[:, 0::2] + w[:, 1::2]).max(initial=0) <= U8_PAIR_LIMIT)
 
 
-def _description(lanes: int, depth: int, a_dtype: str, b_dtype: str):
-    @T.prim_func(s_tir=True)
-    def description(A: T.Buffer((depth,), a_dtype, offset_factor=1),
-                    B: T.Buffer((lanes, depth), b_dtype, offset_factor=1),
-                    C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+def _intrinsic(name: str, lanes: int, depth: int, a_dtype: str, b_dtype: str, body) -> PrimFunc:
+    """`C[lanes] int32, A[depth] a_dtype, B[lanes, depth] b_dtype` and `body(A, B, C)` as a PrimFunc.
+
+    Built with TVMScript's IR builder, not its parser: the `@T.prim_func` decorator calls
+    `inspect.stack()`, which resolves the module of every frame on the stack and cost 0.2-0.6 s
+    per function (2-6 s for the ten functions here, in every process that imports this module:
+    each build, each MetaSchedule worker); the builder takes milliseconds."""
+    with IRBuilder() as builder, T.prim_func(s_tir=True):
+        T.func_name(name)
+        a = T.arg("A", T.buffer((depth,), a_dtype, offset_factor=1))
+        b = T.arg("B", T.buffer((lanes, depth), b_dtype, offset_factor=1))
+        c = T.arg("C", T.buffer((lanes,), "int32", offset_factor=1))
         with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:depth], B[0:lanes, 0:depth])
-            T.writes(C[0:lanes])
-            for i in T.serial(0, lanes):
-                for k in T.serial(0, depth):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
-
-    return description
+            T.reads(c[0:lanes], a[0:depth], b[0:lanes, 0:depth])
+            T.writes(c[0:lanes])
+            body(a, b, c)
+    return builder.get()
 
 
-def _implementation(lanes: int, depth: int, a_dtype: str, b_dtype: str, update):
+def _description(lanes: int, depth: int, a_dtype: str, b_dtype: str) -> PrimFunc:
+    """What the intrinsic computes, the pattern tensorize matches: a `lanes` x `depth` reduction."""
+    def body(a, b, c):
+        with T.serial(0, lanes) as i, T.serial(0, depth) as k, T.sblock("update"):
+            vi, vk = T.axis.remap("SR", [i, k])
+            T.buffer_store(c, c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32"), [vi])
+
+    return _intrinsic("description", lanes, depth, a_dtype, b_dtype, body)
+
+
+def _implementation(lanes: int, depth: int, a_dtype: str, b_dtype: str, update) -> PrimFunc:
     """The intrinsic's body: the pixel's `depth` codes broadcast to every lane, the weight block
     as one vector, and `update(accumulators, pixel, weights)` -> the new int32 accumulators."""
     bits = np.dtype(a_dtype).itemsize * 8 * depth  # the pixel's codes as one integer
 
-    @T.prim_func(s_tir=True)
-    def implementation(A: T.Buffer((depth,), a_dtype, offset_factor=1),
-                       B: T.Buffer((lanes, depth), b_dtype, offset_factor=1),
-                       C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:depth], B[0:lanes, 0:depth])
-            T.writes(C[0:lanes])
-            pixel = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], f"{a_dtype}x{depth}"), dtype=f"int{bits}"),
-                                              lanes), dtype=f"{a_dtype}x{lanes * depth}")
-            C[T.ramp(T.int32(0), 1, lanes)] = update(C.vload([0], dtype=f"int32x{lanes}"), pixel,
-                                                     B.vload([0, 0], dtype=f"{b_dtype}x{lanes * depth}"))
+    def body(a, b, c):
+        pixel = T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], f"{a_dtype}x{depth}"), dtype=f"int{bits}"),
+                                          lanes), dtype=f"{a_dtype}x{lanes * depth}")
+        accumulators = update(c.vload([0], dtype=f"int32x{lanes}"), pixel,
+                              b.vload([0, 0], dtype=f"{b_dtype}x{lanes * depth}"))
+        T.buffer_store(c, accumulators, [T.ramp(T.int32(0), 1, lanes)])
 
-    return implementation
+    return _intrinsic("implementation", lanes, depth, a_dtype, b_dtype, body)
 
 
 def _llvm(name: str, dtype: str, *args):

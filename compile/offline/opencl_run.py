@@ -202,16 +202,35 @@ def _stand_in(launches: list[Launch], cl, ctx, queue, program, reference: Callab
     return run
 
 
-def _cpu_references(fused: tvm.IRModule, names: set[str]) -> dict[str, Callable]:
-    """Each fused function as it was before GPU scheduling, compiled for this CPU (plain loops)."""
-    functions = {gv.name_hint: f for gv, f in fused.functions.items() if gv.name_hint in names}
-    library = tvm.compile(tvm.IRModule({tvm.ir.GlobalVar(n): f.with_attr("global_symbol", n)
-                                        for n, f in functions.items()}), target="llvm")
-    return {name: library[name] for name in functions}
+class CpuKernels:
+    """Fused functions as they were before GPU scheduling, compiled for this CPU (plain loops),
+    each distinct function once: the OpenCL targets of one model share almost all of them, and
+    compiling them is most of a `check-opencl --run`."""
+
+    def __init__(self) -> None:
+        self._compiled: dict[int, list[tuple[tvm.tirx.PrimFunc, Callable]]] = {}
+
+    def _lookup(self, func) -> Callable | None:
+        for known, compiled in self._compiled.get(tvm_ffi.structural_hash(func), []):
+            if tvm_ffi.structural_equal(known, func):
+                return compiled
+        return None
+
+    def functions(self, fused: tvm.IRModule, names: set[str]) -> dict[str, Callable]:
+        """Name -> compiled function for the fused functions called `names`."""
+        functions = {gv.name_hint: f for gv, f in fused.functions.items() if gv.name_hint in names}
+        new = {name: f for name, f in functions.items() if self._lookup(f) is None}
+        if new:
+            library = tvm.compile(tvm.IRModule({tvm.ir.GlobalVar(n): f.with_attr("global_symbol", n)
+                                                for n, f in new.items()}), target="llvm")
+            for name, f in new.items():
+                if self._lookup(f) is None:  # two names, one function
+                    self._compiled.setdefault(tvm_ffi.structural_hash(f), []).append((f, library[name]))
+        return {name: self._lookup(f) for name, f in functions.items()}
 
 
 def run_on_opencl(mod: tvm.IRModule, target: tvm.target.Target, inputs: list[np.ndarray],
-                  config: dict | None = None) -> OpenCLRun:
+                  config: dict | None = None, cpu_kernels: CpuKernels | None = None) -> OpenCLRun:
     """Compile `mod` for the OpenCL target as `build` does (its pass config unless `config` is
     given), compile its kernels on the local OpenCL device, and run the model there; `output`
     is None when a kernel fails to compile."""
@@ -225,7 +244,7 @@ def run_on_opencl(mod: tvm.IRModule, target: tvm.target.Target, inputs: list[np.
     if result.compile_check.failed:
         return result
     launches = host_launches(capture.split)
-    references = _cpu_references(capture.fused, set(launches))
+    references = (cpu_kernels or CpuKernels()).functions(capture.fused, set(launches))
     cl, ctx, _ = opencl_context()
     queue = cl.CommandQueue(ctx)
     preamble, kernels = split_kernels(source)
@@ -253,10 +272,12 @@ class ModelOnOpenCL:
                 and all(a.passed for a in self.agreement.values()))
 
 
-def check_model_on_opencl(onnx_path, spec, input_shapes: dict | None, input_npy=None) -> ModelOnOpenCL:
-    """Run the model's OpenCL build on the local OpenCL device (on `input_npy`, else a held-out
-    photo) and compare its output with ONNX Runtime and with the CPU (llvm) build of the same
-    model, in output quantization steps."""
+def check_model_on_opencl(onnx_path, specs: list, input_shapes: dict | None,
+                          input_npy=None) -> list[ModelOnOpenCL]:
+    """Run the model's OpenCL build for each target on the local OpenCL device (on `input_npy`,
+    else a held-out photo) and compare its output with ONNX Runtime and with the CPU (llvm)
+    build of the same model, in output quantization steps. The references and the CPU kernels
+    are computed once for all targets."""
     from compile.backend.schedules import build_with_default_schedules
     from compile.deploy.inputs import model_input
     from compile.frontend import load_and_fold
@@ -265,14 +286,16 @@ def check_model_on_opencl(onnx_path, spec, input_shapes: dict | None, input_npy=
     loaded, mod, _ = load_and_fold(onnx_path, input_shapes)
     inputs, outputs = io_description(loaded)
     x = model_input(inputs[0], input_npy)
-    run = run_on_opencl(mod, spec.tvm_target(), [x])
-    result = ModelOnOpenCL(spec.name, run)
-    if run.output is None:
-        return result
-    _, cpu_mod, _ = load_and_fold(onnx_path, input_shapes)  # a fresh module: builds schedule functions in place
-    cpu_vm = relax.VirtualMachine(build_with_default_schedules(cpu_mod, tvm.target.Target("llvm")), tvm.cpu())
-    references = {"onnxruntime": ort_output(onnx_path, x),
-                  "cpu build": cpu_vm["main"](tvm.runtime.tensor(x)).numpy()}
-    step = outputs[0].step
-    result.agreement = {name: agreement(run.output, want, step) for name, want in references.items()}
-    return result
+    cpu_kernels = CpuKernels()
+    runs = [ModelOnOpenCL(spec.name, run_on_opencl(mod, spec.tvm_target(), [x], cpu_kernels=cpu_kernels))
+            for spec in specs]
+    if any(result.run.output is not None for result in runs):
+        _, cpu_mod, _ = load_and_fold(onnx_path, input_shapes)  # a fresh module: builds schedule functions in place
+        cpu_vm = relax.VirtualMachine(build_with_default_schedules(cpu_mod, tvm.target.Target("llvm")), tvm.cpu())
+        references = {"onnxruntime": ort_output(onnx_path, x),
+                      "cpu build": cpu_vm["main"](tvm.runtime.tensor(x)).numpy()}
+        for result in runs:
+            if result.run.output is not None:
+                result.agreement = {name: agreement(result.run.output, want, outputs[0].step)
+                                    for name, want in references.items()}
+    return runs
