@@ -38,7 +38,11 @@ def _tvm_rows(channels: int, height: int, width: int) -> list[dict]:
 
     from compile.backend.dot_products import candidates
     from compile.backend.packed_conv import pack_data, pack_weight, packed_conv_kernel
-    from compile.backend.schedules import packed_conv_block, packed_conv_space, packed_tiles
+    from compile.backend.schedules import (
+        packed_conv_block,
+        packed_conv_space,
+        packed_tiles,
+    )
     from compile.backend.targets import get_target
 
     target = get_target("x86-host").tvm_target()
@@ -57,6 +61,33 @@ def _tvm_rows(channels: int, height: int, width: int) -> list[dict]:
             kernel = tvm.compile(space.mod, target=target)
             rows.append({"kernel": f"TVM {dot.name}, tile {tile.name}" + (" (default)" if tile == tiles[0] else ""),
                          "ms": _best_ms(lambda: kernel(*args))})
+        if dot.data_dtype == "int16":
+            rows += _winograd_rows(dot, weight, data, args[-1], target)
+    return rows
+
+
+def _winograd_rows(dot, weight: np.ndarray, data: np.ndarray, out, target) -> list[dict]:
+    """The exact integer Winograd F(2x2, 3x3) kernel on the same conv (not in builds yet)."""
+    import tvm
+    from tvm import s_tir
+
+    from compile.backend.winograd import (
+        WinogradTile,
+        schedule_winograd_conv,
+        transform_weight,
+        winograd_conv_kernel,
+    )
+
+    u = transform_weight(weight, dot)
+    rows = []
+    for tile in (WinogradTile(), WinogradTile(tiles=8)):
+        sch = s_tir.Schedule(winograd_conv_kernel(data.shape, u.shape))
+        schedule_winograd_conv(sch, dot, tile)
+        kernel = tvm.compile(sch.mod, target=target)
+        args = [tvm.runtime.tensor(data), tvm.runtime.tensor(u), out]
+        rows.append({"kernel": f"TVM {dot.name} Winograd F(2x2,3x3), {tile.tiles} tiles per step, "
+                               f"tile {tile.out_blocks}x{tile.pixels} (not in builds yet)",
+                     "ms": _best_ms(lambda: kernel(*args))})
     return rows
 
 

@@ -112,3 +112,42 @@ def test_a_vnni_build_uses_vpdpbusd_in_every_conv_kernel(tiny_onnx, tmp_path, mo
     convs = conv_kernels(tmp_path / "vnni")
     wrong = {conv: (dot, found) for conv, (dot, found) in convs.items() if dot != "vnni" or "vpdpbusd" not in found}
     assert not wrong, wrong
+
+
+def test_the_integer_winograd_conv_equals_the_direct_conv():
+    """Winograd F(2x2, 3x3) on the avx2-i16 dot product, two input-channel blocks, codes and
+    weights at their extremes (int8 and uint8 codes), against numpy's direct conv; and the
+    build-time bound refuses weights whose int32 sums could overflow."""
+    from compile.backend.packed_conv import pack_data
+    from compile.backend.winograd import (
+        exact_for,
+        schedule_winograd_conv,
+        transform_weight,
+        winograd_conv_kernel,
+    )
+
+    dot = by_name("avx2-i16")
+    target = _host_target()
+    rng = np.random.default_rng(3)
+    weight = rng.integers(-128, 128, (16, 16, 3, 3)).astype(np.int8)
+    weight[0] = -128
+    weight[1] = 127
+    assert exact_for(weight)
+    assert not exact_for(np.full((8, 512, 3, 3), -128, np.int8))
+    u = transform_weight(weight, dot)
+    for dtype in ("int8", "uint8"):
+        info = np.iinfo(dtype)
+        codes = rng.integers(info.min, info.max + 1, (1, 16, 10, 34)).astype(dtype)
+        codes[0, :, :4, :4] = info.max
+        codes[0, :, 4:8, 4:8] = info.min
+        expected = np.zeros((16, 8, 32), np.int64)
+        for ky in range(3):
+            for kx in range(3):
+                expected += np.einsum("oi,ihw->ohw", weight[:, :, ky, kx].astype(np.int64),
+                                      codes[0, :, ky:ky + 8, kx:kx + 32].astype(np.int64))
+        data = pack_data(codes, dot)
+        sch = tvm.s_tir.Schedule(winograd_conv_kernel(data.shape, u.shape))
+        schedule_winograd_conv(sch, dot)
+        out = tvm.runtime.empty((1, 2, 8, 32, 8), "int32")
+        tvm.compile(sch.mod, target=target)(tvm.runtime.tensor(data), tvm.runtime.tensor(u), out)
+        assert np.array_equal(out.numpy()[0].transpose(0, 3, 1, 2).reshape(16, 8, 32), expected), dtype

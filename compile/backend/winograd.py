@@ -1,0 +1,138 @@
+"""Exact integer Winograd F(2x2, 3x3) for 3x3 stride-1 convs in the packed layout.
+
+A 3x3 conv costs 36 multiplies per 2x2 output pixels per channel pair; Winograd's F(2x2, 3x3)
+takes 16: each 4x4 input tile d and each filter g are transformed, multiplied elementwise, and
+transformed back, Y = A^T [ (G g G^T) . (B^T d B) ] A, the products summed over input channels
+in between (16 independent GEMMs, one per tile position, which the `avx2-i16` dot product
+computes). In floats this rounds; here every step is integer and nothing can overflow, so the
+result equals the direct conv exactly:
+
+- B^T and A^T hold only 0 and +-1. V = B^T d B adds four codes per entry: |V| <= 4 * 255 for
+  int8 or uint8 codes, int16.
+- G holds halves, so the weights are transformed with G' = 2G: U' = G' g G'^T = 4U, integer,
+  |U'| <= 3 * 3 * 128 = 1152, int16, computed at build time.
+- vpmaddwd multiplies int16 pairs into int32 exactly; `exact_for` checks at build time that the
+  sums over input channels and the output transform's nine terms stay within int32 for this
+  conv's weights (every conv of the QATIE models does; 256 full-range input channels would not).
+- A^T M A = 4y exactly, so y = (A^T M A) >> 2 with no rounding.
+
+Not used by builds yet: this module is the kernel and its exactness test; `bench/conv_kernels.py`
+measures it against the direct packed conv on the same shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import s_tir, te, tirx
+
+from compile.backend.dot_products import DotProduct
+from compile.backend.packed_conv import channel_group
+
+BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])  # input transform
+G2 = np.array([[2, 0, 0], [1, 1, 1], [1, -1, 1], [0, 0, 2]])  # 2G: the weight transform, integer
+AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])  # output transform
+INT32_MAX = 2**31 - 1
+MAX_CODE = 255  # |code| bound of int8 and uint8 activations
+BLOCK = "winograd_product"  # the GEMM block (M), found by name by the schedule
+
+
+def transform_weight(weight: np.ndarray, dot: DotProduct) -> np.ndarray:
+    """(O, I, 3, 3) int8 -> U' = G' g G'^T as (4, 4, O/lanes, I/G, G/depth, lanes, depth) int16,
+    zero-padded channels, in the order the dot product reads its weight block."""
+    o, i = weight.shape[:2]
+    group, lanes, depth = channel_group(dot, i), dot.lanes, dot.depth
+    ob, ib = -(-o // lanes), -(-i // group)
+    padded = np.zeros((ob * lanes, ib * group, 3, 3), np.int64)
+    padded[:o, :i] = weight
+    u = np.einsum("ak,oikl,bl->aboi", G2, padded, G2)
+    return np.ascontiguousarray(u.reshape(4, 4, ob, lanes, ib, group // depth, depth)
+                                .transpose(0, 1, 2, 4, 5, 3, 6)).astype(np.int16)
+
+
+def exact_for(weight: np.ndarray) -> bool:
+    """Whether the int32 sums stay exact for these (O, I, 3, 3) weights and any int8/uint8 codes:
+    per output channel, nine output-transform terms of sums over input channels of |V| * |U'|."""
+    u = np.abs(np.einsum("ak,oikl,bl->aboi", G2, weight.astype(np.int64), G2))
+    return bool(9 * 4 * MAX_CODE * u.max(axis=(0, 1)).sum(axis=1).max(initial=0) <= INT32_MAX)
+
+
+def _coefficient(matrix: np.ndarray, row, column: int):
+    """matrix[row, column] for a loop variable `row`: a select chain that unrolling folds away."""
+    value = tirx.const(0, "int32")
+    for r in range(matrix.shape[0]):
+        if matrix[r, column]:
+            value = tirx.Select(row == r, tirx.const(int(matrix[r, column]), "int32"), value)
+    return value
+
+
+def winograd_conv(data: te.Tensor, u: te.Tensor) -> te.Tensor:
+    """[N, C/G, H, W, G] int16 (padded) * U' -> [N, O/lanes, H-2, W-2, lanes] int32, exactly the
+    3x3 stride-1 conv; the output size must be even."""
+    n, cb, h, w, group = (int(d) for d in data.shape)
+    _, _, ob, _, pairs, lanes, depth = (int(d) for d in u.shape)
+    oh, ow = h - 2, w - 2
+    assert oh % 2 == 0 and ow % 2 == 0, "Winograd F(2x2, 3x3) tiles need an even output size"
+    v = te.compute((n, oh // 2, ow // 2, 4, 4, cb, group), lambda ni, ty, tx, a, b, c, g: sum(
+        _coefficient(BT, a, i) * _coefficient(BT, b, j) * data[ni, c, 2 * ty + i, 2 * tx + j, g].astype("int32")
+        for i in range(4) for j in range(4)).astype("int16"), name="winograd_input")
+    c, p, k = te.reduce_axis((0, cb), "c"), te.reduce_axis((0, pairs), "p"), te.reduce_axis((0, depth), "k")
+    m = te.compute((n, oh // 2, ow // 2, 4, 4, ob, lanes), lambda ni, ty, tx, a, b, o, lane: te.sum(
+        v[ni, ty, tx, a, b, c, p * depth + k].astype("int32") * u[a, b, o, c, p, lane, k].astype("int32"),
+        axis=[c, p, k]), name=BLOCK)
+    return te.compute((n, ob, oh, ow, lanes), lambda ni, o, y, x, lane: sum(
+        _coefficient(AT, y % 2, a) * _coefficient(AT, x % 2, b) * m[ni, y // 2, x // 2, a, b, o, lane]
+        for a in range(4) for b in range(4)) >> 2, name="winograd_output")
+
+
+def winograd_conv_kernel(data_shape, u_shape) -> tvm.IRModule:
+    """The Winograd conv alone as a kernel (packed int16 data, U' -> int32), for checking and
+    measuring it against the direct packed conv."""
+    data = te.placeholder(data_shape, "int16", "data")
+    u = te.placeholder(u_shape, "int16", "u")
+    return tvm.IRModule({"main": te.create_prim_func([data, u, winograd_conv(data, u)])})
+
+
+@dataclass(frozen=True)
+class WinogradTile:
+    """`tiles` 2x2 output tiles per step along a row; the register tile of each of the 16
+    GEMMs: `out_blocks` output-channel blocks x `pixels` tiles."""
+
+    tiles: int = 4
+    out_blocks: int = 2
+    pixels: int = 2
+
+
+def schedule_winograd_conv(sch: s_tir.Schedule, dot: DotProduct, tile: WinogradTile = WinogradTile()) -> None:
+    """Per step of `tile.tiles` tiles along a row: their input transform (unrolled, vectorized
+    over the channel group), the 16 GEMMs for every output channel (tensorized register tiles),
+    then the output transform, all in L1; rows of tiles in parallel."""
+    output = sch.get_sblock("winograd_output")
+    n, o, y, x, lane = sch.get_loops(output)
+    ty, r = sch.split(y, [None, 2])
+    tx, s = sch.split(x, [None, 2])
+    step, within = sch.split(tx, [None, tile.tiles])
+    sch.reorder(n, ty, step, o, within, r, s, lane)
+    sch.parallel(sch.fuse(n, ty))
+    product, transformed = sch.get_sblock(BLOCK), sch.get_sblock("winograd_input")
+    sch.compute_at(product, step)
+    sch.compute_at(transformed, step)
+    tiles, a, b, channels, group = sch.get_loops(transformed)[-5:]
+    sch.reorder(tiles, channels, a, b, group)
+    sch.unroll(a)
+    sch.unroll(b)
+    sch.vectorize(group)
+    tiles, a, b, blocks, lane_m, channels, pairs, k = sch.get_loops(product)[-8:]
+    blocks_outer, blocks_inner = sch.split(blocks, [None, tile.out_blocks])
+    tiles_outer, tiles_inner = sch.split(tiles, [None, tile.pixels])
+    sch.reorder(a, b, blocks_outer, tiles_outer, channels, pairs, blocks_inner, tiles_inner, lane_m, k)
+    init = sch.decompose_reduction(product, channels)
+    sch.tensorize(lane_m, dot.intrin)
+    sch.unroll(blocks_inner)
+    sch.unroll(tiles_inner)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.unroll(r)
+    sch.unroll(s)
+    sch.vectorize(lane)
