@@ -62,11 +62,11 @@ def _tvm_rows(channels: int, height: int, width: int) -> list[dict]:
             rows.append({"kernel": f"TVM {dot.name}, tile {tile.name}" + (" (default)" if tile == tiles[0] else ""),
                          "ms": _best_ms(lambda: kernel(*args))})
         if dot.data_dtype == "int16":
-            rows += _winograd_rows(dot, weight, data, args[-1], target)
+            rows += _winograd_rows(dot, weight, data, target)
     return rows
 
 
-def _winograd_rows(dot, weight: np.ndarray, data: np.ndarray, out, target) -> list[dict]:
+def _winograd_rows(dot, weight: np.ndarray, data: np.ndarray, target) -> list[dict]:
     """The exact integer Winograd F(2x2, 3x3) kernel on the same conv (not in builds yet)."""
     import tvm
     from tvm import s_tir
@@ -79,6 +79,8 @@ def _winograd_rows(dot, weight: np.ndarray, data: np.ndarray, out, target) -> li
     )
 
     u = transform_weight(weight, dot)
+    _, _, height, width, _ = data.shape
+    out = tvm.runtime.empty((1, u.shape[2], (height - 2) // 2, 2, (width - 2) // 2, 2, dot.lanes), "int32")
     rows = []
     for tile in (WinogradTile(), WinogradTile(tiles=8)):
         sch = s_tir.Schedule(winograd_conv_kernel(data.shape, u.shape))
