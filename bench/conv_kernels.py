@@ -67,29 +67,27 @@ def _tvm_rows(channels: int, height: int, width: int) -> list[dict]:
 
 
 def _winograd_rows(dot, weight: np.ndarray, data: np.ndarray, target) -> list[dict]:
-    """The exact integer Winograd F(2x2, 3x3) kernel on the same conv (not in builds yet)."""
+    """The exact integer Winograd F(2x2, 3x3) kernel on the same conv, each tile of its space."""
     import tvm
     from tvm import s_tir
 
-    from compile.backend.winograd import (
-        WinogradTile,
-        schedule_winograd_conv,
-        transform_weight,
-        winograd_conv_kernel,
-    )
+    from compile.backend.schedules import schedule_winograd, winograd_block, winograd_tiles
+    from compile.backend.winograd import transform_weight, winograd_conv_kernel
 
-    u = transform_weight(weight, dot)
+    u = transform_weight(weight, dot, dot.lanes)
     _, _, height, width, _ = data.shape
     out = tvm.runtime.empty((1, u.shape[2], (height - 2) // 2, 2, (width - 2) // 2, 2, dot.lanes), "int32")
+    args = [tvm.runtime.tensor(data), tvm.runtime.tensor(u), out]
+    kernel = winograd_conv_kernel(dot, data.shape, u.shape)
+    space = s_tir.Schedule(kernel)
+    tiles = winograd_tiles(space, winograd_block(space)[0])
     rows = []
-    for tile in (WinogradTile(), WinogradTile(tiles=8)):
-        sch = s_tir.Schedule(winograd_conv_kernel(data.shape, u.shape))
-        schedule_winograd_conv(sch, dot, tile)
-        kernel = tvm.compile(sch.mod, target=target)
-        args = [tvm.runtime.tensor(data), tvm.runtime.tensor(u), out]
-        rows.append({"kernel": f"TVM {dot.name} Winograd F(2x2,3x3), {tile.tiles} tiles per step, "
-                               f"tile {tile.out_blocks}x{tile.pixels} (not in builds yet)",
-                     "ms": _best_ms(lambda: kernel(*args))})
+    for tile in tiles:
+        sch = s_tir.Schedule(kernel)
+        schedule_winograd(sch, dot, tile)
+        compiled = tvm.compile(sch.mod, target=target)
+        rows.append({"kernel": f"TVM {dot.name} {tile.name}" + (" (default)" if tile == tiles[0] else ""),
+                     "ms": _best_ms(lambda: compiled(*args))})
     return rows
 
 

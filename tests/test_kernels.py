@@ -115,16 +115,12 @@ def test_a_vnni_build_uses_vpdpbusd_in_every_conv_kernel(tiny_onnx, tmp_path, mo
 
 
 def test_the_integer_winograd_conv_equals_the_direct_conv():
-    """Winograd F(2x2, 3x3) on the avx2-i16 dot product, two input-channel blocks, codes and
-    weights at their extremes (int8 and uint8 codes), against numpy's direct conv; and the
-    build-time bound refuses weights whose int32 sums could overflow."""
+    """Winograd F(2x2, 3x3) on the avx2-i16 dot product with every tile of its space, two
+    input-channel blocks, codes and weights at their extremes (int8 and uint8 codes), against
+    numpy's direct conv; and the build-time bound refuses weights whose int32 sums could overflow."""
     from compile.backend.packed_conv import pack_data
-    from compile.backend.winograd import (
-        exact_for,
-        schedule_winograd_conv,
-        transform_weight,
-        winograd_conv_kernel,
-    )
+    from compile.backend.schedules import schedule_winograd, winograd_block, winograd_tiles
+    from compile.backend.winograd import exact_for, transform_weight, winograd_conv_kernel
 
     dot = by_name("avx2-i16")
     target = _host_target()
@@ -134,7 +130,8 @@ def test_the_integer_winograd_conv_equals_the_direct_conv():
     weight[1] = 127
     assert exact_for(weight)
     assert not exact_for(np.full((8, 512, 3, 3), -128, np.int8))
-    u = transform_weight(weight, dot)
+    u = transform_weight(weight, dot, dot.lanes)
+    cases = []
     for dtype in ("int8", "uint8"):
         info = np.iinfo(dtype)
         codes = rng.integers(info.min, info.max + 1, (1, 16, 10, 34)).astype(dtype)
@@ -145,9 +142,17 @@ def test_the_integer_winograd_conv_equals_the_direct_conv():
             for kx in range(3):
                 expected += np.einsum("oi,ihw->ohw", weight[:, :, ky, kx].astype(np.int64),
                                       codes[0, :, ky:ky + 8, kx:kx + 32].astype(np.int64))
-        data = pack_data(codes, dot)
-        sch = tvm.s_tir.Schedule(winograd_conv_kernel(data.shape, u.shape))
-        schedule_winograd_conv(sch, dot)
-        out = tvm.runtime.empty((1, 2, 4, 2, 16, 2, 8), "int32")
-        tvm.compile(sch.mod, target=target)(tvm.runtime.tensor(data), tvm.runtime.tensor(u), out)
-        assert np.array_equal(out.numpy().reshape(2, 8, 32, 8).transpose(0, 3, 1, 2).reshape(16, 8, 32), expected), dtype
+        cases.append((dtype, pack_data(codes, dot), expected))
+    kernel = winograd_conv_kernel(dot, cases[0][1].shape, u.shape)
+    sch = tvm.s_tir.Schedule(kernel)
+    tiles = winograd_tiles(sch, winograd_block(sch)[0])
+    assert len(tiles) == 6  # 8, 4 and 2 tiles per step, 2 and 1 output-channel blocks
+    for tile in tiles:
+        scheduled = tvm.s_tir.Schedule(kernel)
+        schedule_winograd(scheduled, dot, tile)
+        compiled = tvm.compile(scheduled.mod, target=target)
+        for dtype, data, expected in cases:
+            out = tvm.runtime.empty((1, 2, 4, 2, 16, 2, 8), "int32")
+            compiled(tvm.runtime.tensor(data), tvm.runtime.tensor(u), out)
+            got = out.numpy().reshape(2, 8, 32, 8).transpose(0, 3, 1, 2).reshape(16, 8, 32)
+            assert np.array_equal(got, expected), (tile.name, dtype)

@@ -39,6 +39,7 @@ from tvm.tirx import PrimFunc
 from tvm.tirx.script import builder as T
 
 PREFIX = "qatie_"
+ANNOTATION = "qatie.dot_product"  # on a kernel's block computed with a dot product: its name
 U8_PAIR_LIMIT = 128  # |w0| + |w1| <= 128: 255 * 128 = 32640 <= int16 max
 
 

@@ -40,14 +40,17 @@ from tvm import relax, te, tirx
 from tvm.relax.dpl import is_const, is_op, wildcard
 
 from compile.backend.call_te import Emitted, call_te, rewrite_module
-from compile.backend.dot_products import DotProduct, candidates, choose
+from compile.backend import winograd
+from compile.backend.dot_products import ANNOTATION, DotProduct, candidates, choose
 from compile.frontend.rewrite import constant
 
-ANNOTATION = "qatie.dot_product"
 CONV_BLOCK = "conv2d_packed"  # the conv block (the schedules find it by name)
 DEPTHWISE_BLOCK = "depthwise_packed"  # a depthwise conv's block (found by name too)
 PACK_BLOCK = "pack"  # the block that lays a conv's input out (found by name by the schedules)
 ACTIVATIONS = ("relax.nn.relu", "relax.nn.leakyrelu")
+# TVM's OpPatternKind::kOutEWiseFusable, set on the Winograd conv so its epilogue fuses into it
+# (TVM's analysis may call a function of three blocks opaque: the epilogue would be a kernel of its own)
+OUT_ELEMWISE_FUSABLE = 4
 
 
 def _blocks(channels: int, size: int) -> int:
@@ -159,6 +162,12 @@ def packed_depthwise_kernel(data_shape, weight_shape, dtype: str, strides=(1, 1)
 
 
 def _unpack(y: te.Tensor, channels: int) -> te.Tensor:
+    """[N, O/lanes, OH, OW, lanes] -> [N, O, OH, OW]; or from the Winograd conv's
+    [N, O/lanes, OH/2, 2, OW/2, 2, lanes] (the same memory, rows and columns in pairs)."""
+    if len(y.shape) == 7:
+        n, _, th, _, tw, _, lanes = (int(d) for d in y.shape)
+        return te.compute((n, channels, 2 * th, 2 * tw), lambda ni, c, hi, wi: y[
+            ni, c // lanes, hi // 2, hi % 2, wi // 2, wi % 2, c % lanes], name="unpack")
     n, _, h, w, lanes = (int(d) for d in y.shape)
     return te.compute((n, channels, h, w), lambda ni, c, hi, wi: y[ni, c // lanes, hi, wi, c % lanes], name="unpack")
 
@@ -191,16 +200,23 @@ class PackConvs:
             return call
         geometry = {"strides": tuple(int(s) for s in attrs.strides), "dilation": tuple(int(d) for d in attrs.dilation)}
         x_in = Emitted(x, [int(d) for d in x.ty.shape], str(x.ty.dtype))
+        func_attrs = {}  # of the conv's PrimFunc
         offset = constant(match[self.offset]).astype(np.int64).reshape(-1)
         if int(attrs.groups) == 1:
             dot = choose(target, weight)
             if dot is None:
                 return call
             lanes, shift = dot.lanes, dot.shift_from(x_in.dtype)
+            group = channel_group(dot, x_in.shape[1])
             data = call_te(builder, "pack_" + dot.name.replace("-", "_"), functools.partial(
-                _pack_data, group=channel_group(dot, x_in.shape[1]), dtype=dot.data_dtype, shift=shift), [x_in])
-            packed = pack_weight(weight, dot)
-            compute = functools.partial(_conv, dot=dot, **geometry)
+                _pack_data, group=group, dtype=dot.data_dtype, shift=shift), [x_in])
+            if winograd.applies(dot, weight, out_size=(x_in.shape[2] - 2, x_in.shape[3] - 2), **geometry):
+                packed = winograd.transform_weight(weight, dot, group)
+                compute = functools.partial(winograd.winograd_conv, dot=dot)
+                func_attrs = {"op_pattern": OUT_ELEMWISE_FUSABLE}
+            else:
+                packed = pack_weight(weight, dot)
+                compute = functools.partial(_conv, dot=dot, **geometry)
         elif int(attrs.groups) == weight.shape[0] == x_in.shape[1] and weight.shape[1] == 1:
             usable = candidates(target)  # no dot product: the neighbours' channel blocks, int32 lanes
             if not usable:
@@ -222,7 +238,9 @@ class PackConvs:
         scale = blocked_channels(constant(match[self.scale]).astype(np.float32).reshape(-1), out_channels, lanes, 1)
 
         acc = call_te(builder, "conv2d", compute, [data, Emitted(relax.const(packed), list(packed.shape),
-                                                                  str(packed.dtype))])
+                                                                  str(packed.dtype))], **func_attrs)
+        if len(acc.shape) == 7:  # Winograd's output layout: the constants broadcast over its pairs too
+            offset, scale = (c.reshape(*c.shape[:2], 1, 1, 1, 1, lanes) for c in (offset, scale))
         value = relax.op.multiply(relax.op.astype(relax.op.add(acc.expr, relax.const(offset)), "float32"),
                                   relax.const(scale))
         activation = next((match[a] for a in self.activations if a in match), None)

@@ -49,6 +49,7 @@ from compile.backend.packed_conv import (
     pack_convs,
 )
 from compile.backend.targets import target_kind
+from compile.backend.winograd import OUTPUT_BLOCK, PRODUCT_BLOCK
 
 VECTOR_LANES = (16, 8, 4, 2)
 CONV_KINDS = re.compile(r"^S{3,4}R{1,3}$")
@@ -173,11 +174,92 @@ def schedule_packed_conv(sch: s_tir.Schedule, conv, dot: DotProduct, tile: Tile)
     sch.unroll(x_inner)
 
 
+@dataclass(frozen=True)
+class WinogradTile:
+    """How a Winograd conv is tiled: `steps` 2x2 output tiles of a row per step (their input
+    transform, 16 GEMMs and output transform stay in L1), and each GEMM's register tile of
+    `out_blocks` output-channel blocks x `pixels` tiles."""
+
+    steps: int
+    out_blocks: int
+    pixels: int = 2
+
+    @property
+    def name(self) -> str:
+        return f"winograd {self.steps}/{self.out_blocks}x{self.pixels}"
+
+
+# steps per row, best first (32->32 at 256x256, znver3: 8 tiles 85 direct-equivalent GMAC/s, 4: 51-67)
+WINOGRAD_STEPS = (8, 4, 2)
+
+
+def winograd_block(sch: s_tir.Schedule):
+    """The Winograd conv's GEMM block of a kernel and its dot product, or None."""
+    product = _block_named(sch, PRODUCT_BLOCK)
+    name = None if product is None else sch.get(product).annotations.get(ANNOTATION)
+    return None if name is None else (product, by_name(str(name)))
+
+
+def winograd_tiles(sch: s_tir.Schedule, product) -> list[WinogradTile]:
+    """The tiles that fit: steps dividing the row's tiles, 2 or 1 output-channel blocks."""
+    tiles_per_row, _, _, blocks = (_extent(sch, loop) for loop in sch.get_loops(product)[2:6])
+    return [WinogradTile(steps, out_blocks) for out_blocks in (2, 1) for steps in WINOGRAD_STEPS
+            if tiles_per_row % steps == 0 and blocks % out_blocks == 0]
+
+
+def schedule_winograd(sch: s_tir.Schedule, dot: DotProduct, tile: WinogradTile) -> None:
+    """The epilogue inlined into the output transform; per step of `tile.steps` tiles along a
+    row: their input transform (unrolled, vectorized over the channel group), the 16 GEMMs for
+    every output channel (tensorized register tiles), then output transform + epilogue, all in
+    L1; rows of tiles in parallel."""
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    names = [sch.get(b).name_hint for b in blocks]
+    epilogue = blocks[names.index(OUTPUT_BLOCK) + 1:]
+    for block in epilogue[:-1]:
+        sch.compute_inline(block)
+    output = sch.get_sblock(OUTPUT_BLOCK)
+    if epilogue:
+        sch.compute_inline(output)
+        output = epilogue[-1]
+    n, o, ty, r, tx, s, lane = sch.get_loops(output)
+    step, within = sch.split(tx, [None, tile.steps])
+    sch.reorder(n, ty, step, o, within, r, s, lane)
+    sch.parallel(sch.fuse(n, ty))
+    product, transformed = sch.get_sblock(PRODUCT_BLOCK), sch.get_sblock("winograd_input")
+    sch.compute_at(product, step)
+    sch.compute_at(transformed, step)
+    tiles, a, b, channels, group = sch.get_loops(transformed)[-5:]
+    sch.reorder(tiles, channels, a, b, group)
+    sch.unroll(a)
+    sch.unroll(b)
+    sch.vectorize(group)
+    tiles, a, b, out_blocks, lanes, channels, pairs, k = sch.get_loops(product)[-8:]
+    blocks_outer, blocks_inner = sch.split(out_blocks, [None, tile.out_blocks])
+    tiles_outer, tiles_inner = sch.split(tiles, [None, tile.pixels])
+    sch.reorder(a, b, blocks_outer, tiles_outer, channels, pairs, blocks_inner, tiles_inner, lanes, k)
+    init = sch.decompose_reduction(product, channels)
+    sch.tensorize(lanes, dot.intrin)
+    sch.unroll(blocks_inner)
+    sch.unroll(tiles_inner)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.unroll(r)
+    sch.unroll(s)
+    sch.vectorize(lane)
+
+
 def packed_conv_space(sch: s_tir.Schedule) -> list[s_tir.Schedule]:
     """MetaSchedule's design space for a packed conv kernel: one schedule per tile that fits
     (the untuned default among them), so every tuning record is a tensorized kernel."""
-    conv, dot = packed_conv_block(sch)
     spaces = []
+    found = winograd_block(sch)
+    if found is not None:
+        product, dot = found
+        for tile in winograd_tiles(sch, product):
+            space = sch.copy()
+            schedule_winograd(space, dot, tile)
+            spaces.append(space)
+        return spaces
+    conv, dot = packed_conv_block(sch)
     for tile in packed_tiles(sch, conv, dot):
         space = sch.copy()
         schedule_packed_conv(space, conv, dot, tile)
@@ -186,9 +268,12 @@ def packed_conv_space(sch: s_tir.Schedule) -> list[s_tir.Schedule]:
 
 
 def packed_space_size(kernel: tvm.IRModule) -> int | None:
-    """How many schedules `packed_conv_space` has for this kernel; None if it is no packed conv
-    (its space, MetaSchedule's default, has no useful bound)."""
+    """How many schedules `packed_conv_space` has for this kernel; None if it is no packed or
+    Winograd conv (its space, MetaSchedule's default, has no useful bound)."""
     sch = s_tir.Schedule(kernel)
+    found = winograd_block(sch)
+    if found is not None:
+        return len(winograd_tiles(sch, found[0]))
     found = packed_conv_block(sch)
     return None if found is None else len(packed_tiles(sch, *found))
 
@@ -200,6 +285,10 @@ class PackedConv(CPUScheduleRule):
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
         sch = s_tir.Schedule(func)
+        found = winograd_block(sch)
+        if found is not None:
+            schedule_winograd(sch, found[1], winograd_tiles(sch, found[0])[0])
+            return sch
         found = packed_conv_block(sch)
         if found is None:
             return None

@@ -16,34 +16,41 @@ result equals the direct conv exactly:
   conv's weights (every conv of the QATIE models does; 256 full-range input channels would not).
 - A^T M A = 4y exactly, so y = (A^T M A) >> 2 with no rounding.
 
-Not used by builds yet: this module is the kernel and its exactness test; `bench/conv_kernels.py`
-measures it against the direct packed conv on the same shape.
+The packing pass (`compile.backend.packed_conv`) uses it for a 3x3 stride-1 conv whose dot
+product widens to int16 (`avx2-i16`: AVX2 without VNNI) when `applies`; the schedule is
+`compile.backend.schedules.schedule_winograd`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import tvm
-from tvm import s_tir, te, tirx
+from tvm import te, tirx
 
-from compile.backend.dot_products import DotProduct
-from compile.backend.packed_conv import channel_group
+from compile.backend.dot_products import ANNOTATION, DotProduct
 
 BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])  # input transform
 G2 = np.array([[2, 0, 0], [1, 1, 1], [1, -1, 1], [0, 0, 2]])  # 2G: the weight transform, integer
 AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])  # output transform
 INT32_MAX = 2**31 - 1
 MAX_CODE = 255  # |code| bound of int8 and uint8 activations
-BLOCK = "winograd_product"  # the GEMM block (M), found by name by the schedule
+PRODUCT_BLOCK = "winograd_product"  # the 16 GEMMs (found by name by the schedule, annotated with the dot product)
+OUTPUT_BLOCK = "winograd_output"
 
 
-def transform_weight(weight: np.ndarray, dot: DotProduct) -> np.ndarray:
-    """(O, I, 3, 3) int8 -> U' = G' g G'^T as (4, 4, O/lanes, I/G, G/depth, lanes, depth) int16,
-    zero-padded channels, in the order the dot product reads its weight block."""
+def applies(dot: DotProduct, weight: np.ndarray, strides, dilation, out_size) -> bool:
+    """Whether a conv runs as Winograd: 3x3, stride and dilation 1, an int16 dot product, whole
+    2x2 tiles in pairs along a row, and int32 sums that cannot overflow (`exact_for`)."""
+    oh, ow = out_size
+    return (dot.data_dtype == "int16" and weight.shape[2:] == (3, 3) and tuple(strides) == (1, 1)
+            and tuple(dilation) == (1, 1) and oh % 2 == 0 and ow % 4 == 0 and exact_for(weight))
+
+
+def transform_weight(weight: np.ndarray, dot: DotProduct, group: int) -> np.ndarray:
+    """(O, I, 3, 3) int8 -> U' = G' g G'^T as (4, 4, O/lanes, I/group, group/depth, lanes, depth)
+    int16, zero-padded channels, in the order the dot product reads its weight block."""
     o, i = weight.shape[:2]
-    group, lanes, depth = channel_group(dot, i), dot.lanes, dot.depth
+    lanes, depth = dot.lanes, dot.depth
     ob, ib = -(-o // lanes), -(-i // group)
     padded = np.zeros((ob * lanes, ib * group, 3, 3), np.int64)
     padded[:o, :i] = weight
@@ -68,7 +75,7 @@ def _coefficient(matrix: np.ndarray, row, column: int):
     return value
 
 
-def winograd_conv(data: te.Tensor, u: te.Tensor) -> te.Tensor:
+def winograd_conv(data: te.Tensor, u: te.Tensor, dot: DotProduct) -> te.Tensor:
     """[N, C/G, H, W, G] int16 (padded) * U' -> int32, exactly the 3x3 stride-1 conv; the output
     size must be even. The output is [N, O/lanes, OH/2, 2, OW/2, 2, lanes]: the packed layout's
     memory with rows and columns split in pairs (indexing [N, O/lanes, OH, OW, lanes] by y // 2
@@ -83,56 +90,15 @@ def winograd_conv(data: te.Tensor, u: te.Tensor) -> te.Tensor:
     c, p, k = te.reduce_axis((0, cb), "c"), te.reduce_axis((0, pairs), "p"), te.reduce_axis((0, depth), "k")
     m = te.compute((n, oh // 2, ow // 2, 4, 4, ob, lanes), lambda ni, ty, tx, a, b, o, lane: te.sum(
         v[ni, ty, tx, a, b, c, p * depth + k].astype("int32") * u[a, b, o, c, p, lane, k].astype("int32"),
-        axis=[c, p, k]), name=BLOCK)
+        axis=[c, p, k]), name=PRODUCT_BLOCK, attrs={ANNOTATION: dot.name})
     return te.compute((n, ob, oh // 2, 2, ow // 2, 2, lanes), lambda ni, o, ty, r, tx, s, lane: sum(
         _coefficient(AT, r, a) * _coefficient(AT, s, b) * m[ni, ty, tx, a, b, o, lane]
-        for a in range(4) for b in range(4)) >> 2, name="winograd_output")
+        for a in range(4) for b in range(4)) >> 2, name=OUTPUT_BLOCK)
 
 
-def winograd_conv_kernel(data_shape, u_shape) -> tvm.IRModule:
+def winograd_conv_kernel(dot: DotProduct, data_shape, u_shape) -> tvm.IRModule:
     """The Winograd conv alone as a kernel (packed int16 data, U' -> int32), for checking and
     measuring it against the direct packed conv."""
     data = te.placeholder(data_shape, "int16", "data")
     u = te.placeholder(u_shape, "int16", "u")
-    return tvm.IRModule({"main": te.create_prim_func([data, u, winograd_conv(data, u)])})
-
-
-@dataclass(frozen=True)
-class WinogradTile:
-    """`tiles` 2x2 output tiles per step along a row; the register tile of each of the 16
-    GEMMs: `out_blocks` output-channel blocks x `pixels` tiles."""
-
-    tiles: int = 4
-    out_blocks: int = 2
-    pixels: int = 2
-
-
-def schedule_winograd_conv(sch: s_tir.Schedule, dot: DotProduct, tile: WinogradTile = WinogradTile()) -> None:
-    """Per step of `tile.tiles` tiles along a row: their input transform (unrolled, vectorized
-    over the channel group), the 16 GEMMs for every output channel (tensorized register tiles),
-    then the output transform, all in L1; rows of tiles in parallel."""
-    output = sch.get_sblock("winograd_output")
-    n, o, ty, r, tx, s, lane = sch.get_loops(output)
-    step, within = sch.split(tx, [None, tile.tiles])
-    sch.reorder(n, ty, step, o, within, r, s, lane)
-    sch.parallel(sch.fuse(n, ty))
-    product, transformed = sch.get_sblock(BLOCK), sch.get_sblock("winograd_input")
-    sch.compute_at(product, step)
-    sch.compute_at(transformed, step)
-    tiles, a, b, channels, group = sch.get_loops(transformed)[-5:]
-    sch.reorder(tiles, channels, a, b, group)
-    sch.unroll(a)
-    sch.unroll(b)
-    sch.vectorize(group)
-    tiles, a, b, blocks, lane_m, channels, pairs, k = sch.get_loops(product)[-8:]
-    blocks_outer, blocks_inner = sch.split(blocks, [None, tile.out_blocks])
-    tiles_outer, tiles_inner = sch.split(tiles, [None, tile.pixels])
-    sch.reorder(a, b, blocks_outer, tiles_outer, channels, pairs, blocks_inner, tiles_inner, lane_m, k)
-    init = sch.decompose_reduction(product, channels)
-    sch.tensorize(lane_m, dot.intrin)
-    sch.unroll(blocks_inner)
-    sch.unroll(tiles_inner)
-    sch.vectorize(sch.get_loops(init)[-1])
-    sch.unroll(r)
-    sch.unroll(s)
-    sch.vectorize(lane)
+    return tvm.IRModule({"main": te.create_prim_func([data, u, winograd_conv(data, u, dot)])})
