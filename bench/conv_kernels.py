@@ -71,7 +71,11 @@ def _winograd_rows(dot, weight: np.ndarray, data: np.ndarray, target) -> list[di
     import tvm
     from tvm import s_tir
 
-    from compile.backend.schedules import schedule_winograd, winograd_block, winograd_tiles
+    from compile.backend.schedules import (
+        schedule_winograd,
+        winograd_block,
+        winograd_tiles,
+    )
     from compile.backend.winograd import transform_weight, winograd_conv_kernel
 
     u = transform_weight(weight, dot, dot.lanes)

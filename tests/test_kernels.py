@@ -119,8 +119,16 @@ def test_the_integer_winograd_conv_equals_the_direct_conv():
     input-channel blocks, codes and weights at their extremes (int8 and uint8 codes), against
     numpy's direct conv; and the build-time bound refuses weights whose int32 sums could overflow."""
     from compile.backend.packed_conv import pack_data
-    from compile.backend.schedules import schedule_winograd, winograd_block, winograd_tiles
-    from compile.backend.winograd import exact_for, transform_weight, winograd_conv_kernel
+    from compile.backend.schedules import (
+        schedule_winograd,
+        winograd_block,
+        winograd_tiles,
+    )
+    from compile.backend.winograd import (
+        exact_for,
+        transform_weight,
+        winograd_conv_kernel,
+    )
 
     dot = by_name("avx2-i16")
     target = _host_target()

@@ -39,8 +39,8 @@ import tvm
 from tvm import relax, te, tirx
 from tvm.relax.dpl import is_const, is_op, wildcard
 
-from compile.backend.call_te import Emitted, call_te, rewrite_module
 from compile.backend import winograd
+from compile.backend.call_te import Emitted, call_te, rewrite_module
 from compile.backend.dot_products import ANNOTATION, DotProduct, candidates, choose
 from compile.frontend.rewrite import constant
 

@@ -226,8 +226,9 @@ def schedule_winograd(sch: s_tir.Schedule, dot: DotProduct, tile: WinogradTile) 
     sch.reorder(n, ty, step, o, within, r, s, lane)
     sch.parallel(sch.fuse(n, ty))
     product, transformed = sch.get_sblock(PRODUCT_BLOCK), sch.get_sblock("winograd_input")
-    sch.compute_at(product, step)
-    sch.compute_at(transformed, step)
+    # unit loops kept (one input-channel or output-channel block), so loops are found by position
+    sch.compute_at(product, step, preserve_unit_loops=True)
+    sch.compute_at(transformed, step, preserve_unit_loops=True)
     tiles, a, b, channels, group = sch.get_loops(transformed)[-5:]
     sch.reorder(tiles, channels, a, b, group)
     sch.unroll(a)
