@@ -35,6 +35,8 @@ def _nets():
     import torch
     from torch import nn
 
+    torch.manual_seed(0)  # the same weights every run, so runs compare (the nets are built here)
+
     def conv(cin, cout, k=3, stride=1, groups=1):
         return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups), nn.ReLU())
 
@@ -80,7 +82,6 @@ def _nets():
 def _export(net, path: Path) -> None:
     import torch
 
-    torch.manual_seed(0)
     torch.onnx.export(net.eval(), torch.zeros(1, 3, SIZE, SIZE), str(path), input_names=["input"],
                       output_names=["output"], opset_version=20, dynamo=False)
 
