@@ -26,7 +26,10 @@ around it. The epilogue stays elementwise, so it fuses into the conv kernel; pac
 are injective and fuse with their neighbours (the previous conv's unpack, the pad). The conv
 block carries the annotation `qatie.dot_product`, by which the schedules
 (`compile.backend.schedules.PackedConv`) find and tensorize it; the depthwise block is found
-by its name (`PackedDepthwise`).
+by its name (`PackedDepthwise`). A 3x3 stride-1 conv on an int16 dot product runs as exact
+integer Winograd instead (`compile.backend.winograd`, when its bound holds): same packed input,
+weights transformed at build time, output in the packed layout with rows and columns in pairs,
+which unpack reads.
 """
 
 from __future__ import annotations

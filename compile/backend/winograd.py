@@ -13,7 +13,7 @@ result equals the direct conv exactly:
   |U'| <= 3 * 3 * 128 = 1152, int16, computed at build time.
 - vpmaddwd multiplies int16 pairs into int32 exactly; `exact_for` checks at build time that the
   sums over input channels and the output transform's nine terms stay within int32 for this
-  conv's weights (every conv of the QATIE models does; 256 full-range input channels would not).
+  conv's weights (every conv of the QATIE models does; over ~200 full-range input channels would not).
 - A^T M A = 4y exactly, so y = (A^T M A) >> 2 with no rounding.
 
 The packing pass (`compile.backend.packed_conv`) uses it for a 3x3 stride-1 conv whose dot
