@@ -6,7 +6,8 @@ import sys
 
 
 class _WithoutTorch(importlib.abc.Loader):
-    """A module's own loader, run with `import torch` failing unless torch is imported already."""
+    """A module's own loader, run with `import torch` failing (used only while torch is not
+    imported: `_TvmWithoutTorch` checks)."""
 
     def __init__(self, loader) -> None:
         self._loader = loader
@@ -15,9 +16,6 @@ class _WithoutTorch(importlib.abc.Loader):
         return self._loader.create_module(spec)
 
     def exec_module(self, module) -> None:
-        if "torch" in sys.modules:
-            self._loader.exec_module(module)
-            return
         sys.modules["torch"] = None  # a None entry makes `import torch` raise ImportError
         try:
             self._loader.exec_module(module)

@@ -19,9 +19,11 @@ records (MetaSchedule) replace them where they exist.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,21 +88,28 @@ def _block_named(sch: s_tir.Schedule, name: str):
         return None
 
 
+def _annotated_block(sch: s_tir.Schedule, name: str):
+    """The kernel's block `name` and the dot product it is annotated with, or None. Looked up by
+    name, so a tuning record's trace names it (a record for another kernel fails loudly, not
+    silently)."""
+    block = _block_named(sch, name)
+    dot = None if block is None else sch.get(block).annotations.get(ANNOTATION)
+    return None if dot is None else (block, by_name(str(dot)))
+
+
 def packed_conv_block(sch: s_tir.Schedule):
-    """The packed conv block of a kernel and its dot product, or None. Looked up by name, so a
-    tuning record's trace names it (a record for another kernel fails loudly, not silently)."""
-    conv = _block_named(sch, CONV_BLOCK)
-    name = None if conv is None else sch.get(conv).annotations.get(ANNOTATION)
-    return None if name is None else (conv, by_name(str(name)))
+    """The packed conv block of a kernel and its dot product, or None."""
+    return _annotated_block(sch, CONV_BLOCK)
 
 
-def _inline_epilogue(sch: s_tir.Schedule, conv):
-    """Everything after the conv inlined into its last block, the epilogue (None if there is none)."""
-    conv_name = sch.get(conv).name_hint
-    consumers = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if sch.get(b).name_hint != conv_name]
-    for block in consumers[:-1]:
+def _inline_epilogue(sch: s_tir.Schedule, name: str):
+    """Every block after the block `name` inlined into the kernel's last block, the epilogue
+    (None if there is none)."""
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    epilogue = blocks[[sch.get(b).name_hint for b in blocks].index(name) + 1:]
+    for block in epilogue[:-1]:
         sch.compute_inline(block)
-    return consumers[-1] if consumers else None
+    return epilogue[-1] if epilogue else None
 
 
 def _epilogue_per_tile(sch: s_tir.Schedule, conv, epilogue, tile, reduction) -> None:
@@ -158,7 +167,7 @@ def schedule_packed_conv(sch: s_tir.Schedule, conv, dot: DotProduct, tile: Tile)
     groups of one input-channel block outside it, the block loop outside the chunk's tiles;
     rows and channel blocks in parallel; the epilogue (everything after the conv, inlined into
     one block) computed per chunk."""
-    epilogue = _inline_epilogue(sch, conv)
+    epilogue = _inline_epilogue(sch, CONV_BLOCK)
     n, o, y, x, lane, ic, ky, kx, group, inner = sch.get_loops(conv)
     o_outer, o_inner = sch.split(o, [None, tile.out_blocks])
     if tile.chunk == tile.pixels:
@@ -195,9 +204,7 @@ WINOGRAD_STEPS = (8, 4, 2)
 
 def winograd_block(sch: s_tir.Schedule):
     """The Winograd conv's GEMM block of a kernel and its dot product, or None."""
-    product = _block_named(sch, PRODUCT_BLOCK)
-    name = None if product is None else sch.get(product).annotations.get(ANNOTATION)
-    return None if name is None else (product, by_name(str(name)))
+    return _annotated_block(sch, PRODUCT_BLOCK)
 
 
 def winograd_tiles(sch: s_tir.Schedule, product) -> list[WinogradTile]:
@@ -212,15 +219,11 @@ def schedule_winograd(sch: s_tir.Schedule, dot: DotProduct, tile: WinogradTile) 
     row: their input transform (unrolled, vectorized over the channel group), the 16 GEMMs for
     every output channel (tensorized register tiles), then output transform + epilogue, all in
     L1; rows of tiles in parallel."""
-    blocks = sch.get_child_blocks(sch.get_sblock("root"))
-    names = [sch.get(b).name_hint for b in blocks]
-    epilogue = blocks[names.index(OUTPUT_BLOCK) + 1:]
-    for block in epilogue[:-1]:
-        sch.compute_inline(block)
+    epilogue = _inline_epilogue(sch, OUTPUT_BLOCK)
     output = sch.get_sblock(OUTPUT_BLOCK)
-    if epilogue:
+    if epilogue is not None:
         sch.compute_inline(output)
-        output = epilogue[-1]
+        output = epilogue
     n, o, ty, r, tx, s, lane = sch.get_loops(output)
     step, within = sch.split(tx, [None, tile.steps])
     sch.reorder(n, ty, step, o, within, r, s, lane)
@@ -248,22 +251,36 @@ def schedule_winograd(sch: s_tir.Schedule, dot: DotProduct, tile: WinogradTile) 
     sch.vectorize(lane)
 
 
-def packed_conv_space(sch: s_tir.Schedule) -> list[s_tir.Schedule]:
-    """MetaSchedule's design space for a packed conv kernel: one schedule per tile that fits
-    (the untuned default among them), so every tuning record is a tensorized kernel."""
-    spaces = []
+@dataclass(frozen=True)
+class ConvTiles:
+    """A tensorized conv kernel's tiles (the first is the untuned default) and `schedule(sch,
+    tile)`, which applies one."""
+
+    tiles: list
+    schedule: Callable[[s_tir.Schedule, object], None]
+
+
+def conv_tiles(sch: s_tir.Schedule) -> ConvTiles | None:
+    """The tiles of a Winograd or packed conv kernel, or None if it is neither."""
     found = winograd_block(sch)
     if found is not None:
         product, dot = found
-        for tile in winograd_tiles(sch, product):
-            space = sch.copy()
-            schedule_winograd(space, dot, tile)
-            spaces.append(space)
-        return spaces
-    conv, dot = packed_conv_block(sch)
-    for tile in packed_tiles(sch, conv, dot):
+        return ConvTiles(winograd_tiles(sch, product), functools.partial(schedule_winograd, dot=dot))
+    found = packed_conv_block(sch)
+    if found is not None:
+        conv, dot = found
+        return ConvTiles(packed_tiles(sch, conv, dot), functools.partial(schedule_packed_conv, conv=conv, dot=dot))
+    return None
+
+
+def packed_conv_space(sch: s_tir.Schedule) -> list[s_tir.Schedule]:
+    """MetaSchedule's design space for a Winograd or packed conv kernel: one schedule per tile
+    that fits (the untuned default among them), so every tuning record is a tensorized kernel."""
+    found = conv_tiles(sch)
+    spaces = []
+    for tile in found.tiles:
         space = sch.copy()
-        schedule_packed_conv(space, conv, dot, tile)
+        found.schedule(space, tile=tile)
         spaces.append(space)
     return spaces
 
@@ -271,30 +288,21 @@ def packed_conv_space(sch: s_tir.Schedule) -> list[s_tir.Schedule]:
 def packed_space_size(kernel: tvm.IRModule) -> int | None:
     """How many schedules `packed_conv_space` has for this kernel; None if it is no packed or
     Winograd conv (its space, MetaSchedule's default, has no useful bound)."""
-    sch = s_tir.Schedule(kernel)
-    found = winograd_block(sch)
-    if found is not None:
-        return len(winograd_tiles(sch, found[0]))
-    found = packed_conv_block(sch)
-    return None if found is None else len(packed_tiles(sch, *found))
+    found = conv_tiles(s_tir.Schedule(kernel))
+    return None if found is None else len(found.tiles)
 
 
 class PackedConv(CPUScheduleRule):
-    """The packed conv kernel with its first fitting register tile."""
+    """A packed or Winograd conv kernel with its first fitting tile."""
 
     def apply(self, func: tirx.PrimFunc, target, _tunable: bool):
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
         sch = s_tir.Schedule(func)
-        found = winograd_block(sch)
-        if found is not None:
-            schedule_winograd(sch, found[1], winograd_tiles(sch, found[0])[0])
-            return sch
-        found = packed_conv_block(sch)
+        found = conv_tiles(sch)
         if found is None:
             return None
-        conv, dot = found
-        schedule_packed_conv(sch, conv, dot, packed_tiles(sch, conv, dot)[0])
+        found.schedule(sch, tile=found.tiles[0])
         return sch
 
 
@@ -310,7 +318,7 @@ class PackedDepthwise(CPUScheduleRule):
         conv = _block_named(sch, DEPTHWISE_BLOCK)
         if conv is None:
             return None
-        epilogue = _inline_epilogue(sch, conv)
+        epilogue = _inline_epilogue(sch, DEPTHWISE_BLOCK)
         n, c, y, x, lanes, ky, kx = sch.get_loops(conv)
         pixels = next(p for p in DEPTHWISE_PIXELS if (_extent(sch, x) or 1) % p == 0)
         x_outer, x_inner = sch.split(x, [None, pixels])

@@ -46,6 +46,11 @@ def applies(dot: DotProduct, weight: np.ndarray, strides, dilation, out_size) ->
             and tuple(dilation) == (1, 1) and oh % 2 == 0 and ow % 4 == 0 and exact_for(weight))
 
 
+def _transformed(weight: np.ndarray) -> np.ndarray:
+    """U' = G' g G'^T of every (O, I) filter, as (4, 4, O, I) int64."""
+    return np.einsum("ak,oikl,bl->aboi", G2, weight.astype(np.int64), G2)
+
+
 def transform_weight(weight: np.ndarray, dot: DotProduct, group: int) -> np.ndarray:
     """(O, I, 3, 3) int8 -> U' = G' g G'^T as (4, 4, O/lanes, I/group, group/depth, lanes, depth)
     int16, zero-padded channels, in the order the dot product reads its weight block."""
@@ -54,7 +59,7 @@ def transform_weight(weight: np.ndarray, dot: DotProduct, group: int) -> np.ndar
     ob, ib = -(-o // lanes), -(-i // group)
     padded = np.zeros((ob * lanes, ib * group, 3, 3), np.int64)
     padded[:o, :i] = weight
-    u = np.einsum("ak,oikl,bl->aboi", G2, padded, G2)
+    u = _transformed(padded)
     return np.ascontiguousarray(u.reshape(4, 4, ob, lanes, ib, group // depth, depth)
                                 .transpose(0, 1, 2, 4, 5, 3, 6)).astype(np.int16)
 
@@ -62,7 +67,7 @@ def transform_weight(weight: np.ndarray, dot: DotProduct, group: int) -> np.ndar
 def exact_for(weight: np.ndarray) -> bool:
     """Whether the int32 sums stay exact for these (O, I, 3, 3) weights and any int8/uint8 codes:
     per output channel, nine output-transform terms of sums over input channels of |V| * |U'|."""
-    u = np.abs(np.einsum("ak,oikl,bl->aboi", G2, weight.astype(np.int64), G2))
+    u = np.abs(_transformed(weight))
     return bool(9 * 4 * MAX_CODE * u.max(axis=(0, 1)).sum(axis=1).max(initial=0) <= INT32_MAX)
 
 

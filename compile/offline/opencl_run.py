@@ -208,25 +208,17 @@ class CpuKernels:
     compiling them is most of a `check-opencl --run`."""
 
     def __init__(self) -> None:
-        self._compiled: dict[int, list[tuple[tvm.tirx.PrimFunc, Callable]]] = {}
-
-    def _lookup(self, func) -> Callable | None:
-        for known, compiled in self._compiled.get(tvm_ffi.structural_hash(func), []):
-            if tvm_ffi.structural_equal(known, func):
-                return compiled
-        return None
+        self._compiled: dict[tvm_ffi.StructuralKey, Callable] = {}  # structurally equal functions: one entry
 
     def functions(self, fused: tvm.IRModule, names: set[str]) -> dict[str, Callable]:
         """Name -> compiled function for the fused functions called `names`."""
-        functions = {gv.name_hint: f for gv, f in fused.functions.items() if gv.name_hint in names}
-        new = {name: f for name, f in functions.items() if self._lookup(f) is None}
+        keys = {gv.name_hint: tvm_ffi.StructuralKey(f) for gv, f in fused.functions.items() if gv.name_hint in names}
+        new = {key: name for name, key in keys.items() if key not in self._compiled}  # one name per function
         if new:
-            library = tvm.compile(tvm.IRModule({tvm.ir.GlobalVar(n): f.with_attr("global_symbol", n)
-                                                for n, f in new.items()}), target="llvm")
-            for name, f in new.items():
-                if self._lookup(f) is None:  # two names, one function
-                    self._compiled.setdefault(tvm_ffi.structural_hash(f), []).append((f, library[name]))
-        return {name: self._lookup(f) for name, f in functions.items()}
+            library = tvm.compile(tvm.IRModule({tvm.ir.GlobalVar(name): key.key.with_attr("global_symbol", name)
+                                                for key, name in new.items()}), target="llvm")
+            self._compiled.update({key: library[name] for key, name in new.items()})
+        return {name: self._compiled[key] for name, key in keys.items()}
 
 
 def run_on_opencl(mod: tvm.IRModule, target: tvm.target.Target, inputs: list[np.ndarray],
