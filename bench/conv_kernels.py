@@ -1,6 +1,7 @@
 """One int8 conv, kernel against kernel: each dot-product path this CPU has (every register tile
-of our packed conv schedule) against ONNX Runtime's float Conv and its QLinearConv (u8 x s8),
-on the same shape, 1 thread. Writes `conv_kernels.json` + `.md` + `.png`.
+of our packed conv schedule, and every tile of the Winograd kernel for an int16 dot product)
+against ONNX Runtime's float Conv and its QLinearConv (u8 x s8), on the same shape, 1 thread,
+timed in interleaved rounds. Writes `conv_kernels.json` + `.md` + `.png`.
 
     python bench/conv_kernels.py --channels 32 --size 256x256
 """
@@ -17,85 +18,55 @@ import click
 import numpy as np
 
 os.environ.setdefault("TVM_NUM_THREADS", "1")  # before TVM starts its pool
-REPEATS = 15
+
+from host_latency import timed_rows
+
+REPEATS = 15  # interleaved rounds: every kernel runs once per round, so the host's drift hits all alike
 
 
-def _best_ms(fn, repeats: int = REPEATS) -> float:
-    import time
-
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - started)
-    return best * 1e3
-
-
-def _tvm_rows(channels: int, height: int, width: int) -> list[dict]:
+def _tvm_runners(channels: int, height: int, width: int) -> dict:
     import tvm
-    from tvm import s_tir
 
     from compile.backend.dot_products import candidates
     from compile.backend.packed_conv import pack_data, pack_weight, packed_conv_kernel
-    from compile.backend.schedules import (
-        packed_conv_block,
-        packed_conv_space,
-        packed_tiles,
-    )
     from compile.backend.targets import get_target
+    from compile.backend.winograd import transform_weight, winograd_conv_kernel
 
     target = get_target("x86-host").tvm_target()
     rng = np.random.default_rng(0)
-    rows = []
+    runners = {}
     for dot in candidates(target):
         weight = rng.integers(-64, 65, (channels, channels, 3, 3)).astype(np.int8)
         data = pack_data(np.zeros((1, channels, height + 2, width + 2), np.int8), dot)
         packed = pack_weight(weight, dot)
-        sch = s_tir.Schedule(packed_conv_kernel(dot, data.shape, packed.shape))
-        conv, _ = packed_conv_block(sch)
-        args = [tvm.runtime.tensor(data), tvm.runtime.tensor(packed),
-                tvm.runtime.empty((1, channels // dot.lanes, height, width, dot.lanes), "int32")]
-        tiles = packed_tiles(sch, conv, dot)
-        for tile, space in zip(tiles, packed_conv_space(sch)):
-            kernel = tvm.compile(space.mod, target=target)
-            rows.append({"kernel": f"TVM {dot.name}, tile {tile.name}" + (" (default)" if tile == tiles[0] else ""),
-                         "ms": _best_ms(lambda: kernel(*args))})
-        if dot.data_dtype == "int16":
-            rows += _winograd_rows(dot, weight, data, target)
-    return rows
+        out = tvm.runtime.empty((1, channels // dot.lanes, height, width, dot.lanes), "int32")
+        runners |= _space_runners(dot, packed_conv_kernel(dot, data.shape, packed.shape), [data, packed, out], target)
+        if dot.data_dtype == "int16":  # the exact integer Winograd kernel on the same conv
+            u = transform_weight(weight, dot, dot.lanes)
+            out = tvm.runtime.empty((1, u.shape[2], height // 2, 2, width // 2, 2, dot.lanes), "int32")
+            runners |= _space_runners(dot, winograd_conv_kernel(dot, data.shape, u.shape), [data, u, out], target)
+    return runners
 
 
-def _winograd_rows(dot, weight: np.ndarray, data: np.ndarray, target) -> list[dict]:
-    """The exact integer Winograd F(2x2, 3x3) kernel on the same conv, each tile of its space."""
+def _space_runners(dot, kernel, args: list, target) -> dict:
+    """The kernel compiled with each tile of its tuning space: label -> call."""
     import tvm
     from tvm import s_tir
 
-    from compile.backend.schedules import (
-        schedule_winograd,
-        winograd_block,
-        winograd_tiles,
-    )
-    from compile.backend.winograd import transform_weight, winograd_conv_kernel
+    from compile.backend.schedules import conv_tiles, packed_conv_space
 
-    u = transform_weight(weight, dot, dot.lanes)
-    _, _, height, width, _ = data.shape
-    out = tvm.runtime.empty((1, u.shape[2], (height - 2) // 2, 2, (width - 2) // 2, 2, dot.lanes), "int32")
-    args = [tvm.runtime.tensor(data), tvm.runtime.tensor(u), out]
-    kernel = winograd_conv_kernel(dot, data.shape, u.shape)
-    space = s_tir.Schedule(kernel)
-    tiles = winograd_tiles(space, winograd_block(space)[0])
-    rows = []
-    for tile in tiles:
-        sch = s_tir.Schedule(kernel)
-        schedule_winograd(sch, dot, tile)
-        compiled = tvm.compile(sch.mod, target=target)
-        rows.append({"kernel": f"TVM {dot.name} {tile.name}" + (" (default)" if tile == tiles[0] else ""),
-                     "ms": _best_ms(lambda: compiled(*args))})
-    return rows
+    sch = s_tir.Schedule(kernel)
+    tiles = conv_tiles(sch).tiles
+    args = [tvm.runtime.tensor(a) if isinstance(a, np.ndarray) else a for a in args]
+    runners = {}
+    for tile, space in zip(tiles, packed_conv_space(sch)):
+        compiled = tvm.compile(space.mod, target=target)
+        label = f"TVM {dot.name}, tile {tile.name}" + (" (default)" if tile == tiles[0] else "")
+        runners[label] = lambda compiled=compiled: compiled(*args)
+    return runners
 
 
-def _ort_rows(channels: int, height: int, width: int) -> list[dict]:
+def _ort_runners(channels: int, height: int, width: int) -> dict:
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -116,13 +87,13 @@ def _ort_rows(channels: int, height: int, width: int) -> list[dict]:
          scale("ys", 0.05), zero("yz", 128, np.uint8)])
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
-    rows = []
+    runners = {}
     for name, graph, x in (("ONNX Runtime Conv (fp32)", float_graph, rng.standard_normal(shape).astype(np.float32)),
                            ("ONNX Runtime QLinearConv (u8 x s8)", int_graph, rng.integers(0, 256, shape).astype(np.uint8))):
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        rows.append({"kernel": name, "ms": _best_ms(lambda: session.run(None, {"x": x}))})
-    return rows
+        runners[name] = lambda session=session, x=x: session.run(None, {"x": x})
+    return runners
 
 
 @click.command()
@@ -134,15 +105,16 @@ def main(channels: int, size: str, out: Path) -> None:
 
     height, width = (int(v) for v in size.split("x"))
     macs = channels * channels * 9 * height * width
-    rows = _tvm_rows(channels, height, width) + _ort_rows(channels, height, width)
-    for row in rows:
-        row["gmac_per_s"] = macs / row["ms"] / 1e6
+    timed = timed_rows(_tvm_runners(channels, height, width) | _ort_runners(channels, height, width),
+                       repeats=REPEATS, min_seconds=0)
+    rows = [{"kernel": name, "ms": t["min_ms"], "median_ms": t["median_ms"], "runs": t["runs"],
+             "gmac_per_s": macs / t["min_ms"] / 1e6} for name, t in timed.items()]
     report = {"command": "python bench/conv_kernels.py " + shlex.join(sys.argv[1:]),
               "cpu": tvm.target.codegen.llvm_get_system_cpu(), "threads": 1,
               "conv": f"{channels}->{channels} 3x3, {size} output, {macs / 1e9:.3f} GMAC", "rows": rows}
     out.mkdir(parents=True, exist_ok=True)
     (out / "conv_kernels.json").write_text(json.dumps(report, indent=2))
-    lines = [f"Measured with `{report['command']}` on {report['cpu']}, 1 thread, best of {REPEATS}: "
+    lines = [f"Measured with `{report['command']}` on {report['cpu']}, 1 thread, best of {REPEATS} interleaved rounds: "
              f"{report['conv']}.", "", "| kernel | ms | GMAC/s |", "|---|---|---|"]
     lines += [f"| {r['kernel']} | {r['ms']:.2f} | {r['gmac_per_s']:.1f} |" for r in rows]
     (out / "conv_kernels.md").write_text("\n".join(lines) + "\n")
