@@ -13,12 +13,13 @@ import tvm
 
 from compile.backend.dot_products import DOT_PRODUCTS, by_name, candidates, choose
 from compile.backend.packed_conv import pack_depthwise_weight, packed_depthwise_kernel
-from compile.backend.schedules import default_schedule
+from compile.backend.schedules import build_with_default_schedules, default_schedule
 from compile.backend.targets import get_target
 from tests.conv_cases import INSTRUCTIONS, conv_case, conv_kernels, tile_kernels
-from tests.helpers import run_compile
+from tests.helpers import TINY, run_compile
 
 VNNI_CPU = "znver4"  # an AVX-512 VNNI CPU LLVM knows; compiled for, not run, on hosts without it
+AVX2_TARGET = {"kind": "llvm", "mcpu": "haswell"}  # AVX2 without VNNI: 8-lane dot products on any x86 host
 
 
 def _host_target() -> tvm.target.Target:
@@ -164,3 +165,53 @@ def test_the_integer_winograd_conv_equals_the_direct_conv():
             compiled(tvm.runtime.tensor(data), tvm.runtime.tensor(u), out)
             got = out.numpy().reshape(2, 8, 32, 8).transpose(0, 3, 1, 2).reshape(16, 8, 32)
             assert np.array_equal(got, expected), (tile.name, dtype)
+
+
+@pytest.fixture(scope="module")
+def width8_onnx(tmp_path_factory):
+    """The QATIE net at width 8 (every tensor between two convs whole 8-channel blocks) after 3
+    float and 3 QAT steps, exported at 40x36."""
+    from qatie.checkpoint import load_checkpoint
+    from qatie.export import export
+    from qatie.model import ModelConfig
+    from qatie.train import TrainConfig, train
+
+    folder = tmp_path_factory.mktemp("width8")
+    train(TrainConfig(**{**TINY, "model": ModelConfig(width=8)}), folder / "w8.pt")
+    export(load_checkpoint(folder / "w8.pt"), 40, 36, folder / "w8.onnx", fp32=False)
+    return folder / "w8.onnx"
+
+
+def test_the_ops_between_convs_run_in_the_blocked_layout(width8_onnx):
+    """On an AVX2 target (8 lanes) every tensor between two convs of a width-8 net stays in the
+    convs' blocked layout: NCHW is left at the edges only (the image's pack, the 3-channel
+    output's unpack); the gates, InstanceNorms, concats, resizes and the max-pool run blocked;
+    and the build still matches ORT bit for bit."""
+    from tvm import relax
+
+    from compile.backend.blocked_layout import blocked_layout
+    from compile.backend.packed_conv import PACK_SHIFT, UNPACK, pack_convs
+    from compile.frontend import fold_qdq, load_onnx, to_relax
+    from qatie.references import ort_output
+
+    target = tvm.target.Target(AVX2_TARGET)
+    folded, _ = fold_qdq(to_relax(load_onnx(width8_onnx)))
+    with target:
+        mod = tvm.transform.Sequential([pack_convs(target), blocked_layout()])(folded)
+    calls = []
+    relax.analysis.post_order_visit(mod["main"], lambda e: calls.append(e) if isinstance(e, relax.Call) else None)
+    layout_changes = [(mod[c.args[0]].attrs or {}, c) for c in calls if c.op == tvm.ir.Op.get("relax.call_tir")]
+    unpacks = [c for attrs, c in layout_changes if UNPACK in attrs]
+    nchw_packs = [c for attrs, c in layout_changes if PACK_SHIFT in attrs and len(c.args[1].fields[0].ty.shape) == 4]
+    assert len(unpacks) == 1 and len(nchw_packs) == 1, (len(unpacks), len(nchw_packs))
+    blocked = {name: [c for c in calls if isinstance(c.op, tvm.ir.Op) and c.op.name == name]
+               for name in ("relax.image.resize2d", "relax.nn.max_pool2d", "relax.concat", "relax.sum", "relax.take")}
+    assert [c.attrs.layout for c in blocked["relax.image.resize2d"]] == ["NCHW8c"] * 3
+    assert [c.attrs.layout for c in blocked["relax.nn.max_pool2d"]] == ["NCHW8c"]
+    assert len(blocked["relax.concat"]) == 7 and len(blocked["relax.sum"]) == 10 and len(blocked["relax.take"]) == 4
+    assert all(len(c.ty.shape) == 5 for name in ("relax.concat", "relax.sum", "relax.take") for c in blocked[name])
+    model = load_onnx(width8_onnx)
+    vm = relax.VirtualMachine(build_with_default_schedules(folded, target), tvm.cpu())
+    for seed in (0, 1):
+        x = np.random.default_rng(seed).random((1, 3, 40, 36), dtype=np.float32)
+        assert np.array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), ort_output(model.proto.SerializeToString(), x))

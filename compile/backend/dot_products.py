@@ -59,6 +59,8 @@ class DotProduct:
     # the instruction sequence: (int32 accumulators, broadcast pixel, weight block) -> accumulators
     update: object = field(compare=False, repr=False)
     pairs_must_fit_int16: bool = False
+    # the order for 1x1 convs where it was measured to differ (None: `tiles`)
+    pointwise_tiles: tuple[tuple[int, int], ...] | None = None
 
     def shift_from(self, codes_dtype: str) -> int:
         """What packing adds to activation codes of `codes_dtype` to give exactly the values this
@@ -159,8 +161,10 @@ DOT_PRODUCTS = (
                ((2, 8), (1, 8), (2, 4), (1, 4), (1, 2), (1, 1)), _vpdpbusd),
     DotProduct("avx2-u8", 8, 4, "uint8", "int8", ("avx2",),
                ((4, 2), (2, 4), (1, 8), (2, 2), (1, 4), (1, 2), (1, 1)), _vpmaddubsw, pairs_must_fit_int16=True),
+    # 1x1 convs: 2x2 before 2x4, 10-15 % faster on each 1x1 conv of the c=32 model (chunked, znver3)
     DotProduct("avx2-i16", 8, 2, "int16", "int16", ("avx2",),
-               ((2, 4), (1, 8), (1, 4), (2, 2), (1, 2), (1, 1)), _vpmaddwd),
+               ((2, 4), (1, 8), (1, 4), (2, 2), (1, 2), (1, 1)), _vpmaddwd,
+               pointwise_tiles=((2, 2), (2, 4), (1, 8), (1, 4), (1, 2), (1, 1))),
     DotProduct("sdot", 4, 4, "int8", "int8", ("dotprod",), NEON_TILES, _sdot),
     DotProduct("neon-smull", 4, 2, "int8", "int8", ("neon",), NEON_TILES, _smull_sadalp),
 )

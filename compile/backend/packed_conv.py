@@ -49,7 +49,10 @@ from compile.frontend.rewrite import constant
 
 CONV_BLOCK = "conv2d_packed"  # the conv block (the schedules find it by name)
 DEPTHWISE_BLOCK = "depthwise_packed"  # a depthwise conv's block (found by name too)
-PACK_BLOCK = "pack"  # the block that lays a conv's input out (found by name by the schedules)
+PACK_BLOCK = "pack"  # the block that lays a conv's input out
+# PrimFunc attributes by which `compile.backend.blocked_layout` recognizes the two layout changes
+PACK_SHIFT = "qatie.pack_shift"  # on a pack: what it adds to the codes
+UNPACK = "qatie.unpack"  # on an unpack
 ACTIVATIONS = ("relax.nn.relu", "relax.nn.leakyrelu")
 # TVM's OpPatternKind::kOutEWiseFusable, set on the Winograd conv so its epilogue fuses into it
 # (TVM's analysis may call a function of three blocks opaque: the epilogue would be a kernel of its own)
@@ -164,7 +167,7 @@ def packed_depthwise_kernel(data_shape, weight_shape, dtype: str, strides=(1, 1)
     return tvm.IRModule({"main": te.create_prim_func([data, weight, _depthwise(data, weight, strides, (1, 1))])})
 
 
-def _unpack(y: te.Tensor, channels: int) -> te.Tensor:
+def unpack(y: te.Tensor, channels: int) -> te.Tensor:
     """[N, O/lanes, OH, OW, lanes] -> [N, O, OH, OW]; or from the Winograd conv's
     [N, O/lanes, OH/2, 2, OW/2, 2, lanes] (the same memory, rows and columns in pairs)."""
     if len(y.shape) == 7:
@@ -212,7 +215,7 @@ class PackConvs:
             lanes, shift = dot.lanes, dot.shift_from(x_in.dtype)
             group = channel_group(dot, x_in.shape[1])
             data = call_te(builder, "pack_" + dot.name.replace("-", "_"), functools.partial(
-                _pack_data, group=group, dtype=dot.data_dtype, shift=shift), [x_in])
+                _pack_data, group=group, dtype=dot.data_dtype, shift=shift), [x_in], **{PACK_SHIFT: shift})
             if winograd.applies(dot, weight, out_size=(x_in.shape[2] - 2, x_in.shape[3] - 2), **geometry):
                 packed = winograd.transform_weight(weight, dot, group)
                 compute = functools.partial(winograd.winograd_conv, dot=dot)
@@ -226,7 +229,7 @@ class PackConvs:
                 return call
             lanes, shift = usable[0].lanes, 0
             data = call_te(builder, "pack_depthwise", functools.partial(
-                _pack_data, group=lanes, dtype=x_in.dtype, shift=0), [x_in])
+                _pack_data, group=lanes, dtype=x_in.dtype, shift=0), [x_in], **{PACK_SHIFT: 0})
             packed = pack_depthwise_weight(weight, lanes)
             compute = functools.partial(_depthwise, **geometry)
         else:
@@ -250,8 +253,8 @@ class PackConvs:
         if activation is not None:
             value = relax.Call(activation.op, [value], activation.attrs)
         codes = relax.op.quantize(value, match[self.s_y], match[self.z_y], axis=1, out_dtype=call.attrs.out_dtype)
-        return call_te(builder, "unpack", functools.partial(_unpack, channels=out_channels),
-                       [Emitted(codes, acc.shape, str(call.attrs.out_dtype))]).expr
+        return call_te(builder, "unpack", functools.partial(unpack, channels=out_channels),
+                       [Emitted(codes, acc.shape, str(call.attrs.out_dtype))], **{UNPACK: True}).expr
 
 
 def pack_convs(target: tvm.target.Target) -> tvm.transform.Pass:

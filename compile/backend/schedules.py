@@ -11,8 +11,11 @@ records (MetaSchedule) replace them where they exist.
   instruction: a register tile of output-channel blocks x output pixels, the instruction
   tensorized innermost, chunks of a row sharing each input-channel block's weights when they
   would not stay in L1 (`Tile`), the requantize epilogue computed per tile while it is in cache.
-- `Pack`: a conv's input packing with its producers inlined; after a channel concat, the
-  channel-block loop partitioned at the concat's inputs.
+- `BlockedLayout`: an elementwise kernel writing the blocked layout (a conv's input packing, the
+  ops between convs) with its producers inlined: a pixel's channel block as the vector; after
+  a channel concat, the channel-block loop partitioned at the concat's inputs.
+- `IntegerReduction`: an integer sum over the innermost axes (InstanceNorm's statistics): one
+  vector of partial sums per output.
 - `Elementwise`: any other kernel: producers inlined, the last block's loops fused, split into
   a parallel outer loop and a vectorized inner one.
 """
@@ -40,6 +43,7 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import try_inline
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 
+from compile.backend.blocked_layout import blocked_layout
 from compile.backend.dot_products import DotProduct, by_name
 from compile.backend.kernel_boundaries import injective_tables, per_consumer
 from compile.backend.kernel_table import shape_free_key
@@ -47,7 +51,6 @@ from compile.backend.packed_conv import (
     ANNOTATION,
     CONV_BLOCK,
     DEPTHWISE_BLOCK,
-    PACK_BLOCK,
     pack_convs,
 )
 from compile.backend.targets import target_kind
@@ -58,8 +61,10 @@ CONV_KINDS = re.compile(r"^S{3,4}R{1,3}$")
 CHUNK_PIXELS = 32  # output pixels per input-channel block pass of a packed conv (see Tile)
 CHUNK_ABOVE_BYTES = 16 * 1024  # a register tile's weights above this (half an L1) are chunked by default
 PACK_UNROLL = 4  # pixels per iteration of a packing kernel's W loop
+REDUCTION_LANES = (32, 16, 8)  # partial sums per output of an integer reduction, first that divides
 DEPTHWISE_PIXELS = (4, 2, 1)  # output pixels per register tile of a packed depthwise conv, first that divides
 CONCAT_BLOCK = "T_concat"  # TOPI's concatenate block
+BLOCKED_RANK = 5  # [N, C/G, H, W, G]: the rank of a tensor in the convs' blocked layout
 
 
 def _divisor(extent: int) -> int:
@@ -128,11 +133,14 @@ class Tile:
     """How a packed conv is tiled: `out_blocks` x `pixels` int32 accumulators in registers, and
     `chunk` output pixels of one row that run through one input-channel block before the next,
     so its weights (9 taps x a block) stay in L1 while `chunk / pixels` tiles use them. With
-    `chunk == pixels` each tile runs the whole reduction alone: best while the register tile's
-    weights stay in L1 (chunking only adds accumulator loads and stores, e.g. to 1x1 convs), but
-    above that every tile re-reads them from L2. Measured on znver3 (AVX2), 1 thread, best of 25
-    interleaved: 128 -> 64 channels 3x3 at 64x64 (37 KB of weights per 2x4 tile) 59 -> 66
-    GMAC/s, 64 -> 32 at 128x128 (18 KB) 60 -> 66."""
+    `chunk == pixels` each tile runs the whole reduction alone: best for a 3x3 conv while the
+    register tile's weights stay in L1, but above that every tile re-reads them from L2. Measured
+    on znver3 (AVX2), 1 thread, best of 25 interleaved: 128 -> 64 channels 3x3 at 64x64 (37 KB
+    of weights per 2x4 tile) 59 -> 66 GMAC/s, 64 -> 32 at 128x128 (18 KB) 60 -> 66. A 1x1 conv
+    has no taps to reuse a loaded pixel, and unchunked its tile reads a few pixels from every
+    input-channel block's plane (one stream per block): chunked, the 1x1 convs of the c=32 model
+    at 256x256 took 10-50 % less time (best of 15 interleaved; 256 -> 64 channels at 64x64:
+    2.57 -> 1.21 ms with the 2x2 tile)."""
 
     out_blocks: int
     pixels: int
@@ -151,14 +159,17 @@ def _chunk(pixels: int, width: int) -> int:
 def packed_tiles(sch: s_tir.Schedule, conv, dot: DotProduct) -> list[Tile]:
     """The tiles that fit this conv (its dot product's register tiles dividing its channel blocks
     and width), each whole and chunked; the first is the untuned default, chunked when the
-    register tile's weights would not stay in L1 (`CHUNK_ABOVE_BYTES`)."""
+    register tile's weights would not stay in L1 (`CHUNK_ABOVE_BYTES`) and for every 1x1 conv
+    (see `Tile`), in the dot product's order for 1x1 convs where it has one."""
     _, blocks, _, width, lanes, *reduction = (_extent(sch, loop) for loop in sch.get_loops(conv))
     block_bytes = lanes * math.prod(reduction) * np.dtype(dot.weight_dtype).itemsize
+    pointwise = reduction[1] * reduction[2] == 1  # (input-channel blocks, ky, kx, groups, depth)
     tiles = []
-    for out_blocks, pixels in dot.tiles:
+    for out_blocks, pixels in (dot.pointwise_tiles or dot.tiles) if pointwise else dot.tiles:
         if blocks % out_blocks == 0 and width % pixels == 0:
             pair = [Tile(out_blocks, pixels, pixels), Tile(out_blocks, pixels, _chunk(pixels, width))]
-            tiles += list(dict.fromkeys(pair[::-1] if out_blocks * block_bytes > CHUNK_ABOVE_BYTES else pair))
+            chunked_first = pointwise or out_blocks * block_bytes > CHUNK_ABOVE_BYTES
+            tiles += list(dict.fromkeys(pair[::-1] if chunked_first else pair))
     return tiles
 
 
@@ -331,7 +342,7 @@ class PackedDepthwise(CPUScheduleRule):
 
 
 def _concat_channel_offsets(sch: s_tir.Schedule, infos) -> list[int] | None:
-    """Where each input of a channel concat in the kernel starts (sorted, from 0), or None if
+    """Where each input of a channel concat in the kernel starts (channels, sorted, from 0), or None if
     there is no concat or it joins another axis. Read from the concat block's input regions:
     input k is read at channel `c - offset_k` and at the output's own index on every other
     axis (a unit axis normalized away is read at 0)."""
@@ -355,24 +366,30 @@ def _concat_channel_offsets(sch: s_tir.Schedule, infos) -> list[int] | None:
         if len(shifts) < 2 or None in shifts or any(d for k, d in enumerate(shifts) if k != 1):
             return None
         offsets.add(shifts[1])
-    return sorted(offsets)
+    shape = block.writes[0].source.shape
+    per_block = int(shape[-1]) if len(shape) == BLOCKED_RANK else 1  # a concat of blocks: offsets in blocks
+    return sorted(o * per_block for o in offsets)
 
 
-class Pack(CPUScheduleRule):
-    """A kernel ending in the packing of a conv's input ([N, C/G, H, W, G]), with what produces
-    it (pad, the previous conv's unpack, resize, ...) inlined: rows in parallel, the G channels
-    of a pixel as one vector (contiguous in the packed output, and in a previous conv's output,
-    which has the same blocks), W unrolled by `PACK_UNROLL` pixels. Measured on the c=32 model
-    at 256x256 (znver3): resize + pad + pack 4.77 -> 0.50 ms, unpack + pad + pack 0.44 -> 0.06 ms
-    against vectorizing W with the channels unrolled.
+class BlockedLayout(CPUScheduleRule):
+    """An elementwise kernel that writes the blocked layout [N, C/G, H, W, G]: a conv's input
+    packing, or anything between convs (`compile.backend.blocked_layout`), with what produces it
+    (pad, resize, InstanceNorm's affine, ...) inlined: rows in parallel, the G channels of a
+    pixel as one vector (contiguous in the output and in every blocked input), W unrolled by
+    `PACK_UNROLL` pixels. A per-channel operand ([N, C/G, 1, 1, G]: InstanceNorm's statistics)
+    is then one vector per row, which LLVM hoists out of the W loop; with all loops fused into
+    one vector of 16, the c=32 model's InstanceNorm kernels (float64 statistics recomputed per
+    element) took 1.4-4.1 ms instead of 0.1-0.5. Measured on the c=32 model at 256x256 (znver3),
+    NCHW input: resize + pad + pack 4.77 -> 0.50 ms, unpack + pad + pack 0.44 -> 0.06 ms against
+    vectorizing W with the channels unrolled.
 
     After a channel concat, which input a channel comes from is a select per lane, so every
     lane would read every input. Where the inputs start at whole G-blocks, the channel-block
     loop is partitioned at those starts: each part reads one input, its selects fold away, and
     it takes the same schedule (concat of four 32-channel tensors + requantize + pack at
-    128x128: 2.02 -> 1.25 ms, best of 30). Otherwise W is vectorized with the channels
-    unrolled, which reads both sides of a select with contiguous loads (5.46 -> 1.46 ms against
-    the channels as the vector there)."""
+    128x128: 2.02 -> 1.25 ms, best of 30). Otherwise (an NCHW concat of channel counts that are
+    not whole blocks) W is vectorized with the channels unrolled, which reads both sides of a
+    select with contiguous loads (5.46 -> 1.46 ms against the channels as the vector there)."""
 
     def apply(self, func: tirx.PrimFunc, target, _tunable: bool):
         normalized = _normalized(self, func, target)
@@ -380,7 +397,7 @@ class Pack(CPUScheduleRule):
             return None
         sch, infos = normalized
         last = infos[-1]
-        if sch.get(last.block_rv).name_hint != PACK_BLOCK:
+        if not last.is_injective() or len(sch.get(last.block_rv).writes[0].source.shape) != BLOCKED_RANK:
             return None
         offsets = _concat_channel_offsets(sch, infos)  # before inlining removes the concat block
         if try_inline(sch, infos[:-1]):
@@ -451,6 +468,56 @@ class DirectConv(CPUScheduleRule):
         return sch
 
 
+class IntegerReduction(CPUScheduleRule):
+    """An integer reduction with nothing after it (InstanceNorm's per-channel sums over H x W),
+    vectorized. In NCHW the reduced axes are innermost: fused, split by `REDUCTION_LANES` and
+    rfactored, so one vector accumulates that many partial sums per output, which a last loop
+    adds up. In the blocked layout the innermost axis is a channel block's lanes, one output
+    each: that loop goes innermost and is the vector. Integer addition is associative, so the
+    result is the same; float reductions are left to TVM's rule (the order would change their
+    rounding). The statistics of the c=32 model at 256x256 (znver3): 0.09-0.34 -> 0.02-0.04 ms
+    per kernel, against TVM's rule, which accumulates one scalar per output."""
+
+    def apply(self, func: tirx.PrimFunc, target, _tunable: bool):
+        normalized = _normalized(self, func, target)
+        if normalized is None:
+            return None
+        sch, infos = normalized
+        reductions = [b for b in infos if not b.is_injective()]
+        if len(reductions) != 1 or not re.fullmatch("S*R+", reductions[0].dom_kind()):
+            return None
+        block, kinds = reductions[0].block_rv, reductions[0].dom_kind()
+        if tvm.DataType(sch.get(block).writes[0].source.dtype).type_code != tvm.DataTypeCode.INT:
+            return None
+        if try_inline(sch, [b for b in infos if b.block_rv != block]):
+            return None  # something after the reduction: TVM's rule
+        loops = sch.get_loops(block)
+        spatial = kinds.count("S")
+        outputs, reduced = loops[:spatial], loops[spatial:]
+        if outputs and self._reads_lanes(sch.get(block)):
+            sch.reorder(*outputs[:-1], *reduced, outputs[-1])
+            sch.vectorize(outputs[-1])
+            outputs = outputs[:-1]
+        else:
+            fused = sch.fuse(*reduced) if len(reduced) > 1 else reduced[0]
+            extent = _extent(sch, fused)
+            lanes = next((n for n in REDUCTION_LANES if extent and extent % n == 0 and extent > n), None)
+            if lanes is None:
+                return None
+            partial = sch.rfactor(sch.split(fused, [None, lanes])[1], factor_axis=spatial)
+            *outputs, _, lane = sch.get_loops(partial)
+            sch.vectorize(lane)
+        if outputs:
+            sch.parallel(sch.fuse(*outputs) if len(outputs) > 1 else outputs[0])
+        return sch
+
+    @staticmethod
+    def _reads_lanes(block) -> bool:
+        """Whether the innermost axis of what the reduction reads is one of its outputs' axes."""
+        innermost = block.reads[0].region[-1].min
+        return any(v.iter_type == tirx.IterVar.DataPar and v.var.same_as(innermost) for v in block.iter_vars)
+
+
 class Elementwise(CPUScheduleRule):
     """Everything else: inline what can be inlined; parallel + vectorize each remaining block."""
 
@@ -492,7 +559,7 @@ def _parallel_vectorize(sch: s_tir.Schedule, block) -> None:
 def fuse_kernels(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     """Legalize and fuse: the kernels these passes produce are the tuning tasks, so tuning and
     building must both use exactly this list for database lookups to hit."""
-    return (library_dispatch_passes(target) + [pack_convs(target), injective_tables(), per_consumer()]
+    return (library_dispatch_passes(target) + [pack_convs(target), blocked_layout(), injective_tables(), per_consumer()]
             + legalize_passes(target))
 
 
@@ -538,8 +605,8 @@ def default_schedule(kernel: tvm.IRModule, target: tvm.target.Target) -> tvm.IRM
 
 
 def _default_rules() -> tvm.transform.Pass:
-    return dl.ApplyDefaultSchedule(PackedConv(), PackedDepthwise(), Pack(), DirectConv(), dl.cpu.Reduction(),
-                                   Elementwise())
+    return dl.ApplyDefaultSchedule(PackedConv(), PackedDepthwise(), BlockedLayout(), DirectConv(), IntegerReduction(),
+                                   dl.cpu.Reduction(), Elementwise())
 
 
 def cpu_pipeline(target: tvm.target.Target, database=None, tuned: TunedKernels | None = None) -> tvm.transform.Pass:
