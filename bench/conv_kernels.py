@@ -41,10 +41,11 @@ def _tvm_runners(channels: int, height: int, width: int) -> dict:
         packed = pack_weight(weight, dot)
         out = tvm.runtime.empty((1, channels // dot.lanes, height, width, dot.lanes), "int32")
         runners |= _space_runners(dot, packed_conv_kernel(dot, data.shape, packed.shape), [data, packed, out], target)
-        if dot.data_dtype == "int16":  # the exact integer Winograd kernel on the same conv
+        if dot.data_dtype == "int16":  # the exact integer Winograd kernel on the same conv (int8 codes in)
             u = transform_weight(weight, dot, dot.lanes)
+            codes = pack_data(np.zeros((1, channels, height + 2, width + 2), np.int8), dot, winograd=True)
             out = tvm.runtime.empty((1, u.shape[2], height // 2, 2, width // 2, 2, dot.lanes), "int32")
-            runners |= _space_runners(dot, winograd_conv_kernel(dot, data.shape, u.shape), [data, u, out], target)
+            runners |= _space_runners(dot, winograd_conv_kernel(dot, codes.shape, u.shape), [codes, u, out], target)
     return runners
 
 

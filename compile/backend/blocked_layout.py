@@ -40,7 +40,7 @@ from tvm import relax, te
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from compile.backend.call_te import Emitted, call_te
-from compile.backend.kernel_boundaries import INJECTIVE
+from compile.backend.kernel_boundaries import COMM_REDUCE, INJECTIVE
 from compile.backend.packed_conv import (
     PACK_BLOCK,
     PACK_SHIFT,
@@ -260,11 +260,21 @@ def _pad(sink: _Sink, call: relax.Call) -> Blocked | None:
 
 
 def _resize2d(sink: _Sink, call: relax.Call) -> Blocked | None:
+    """A resize, of a copy of its input when it upsamples: a kernel that upsamples reads each
+    input element several times, and FuseOps would fuse what computes its input (a residual
+    add and its requantize) into it, repeating that work per output pixel. The copy is labelled
+    a reduction for FuseOps (`COMM_REDUCE`), so that work fuses into it, at the input's size,
+    and the resize starts a kernel of its own: the c=32 model's three upsamples with their adds
+    2.02 -> 0.72 ms in six kernels instead of three (256x256, znver3)."""
     found, attrs = sink.block_of(call.args[0]), call.attrs
     if found is None or attrs.layout != "NCHW":
         return None
+    data = found.expr
+    if math.prod(_shape(call)) > math.prod(_shape(data)):
+        data = sink.builder_.emit(call_te(sink.builder_, "resize_input", blocked_codes, [
+            Emitted(data, _shape(data), str(data.ty.dtype))], op_pattern=COMM_REDUCE).expr)
     return sink.emit_blocked(relax.op.image.resize2d(
-        found.expr, call.args[1], roi=[float(r) for r in attrs.roi], layout=f"NCHW{found.lanes}c",
+        data, call.args[1], roi=[float(r) for r in attrs.roi], layout=f"NCHW{found.lanes}c",
         method=attrs.method, coordinate_transformation_mode=attrs.coordinate_transformation_mode,
         rounding_method=attrs.rounding_method, cubic_alpha=float(attrs.cubic_alpha),
         cubic_exclude=int(attrs.cubic_exclude), extrapolation_value=float(attrs.extrapolation_value),

@@ -29,6 +29,9 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from compile.backend.call_te import Emitted, call_te, rewrite_module
 
 INJECTIVE = 2  # TVM's OpPatternKind::kInjective, the "op_pattern" FuseOps reads
+# OpPatternKind::kCommReduce: FuseOps fuses elementwise and injective producers into such a
+# kernel, and only elementwise consumers after it (a copy labelled so ends a kernel before a resize)
+COMM_REDUCE = 3
 # Relax ops computed once per consumer: a dequantize, a cast, arithmetic with a constant (the
 # zero-point shift of codes before InstanceNorm's integer sums)
 DUPLICATED_OPS = ("relax.dequantize", "relax.astype")

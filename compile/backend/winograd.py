@@ -81,8 +81,8 @@ def _coefficient(matrix: np.ndarray, row, column: int):
 
 
 def winograd_conv(data: te.Tensor, u: te.Tensor, dot: DotProduct) -> te.Tensor:
-    """[N, C/G, H, W, G] int16 (padded) * U' -> int32, exactly the 3x3 stride-1 conv; the output
-    size must be even. The output is [N, O/lanes, OH/2, 2, OW/2, 2, lanes]: the packed layout's
+    """[N, C/G, H, W, G] codes (padded; int8 or uint8, widened by the input transform) * U' ->
+    int32, exactly the 3x3 stride-1 conv; the output size must be even. The output is [N, O/lanes, OH/2, 2, OW/2, 2, lanes]: the packed layout's
     memory with rows and columns split in pairs (indexing [N, O/lanes, OH, OW, lanes] by y // 2
     and y % 2 instead did not simplify after the schedule's split and made the kernel 1.5x slower)."""
     n, cb, h, w, group = (int(d) for d in data.shape)
@@ -101,9 +101,9 @@ def winograd_conv(data: te.Tensor, u: te.Tensor, dot: DotProduct) -> te.Tensor:
         for a in range(4) for b in range(4)) >> 2, name=OUTPUT_BLOCK)
 
 
-def winograd_conv_kernel(dot: DotProduct, data_shape, u_shape) -> tvm.IRModule:
-    """The Winograd conv alone as a kernel (packed int16 data, U' -> int32), for checking and
+def winograd_conv_kernel(dot: DotProduct, data_shape, u_shape, data_dtype: str = "int8") -> tvm.IRModule:
+    """The Winograd conv alone as a kernel (blocked codes, U' -> int32), for checking and
     measuring it against the direct packed conv."""
-    data = te.placeholder(data_shape, "int16", "data")
+    data = te.placeholder(data_shape, data_dtype, "data")
     u = te.placeholder(u_shape, "int16", "u")
     return tvm.IRModule({"main": te.create_prim_func([data, u, winograd_conv(data, u, dot)])})
