@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import tvm
-from tvm import relax, te
+from tvm import relax, te, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from compile.backend.call_te import Emitted, call_te
@@ -66,23 +66,30 @@ def _shape(expr: relax.Expr) -> list[int]:
     return [int(d) for d in expr.ty.shape]
 
 
-def blocked_codes(y: te.Tensor) -> te.Tensor:
+def blocked_codes(y: te.Tensor, size=None) -> te.Tensor:
     """A conv's output codes as [N, C/L, H, W, L], from the Winograd conv's row and column pairs
-    too (the same memory): a copy that fuses into whatever reads it. Marked injective, it also
-    ends the conv's kernel at its int8 codes: FuseOps fuses elementwise ops after a conv into
-    the conv's kernel, which then wrote what they make (a dequantize's float32, a table
-    index's int32) for the next kernel to read."""
+    too (the same memory; cropped to `size`, the conv's output size, from its whole tiles): a
+    copy that fuses into whatever reads it. Marked injective, it also ends the conv's kernel at
+    its int8 codes: FuseOps fuses elementwise ops after a conv into the conv's kernel, which then
+    wrote what they make (a dequantize's float32, a table index's int32) for the next kernel."""
     if len(y.shape) == 5:
         return te.compute(y.shape, lambda *i: y(*i), name="blocked")
-    n, blocks, half_h, _, half_w, _, lanes = (int(d) for d in y.shape)
-    return te.compute((n, blocks, 2 * half_h, 2 * half_w, lanes), lambda ni, c, hi, wi, li: y[
+    n, blocks, lanes = int(y.shape[0]), int(y.shape[1]), int(y.shape[-1])
+    return te.compute((n, blocks, *size, lanes), lambda ni, c, hi, wi, li: y[
         ni, c, hi // 2, hi % 2, wi // 2, wi % 2, li], name="blocked")
 
 
-def pack_blocked(x: te.Tensor, dtype: str, shift: int) -> te.Tensor:
+def pack_blocked(x: te.Tensor, dtype: str, shift: int, size) -> te.Tensor:
     """A conv's input packing from codes already blocked with its channel group: a widening or
-    a shift to the instruction's signedness, elementwise."""
-    return te.compute(x.shape, lambda *i: (x(*i).astype("int32") + shift).astype(dtype), name=PACK_BLOCK)
+    a shift to the instruction's signedness, elementwise; zero rows and columns up to `size`
+    (a Winograd conv's whole tiles)."""
+    _, _, h, w, _ = (int(d) for d in x.shape)
+
+    def value(ni, bi, hi, wi, li):
+        code = (x[ni, bi, tirx.min(hi, h - 1), tirx.min(wi, w - 1), li].astype("int32") + shift).astype(dtype)
+        return code if tuple(size) == (h, w) else tirx.if_then_else(tirx.all(hi < h, wi < w), code, tirx.const(0, dtype))
+
+    return te.compute((*x.shape[:2], *size, x.shape[-1]), value, name=PACK_BLOCK)
 
 
 def _layout_change(mod: tvm.IRModule, value: relax.Expr) -> str | None:
@@ -176,8 +183,8 @@ class _Sink(PyExprMutator):
         if channels % shape[-1]:
             return None
         codes = self.visit_expr(codes)
-        blocked = call_te(self.builder_, "blocked", blocked_codes, [Emitted(codes, shape, str(codes.ty.dtype))],
-                          op_pattern=INJECTIVE)
+        blocked = call_te(self.builder_, "blocked", functools.partial(blocked_codes, size=_shape(binding.var)[2:]),
+                          [Emitted(codes, shape, str(codes.ty.dtype))], op_pattern=INJECTIVE)
         return Blocked(self.builder_.emit(blocked.expr), channels, shape[-1],
                        relax.call_tir(call.args[0], [codes], call.ty))
 
@@ -188,7 +195,7 @@ class _Sink(PyExprMutator):
         if found is None or _shape(call)[-1] != found.lanes:
             return False
         packed = call_te(self.builder_, "pack_blocked", functools.partial(
-            pack_blocked, dtype=str(call.ty.dtype), shift=shift),
+            pack_blocked, dtype=str(call.ty.dtype), shift=shift, size=_shape(call)[2:4]),
             [Emitted(found.expr, _shape(found.expr), str(found.expr.ty.dtype))])
         self.set_var_remap(binding.var, self.builder_.emit(packed.expr))
         return True

@@ -16,6 +16,7 @@ from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
 from compile.artifact import KernelArg, KernelInfo, KernelTable
 from compile.backend.packed_conv import ANNOTATION
+from compile.backend.winograd import DIRECT_MACS
 
 
 @tvm.instrument.pass_instrument
@@ -65,10 +66,10 @@ def _blocks(stmt) -> list:
 
 
 def shape_free_key(func: tirx.PrimFunc) -> tuple:
-    """A kernel's identity without its shapes: its blocks (names and annotations, in order) and
-    its arguments' ranks and types. Two kernels with one key are the same computation at other
-    sizes, e.g. one model exported at two input sizes."""
-    blocks = tuple((b.name_hint, tuple(sorted((str(k), str(v)) for k, v in b.annotations.items())))
+    """A kernel's identity without its shapes: its blocks (names and annotations but a size's
+    MAC count, in order) and its arguments' ranks and types. Two kernels with one key are the
+    same computation at other sizes, e.g. one model exported at two input sizes."""
+    blocks = tuple((b.name_hint, tuple(sorted((str(k), str(v)) for k, v in b.annotations.items() if k != DIRECT_MACS)))
                    for b in _blocks(func.body))
     args = tuple((len(a.shape), str(a.dtype)) for a in ArgInfo.from_prim_func(func))
     return blocks, args
@@ -91,10 +92,13 @@ def _accumulates_a_product(block) -> bool:
 
 
 def _macs(func: tirx.PrimFunc) -> int:
-    """Multiply-accumulates: instances of reduction blocks whose update adds a product."""
+    """Multiply-accumulates: instances of reduction blocks whose update adds a product (a
+    Winograd GEMM block: the direct conv's MACs, which it names)."""
     total = 0
     for block in _blocks(func.body):
-        if any(v.iter_type == tirx.IterVar.CommReduce for v in block.iter_vars) and _accumulates_a_product(block):
+        if DIRECT_MACS in block.annotations:
+            total += int(block.annotations[DIRECT_MACS])
+        elif any(v.iter_type == tirx.IterVar.CommReduce for v in block.iter_vars) and _accumulates_a_product(block):
             total += math.prod(int(v.dom.extent) for v in block.iter_vars)
     return total
 

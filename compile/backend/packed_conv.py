@@ -36,6 +36,7 @@ which unpack reads.
 from __future__ import annotations
 
 import functools
+import math
 import operator
 
 import numpy as np
@@ -108,19 +109,27 @@ def pack_depthwise_weight(weight: np.ndarray, lanes: int) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(-1, lanes, kh, kw).transpose(0, 2, 3, 1))
 
 
-def _pack_data(x: te.Tensor, group: int, dtype: str, shift: int) -> te.Tensor:
-    """NCHW codes -> [N, C/group, H, W, group] of `dtype`, each code plus `shift`, padded with 0."""
+def _pack_data(x: te.Tensor, group: int, dtype: str, shift: int, size=None) -> te.Tensor:
+    """NCHW codes -> [N, C/group, H, W, group] of `dtype`, each code plus `shift`, padded with 0
+    (channels up to whole groups; rows and columns up to `size` where given: a Winograd conv's
+    whole tiles)."""
     n, c, h, w = (int(d) for d in x.shape)
+    height, width = size or (h, w)
 
     def value(ni, bi, hi, wi, li):
         channel = bi * group + li
-        code = x[ni, channel if c % group == 0 else tirx.min(channel, c - 1), hi, wi].astype("int32")
+        inside = []
+        if c % group:
+            channel, inside = tirx.min(channel, c - 1), [bi * group + li < c]
+        if (height, width) != (h, w):
+            hi, wi, inside = tirx.min(hi, h - 1), tirx.min(wi, w - 1), [*inside, hi < h, wi < w]
+        code = x[ni, channel, hi, wi].astype("int32")
         if shift:
             code = code + shift
         code = code.astype(dtype)
-        return code if c % group == 0 else tirx.if_then_else(channel < c, code, tirx.const(0, dtype))
+        return tirx.if_then_else(tirx.all(*inside), code, tirx.const(0, dtype)) if inside else code
 
-    return te.compute((n, _blocks(c, group), h, w, group), value, name=PACK_BLOCK)
+    return te.compute((n, _blocks(c, group), height, width, group), value, name=PACK_BLOCK)
 
 
 def _conv(data: te.Tensor, weight: te.Tensor, strides, dilation, dot: DotProduct) -> te.Tensor:
@@ -170,12 +179,13 @@ def packed_depthwise_kernel(data_shape, weight_shape, dtype: str, strides=(1, 1)
     return tvm.IRModule({"main": te.create_prim_func([data, weight, _depthwise(data, weight, strides, (1, 1))])})
 
 
-def unpack(y: te.Tensor, channels: int) -> te.Tensor:
+def unpack(y: te.Tensor, channels: int, size=None) -> te.Tensor:
     """[N, O/lanes, OH, OW, lanes] -> [N, O, OH, OW]; or from the Winograd conv's
-    [N, O/lanes, OH/2, 2, OW/2, 2, lanes] (the same memory, rows and columns in pairs)."""
+    [N, O/lanes, OH'/2, 2, OW'/2, 2, lanes] (the same memory, rows and columns in pairs, OH' x
+    OW' its whole tiles), cropped to `size`, the conv's output size."""
     if len(y.shape) == 7:
-        n, _, th, _, tw, _, lanes = (int(d) for d in y.shape)
-        return te.compute((n, channels, 2 * th, 2 * tw), lambda ni, c, hi, wi: y[
+        n, lanes = int(y.shape[0]), int(y.shape[-1])
+        return te.compute((n, channels, *size), lambda ni, c, hi, wi: y[
             ni, c // lanes, hi // 2, hi % 2, wi // 2, wi % 2, c % lanes], name="unpack")
     n, _, h, w, lanes = (int(d) for d in y.shape)
     return te.compute((n, channels, h, w), lambda ni, c, hi, wi: y[ni, c // lanes, hi, wi, c % lanes], name="unpack")
@@ -209,24 +219,27 @@ class PackConvs:
             return call
         geometry = {"strides": tuple(int(s) for s in attrs.strides), "dilation": tuple(int(d) for d in attrs.dilation)}
         x_in = Emitted(x, [int(d) for d in x.ty.shape], str(x.ty.dtype))
+        out_size = [int(d) for d in call.ty.shape][2:]
         func_attrs = {}  # of the conv's PrimFunc
         offset = constant(match[self.offset]).astype(np.int64).reshape(-1)
         if int(attrs.groups) == 1:
             dot = choose(target, weight)
             if dot is None:
                 return call
-            lanes, group = dot.lanes, channel_group(dot, x_in.shape[1])
-            if winograd.applies(dot, weight, out_size=(x_in.shape[2] - 2, x_in.shape[3] - 2), **geometry):
+            lanes, group, size = dot.lanes, channel_group(dot, x_in.shape[1]), None
+            if winograd.applies(dot, weight, **geometry):
                 packed = winograd.transform_weight(weight, dot, group)
-                compute = functools.partial(winograd.winograd_conv, dot=dot)
+                compute = functools.partial(winograd.winograd_conv, dot=dot,
+                                            direct_macs=x_in.shape[0] * weight.size * math.prod(out_size))
                 func_attrs = {"op_pattern": OUT_ELEMWISE_FUSABLE}
                 dtype, shift = x_in.dtype, 0  # its input transform widens the codes itself
+                size = [d + 2 for d in winograd.tiled_size(out_size)]  # whole tiles: zero rows and columns
             else:
                 packed = pack_weight(weight, dot)
                 compute = functools.partial(_conv, dot=dot, **geometry)
                 dtype, shift = dot.data_dtype, dot.shift_from(x_in.dtype)
             data = call_te(builder, "pack_" + dot.name.replace("-", "_"), functools.partial(
-                _pack_data, group=group, dtype=dtype, shift=shift), [x_in], **{PACK_SHIFT: shift})
+                _pack_data, group=group, dtype=dtype, shift=shift, size=size), [x_in], **{PACK_SHIFT: shift})
         elif int(attrs.groups) == weight.shape[0] == x_in.shape[1] and weight.shape[1] == 1:
             usable = candidates(target)  # no dot product: the neighbours' channel blocks, int32 lanes
             if not usable:
@@ -257,7 +270,7 @@ class PackConvs:
         if activation is not None:
             value = relax.Call(activation.op, [value], activation.attrs)
         codes = relax.op.quantize(value, match[self.s_y], match[self.z_y], axis=1, out_dtype=call.attrs.out_dtype)
-        return call_te(builder, "unpack", functools.partial(unpack, channels=out_channels),
+        return call_te(builder, "unpack", functools.partial(unpack, channels=out_channels, size=out_size),
                        [Emitted(codes, acc.shape, str(call.attrs.out_dtype))], **{UNPACK: True}).expr
 
 

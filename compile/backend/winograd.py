@@ -17,8 +17,8 @@ result equals the direct conv exactly:
 - A^T M A = 4y exactly, so y = (A^T M A) >> 2 with no rounding.
 
 The packing pass (`compile.backend.packed_conv`) uses it for a 3x3 stride-1 conv whose dot
-product widens to int16 (`avx2-i16`: AVX2 without VNNI) when `applies`; the schedule is
-`compile.backend.schedules.schedule_winograd`.
+product widens to int16 (`avx2-i16`: AVX2 without VNNI) when `applies`, at any output size (odd
+ones too: `tiled_size`); the schedule is `compile.backend.schedules.schedule_winograd`.
 """
 
 from __future__ import annotations
@@ -36,14 +36,24 @@ INT32_MAX = 2**31 - 1
 MAX_CODE = 255  # |code| bound of int8 and uint8 activations
 PRODUCT_BLOCK = "winograd_product"  # the 16 GEMMs (found by name by the schedule, annotated with the dot product)
 OUTPUT_BLOCK = "winograd_output"
+# on the GEMM block: the MACs of the direct conv it computes (it executes 16/36 of them, over
+# whole tiles), which the kernel table reports, so its GMAC/s compare with a direct conv's
+DIRECT_MACS = "qatie.direct_macs"
 
 
-def applies(dot: DotProduct, weight: np.ndarray, strides, dilation, out_size) -> bool:
-    """Whether a conv runs as Winograd: 3x3, stride and dilation 1, an int16 dot product, whole
-    2x2 tiles in pairs along a row, and int32 sums that cannot overflow (`exact_for`)."""
-    oh, ow = out_size
+def applies(dot: DotProduct, weight: np.ndarray, strides, dilation) -> bool:
+    """Whether a conv runs as Winograd: 3x3, stride and dilation 1, an int16 dot product, and
+    int32 sums that cannot overflow (`exact_for`). Any output size: see `tiled_size`."""
     return (dot.data_dtype == "int16" and weight.shape[2:] == (3, 3) and tuple(strides) == (1, 1)
-            and tuple(dilation) == (1, 1) and oh % 2 == 0 and ow % 4 == 0 and exact_for(weight))
+            and tuple(dilation) == (1, 1) and exact_for(weight))
+
+
+def tiled_size(out_size) -> tuple[int, int]:
+    """The output size a Winograd conv computes for `out_size`: whole 2x2 tiles, and an even
+    number of them per row (a step of the schedule takes 2, 4 or 8). The input is packed with
+    zeros up to it, and the extra rows and columns are dropped where the output is read."""
+    height, width = out_size
+    return height + height % 2, -(-width // 4) * 4
 
 
 def _transformed(weight: np.ndarray) -> np.ndarray:
@@ -80,11 +90,12 @@ def _coefficient(matrix: np.ndarray, row, column: int):
     return value
 
 
-def winograd_conv(data: te.Tensor, u: te.Tensor, dot: DotProduct) -> te.Tensor:
+def winograd_conv(data: te.Tensor, u: te.Tensor, dot: DotProduct, direct_macs: int | None = None) -> te.Tensor:
     """[N, C/G, H, W, G] codes (padded; int8 or uint8, widened by the input transform) * U' ->
-    int32, exactly the 3x3 stride-1 conv; the output size must be even. The output is [N, O/lanes, OH/2, 2, OW/2, 2, lanes]: the packed layout's
-    memory with rows and columns split in pairs (indexing [N, O/lanes, OH, OW, lanes] by y // 2
-    and y % 2 instead did not simplify after the schedule's split and made the kernel 1.5x slower)."""
+    int32, exactly the 3x3 stride-1 conv; the output size must be even (`tiled_size`). The
+    output is [N, O/lanes, OH/2, 2, OW/2, 2, lanes]: the packed layout's memory with rows and
+    columns split in pairs (indexing [N, O/lanes, OH, OW, lanes] by y // 2 and y % 2 instead did
+    not simplify after the schedule's split and made the kernel 1.5x slower)."""
     n, cb, h, w, group = (int(d) for d in data.shape)
     _, _, ob, _, pairs, lanes, depth = (int(d) for d in u.shape)
     oh, ow = h - 2, w - 2
@@ -95,7 +106,8 @@ def winograd_conv(data: te.Tensor, u: te.Tensor, dot: DotProduct) -> te.Tensor:
     c, p, k = te.reduce_axis((0, cb), "c"), te.reduce_axis((0, pairs), "p"), te.reduce_axis((0, depth), "k")
     m = te.compute((n, oh // 2, ow // 2, 4, 4, ob, lanes), lambda ni, ty, tx, a, b, o, lane: te.sum(
         v[ni, ty, tx, a, b, c, p * depth + k].astype("int32") * u[a, b, o, c, p, lane, k].astype("int32"),
-        axis=[c, p, k]), name=PRODUCT_BLOCK, attrs={ANNOTATION: dot.name})
+        axis=[c, p, k]), name=PRODUCT_BLOCK,
+        attrs={ANNOTATION: dot.name} | ({DIRECT_MACS: direct_macs} if direct_macs else {}))
     return te.compute((n, ob, oh // 2, 2, ow // 2, 2, lanes), lambda ni, o, ty, r, tx, s, lane: sum(
         _coefficient(AT, r, a) * _coefficient(AT, s, b) * m[ni, ty, tx, a, b, o, lane]
         for a in range(4) for b in range(4)) >> 2, name=OUTPUT_BLOCK)
