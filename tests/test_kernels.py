@@ -115,26 +115,24 @@ def test_a_vnni_build_uses_vpdpbusd_in_every_conv_kernel(tiny_onnx, tmp_path, mo
     assert not wrong, wrong
 
 
-def test_the_integer_winograd_conv_equals_the_direct_conv():
-    """Winograd F(2x2, 3x3) on the avx2-i16 dot product with every tile of its space, two
-    input-channel blocks, codes and weights at their extremes (int8 and uint8 codes), against
-    numpy's direct conv; and the build-time bound refuses weights whose int32 sums could overflow."""
+def test_the_integer_winograd_conv_equals_the_direct_conv(monkeypatch):
+    """Winograd F(2x2, 3x3) on the avx2-i16 dot product with every tile of its space (two row
+    segments, one and two groups of output-channel blocks), two input-channel blocks, codes and
+    weights at their extremes (int8 and uint8 codes), against numpy's direct conv; and the
+    build-time bound refuses weights whose int32 sums could overflow."""
+    from compile.backend import schedules
     from compile.backend.packed_conv import pack_data
-    from compile.backend.schedules import (
-        schedule_winograd,
-        winograd_block,
-        winograd_tiles,
-    )
     from compile.backend.winograd import (
         exact_for,
         transform_weight,
         winograd_conv_kernel,
     )
 
+    monkeypatch.setattr(schedules, "SEGMENT_BYTES", 8 * 16 * 16 * 2)  # 8 of the row's 16 tiles
     dot = by_name("avx2-i16")
     target = _host_target()
     rng = np.random.default_rng(3)
-    weight = rng.integers(-128, 128, (16, 16, 3, 3)).astype(np.int8)
+    weight = rng.integers(-128, 128, (64, 16, 3, 3)).astype(np.int8)
     weight[0] = -128
     weight[1] = 127
     assert exact_for(weight)
@@ -146,7 +144,7 @@ def test_the_integer_winograd_conv_equals_the_direct_conv():
         codes = rng.integers(info.min, info.max + 1, (1, 16, 10, 34)).astype(dtype)
         codes[0, :, :4, :4] = info.max
         codes[0, :, 4:8, 4:8] = info.min
-        expected = np.zeros((16, 8, 32), np.int64)
+        expected = np.zeros((64, 8, 32), np.int64)
         for ky in range(3):
             for kx in range(3):
                 expected += np.einsum("oi,ihw->ohw", weight[:, :, ky, kx].astype(np.int64),
@@ -155,15 +153,16 @@ def test_the_integer_winograd_conv_equals_the_direct_conv():
     for dtype, data, expected in cases:
         kernel = winograd_conv_kernel(dot, data.shape, u.shape, dtype)
         sch = tvm.s_tir.Schedule(kernel)
-        tiles = winograd_tiles(sch, winograd_block(sch)[0])
-        assert len(tiles) == 6  # 8, 4 and 2 tiles per step, 2 and 1 output-channel blocks
+        tiles = schedules.winograd_tiles(sch, schedules.winograd_block(sch)[0])
+        # 8, 4 and 2 tiles per step, 2 and 1 output-channel blocks per register tile, groups of 4 and 8
+        assert len(tiles) == 12
         for tile in tiles if dtype == "int8" else tiles[:1]:  # uint8 codes: the default tile
             scheduled = tvm.s_tir.Schedule(kernel)
-            schedule_winograd(scheduled, dot, tile)
+            schedules.schedule_winograd(scheduled, dot, tile)
             compiled = tvm.compile(scheduled.mod, target=target)
-            out = tvm.runtime.empty((1, 2, 4, 2, 16, 2, 8), "int32")
+            out = tvm.runtime.empty((1, 8, 4, 2, 16, 2, 8), "int32")
             compiled(tvm.runtime.tensor(data), tvm.runtime.tensor(u), out)
-            got = out.numpy().reshape(2, 8, 32, 8).transpose(0, 3, 1, 2).reshape(16, 8, 32)
+            got = out.numpy().reshape(8, 8, 32, 8).transpose(0, 3, 1, 2).reshape(64, 8, 32)
             assert np.array_equal(got, expected), (tile.name, dtype)
 
 
