@@ -206,20 +206,21 @@ class _Sink(PyExprMutator):
 Rule = Callable[[_Sink, relax.Call], Blocked | None]
 
 
-def _elementwise(sink: _Sink, call: relax.Call, tensor_args: slice = slice(None)) -> Blocked | None:
-    """The op on blocked operands (see `_Sink.operand`), if every tensor argument is one and at
-    least one is blocked; its attributes unchanged."""
-    like = next((sink.block_of(a) for a in call.args[tensor_args] if sink.block_of(a) is not None), None)
+def _elementwise(sink: _Sink, call: relax.Call, operands: slice = slice(None)) -> Blocked | None:
+    """The op on blocked operands (see `_Sink.operand`), if every tensor argument among
+    `operands` is one and at least one is blocked; other arguments (a lookup's table, a clip's
+    bounds) and the attributes unchanged."""
+    like = next((sink.block_of(a) for a in call.args[operands] if sink.block_of(a) is not None), None)
     if like is None or len(_shape(call)) != 4 or _shape(call)[1] != like.channels:
         return None
-    args = list(call.args)
-    for k in range(len(args))[tensor_args]:
-        operand = sink.operand(args[k], like)
+    positions = range(len(call.args))[operands]
+    args = []
+    for k, arg in enumerate(call.args):
+        operand = (sink.operand(arg, like) if k in positions and isinstance(arg.ty, relax.TensorType)
+                   else sink.visit_expr(arg))
         if operand is None:
             return None
-        args[k] = operand
-    for k in set(range(len(args))) - set(range(len(args))[tensor_args]):
-        args[k] = sink.visit_expr(args[k])
+        args.append(operand)
     return sink.emit_blocked(relax.Call(call.op, args, call.attrs, call.ty_args), like)
 
 
