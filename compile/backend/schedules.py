@@ -65,6 +65,7 @@ REDUCTION_LANES = (32, 16, 8)  # partial sums per output of an integer reduction
 DEPTHWISE_PIXELS = (4, 2, 1)  # output pixels per register tile of a packed depthwise conv, first that divides
 CONCAT_BLOCK = "T_concat"  # TOPI's concatenate block
 BLOCKED_RANK = 5  # [N, C/G, H, W, G]: the rank of a tensor in the convs' blocked layout
+BLOCK_LANES = (4, 8, 16)  # its G: the lanes of our dot products (NEON, AVX2, AVX-512)
 
 
 def _divisor(extent: int) -> int:
@@ -420,8 +421,9 @@ class BlockedLayout(CPUScheduleRule):
             return None
         sch, infos = normalized
         last = infos[-1]
-        if not last.is_injective() or len(sch.get(last.block_rv).writes[0].source.shape) != BLOCKED_RANK:
-            return None
+        shape = sch.get(last.block_rv).writes[0].source.shape
+        if not last.is_injective() or len(shape) != BLOCKED_RANK or int(shape[-1]) not in BLOCK_LANES:
+            return None  # not the blocked layout (a model's own 5-D tensor)
         offsets = _concat_channel_offsets(sch, infos)  # before inlining removes the concat block
         if try_inline(sch, infos[:-1]):
             return None
