@@ -29,7 +29,7 @@ block carries the annotation `qatie.dot_product`, by which the schedules
 by its name (`PackedDepthwise`). A 3x3 stride-1 conv on an int16 dot product runs as exact
 integer Winograd instead (`compile.backend.winograd`, when its bound holds): the same blocked
 input, but the codes as they are (its input transform widens them: half the bytes of an int16
-pack to write and read, 3-9 % faster Winograd kernels on znver3), weights transformed at build time, output in the packed layout with rows and columns in pairs,
+pack to write and read, 2-7 % faster Winograd kernels on znver3), weights transformed at build time, output in the packed layout with rows and columns in pairs,
 which unpack reads.
 """
 

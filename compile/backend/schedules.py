@@ -140,7 +140,7 @@ class Tile:
     of weights per 2x4 tile) 59 -> 66 GMAC/s, 64 -> 32 at 128x128 (18 KB) 60 -> 66. A 1x1 conv
     has no taps to reuse a loaded pixel, and unchunked its tile reads a few pixels from every
     input-channel block's plane (one stream per block): chunked, the 1x1 convs of the c=32 model
-    at 256x256 took 10-50 % less time (best of 15 interleaved; 256 -> 64 channels at 64x64:
+    at 256x256 took 3-53 % less time (best of 15 interleaved; 256 -> 64 channels at 64x64:
     2.57 -> 1.21 ms with the 2x2 tile)."""
 
     out_blocks: int
@@ -203,8 +203,9 @@ class WinogradTile:
     `out_blocks` output-channel blocks x `pixels` tiles) and the output transform, in L1. The
     group keeps a slice of the transformed weights in cache while it runs through the segment.
     Measured on the c=32 model at 256x256 (znver3), against transforming the input per step
-    with every output channel: 7-25 % less time on every Winograd conv but the 32 -> 32 one at
-    256x256 (equal), e.g. 128 -> 128 channels at 32x32 2.19 -> 1.58 ms."""
+    with every output channel, min of 15 interleaved rounds of both builds' kernels: up to 9 %
+    less time per Winograd kernel (64 -> 64 channels at 64x64 1.65 -> 1.51 ms), the 32-channel
+    ones alike; the model's conv kernels 56.1 -> 54.2 ms."""
 
     steps: int
     out_blocks: int
@@ -403,7 +404,7 @@ class BlockedLayout(CPUScheduleRule):
     `PACK_UNROLL` pixels. A per-channel operand ([N, C/G, 1, 1, G]: InstanceNorm's statistics)
     is then one vector per row, which LLVM hoists out of the W loop; with all loops fused into
     one vector of 16, the c=32 model's InstanceNorm kernels (float64 statistics recomputed per
-    element) took 1.4-4.1 ms instead of 0.1-0.5. Measured on the c=32 model at 256x256 (znver3),
+    element) took 0.4-4.1 ms instead of 0.2-0.4. Measured on the c=32 model at 256x256 (znver3),
     NCHW input: resize + pad + pack 4.77 -> 0.50 ms, unpack + pad + pack 0.44 -> 0.06 ms against
     vectorizing W with the channels unrolled.
 
@@ -500,7 +501,7 @@ class IntegerReduction(CPUScheduleRule):
     adds up. In the blocked layout the innermost axis is a channel block's lanes, one output
     each: that loop goes innermost and is the vector. Integer addition is associative, so the
     result is the same; float reductions are left to TVM's rule (the order would change their
-    rounding). The statistics of the c=32 model at 256x256 (znver3): 0.09-0.34 -> 0.02-0.04 ms
+    rounding). The statistics of the c=32 model at 256x256 (znver3): 0.02-0.31 -> 0.01-0.04 ms
     per kernel, against TVM's rule, which accumulates one scalar per output."""
 
     def apply(self, func: tirx.PrimFunc, target, _tunable: bool):
