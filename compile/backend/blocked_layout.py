@@ -10,7 +10,7 @@ znver3, before this pass: 10.8 of 82 ms in such kernels).
 
 This pass moves each `unpack` down the graph through every op that means the same on blocked
 tensors, so it meets the next conv's `pack`, which then only widens or shifts the codes it reads
-(`pack_blocked`):
+(`pack_input` of a blocked value):
 
 - elementwise ops (casts, arithmetic, quantize / dequantize with one scale, activations, a
   lookup's index): the same op on the blocked operands; a per-channel constant ([C, 1, 1] or
@@ -36,18 +36,19 @@ from dataclasses import dataclass
 
 import numpy as np
 import tvm
-from tvm import relax, te, tirx
+from tvm import relax, te
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from compile.backend.call_te import Emitted, call_te
 from compile.backend.kernel_boundaries import COMM_REDUCE, INJECTIVE
 from compile.backend.packed_conv import (
-    PACK_BLOCK,
     PACK_SHIFT,
     UNPACK,
     blocked_channels,
+    pack_input,
     unpack,
 )
+from compile.backend.winograd import read_pairs
 from compile.frontend.rewrite import constant
 
 
@@ -75,21 +76,8 @@ def blocked_codes(y: te.Tensor, size=None) -> te.Tensor:
     if len(y.shape) == 5:
         return te.compute(y.shape, lambda *i: y(*i), name="blocked")
     n, blocks, lanes = int(y.shape[0]), int(y.shape[1]), int(y.shape[-1])
-    return te.compute((n, blocks, *size, lanes), lambda ni, c, hi, wi, li: y[
-        ni, c, hi // 2, hi % 2, wi // 2, wi % 2, li], name="blocked")
-
-
-def pack_blocked(x: te.Tensor, dtype: str, shift: int, size) -> te.Tensor:
-    """A conv's input packing from codes already blocked with its channel group: a widening or
-    a shift to the instruction's signedness, elementwise; zero rows and columns up to `size`
-    (a Winograd conv's whole tiles)."""
-    _, _, h, w, _ = (int(d) for d in x.shape)
-
-    def value(ni, bi, hi, wi, li):
-        code = (x[ni, bi, tirx.min(hi, h - 1), tirx.min(wi, w - 1), li].astype("int32") + shift).astype(dtype)
-        return code if tuple(size) == (h, w) else tirx.if_then_else(tirx.all(hi < h, wi < w), code, tirx.const(0, dtype))
-
-    return te.compute((*x.shape[:2], *size, x.shape[-1]), value, name=PACK_BLOCK)
+    return te.compute((n, blocks, *size, lanes), lambda ni, c, hi, wi, li: read_pairs(y, ni, c, hi, wi, li),
+                      name="blocked")
 
 
 def _layout_change(mod: tvm.IRModule, value: relax.Expr) -> str | None:
@@ -195,7 +183,7 @@ class _Sink(PyExprMutator):
         if found is None or _shape(call)[-1] != found.lanes:
             return False
         packed = call_te(self.builder_, "pack_blocked", functools.partial(
-            pack_blocked, dtype=str(call.ty.dtype), shift=shift, size=_shape(call)[2:4]),
+            pack_input, group=found.lanes, dtype=str(call.ty.dtype), shift=shift, size=_shape(call)[2:4]),
             [Emitted(found.expr, _shape(found.expr), str(found.expr.ty.dtype))])
         self.set_var_remap(binding.var, self.builder_.emit(packed.expr))
         return True

@@ -29,8 +29,8 @@ block carries the annotation `qatie.dot_product`, by which the schedules
 by its name (`PackedDepthwise`). A 3x3 stride-1 conv on an int16 dot product runs as exact
 integer Winograd instead (`compile.backend.winograd`, when its bound holds): the same blocked
 input, but the codes as they are (its input transform widens them: half the bytes of an int16
-pack to write and read, 2-7 % faster Winograd kernels on znver3), weights transformed at build time, output in the packed layout with rows and columns in pairs,
-which unpack reads.
+pack to write and read, 2-7 % faster Winograd kernels on znver3), weights transformed at build
+time, output in the packed layout with rows and columns in pairs, which unpack reads.
 """
 
 from __future__ import annotations
@@ -109,11 +109,14 @@ def pack_depthwise_weight(weight: np.ndarray, lanes: int) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(-1, lanes, kh, kw).transpose(0, 2, 3, 1))
 
 
-def _pack_data(x: te.Tensor, group: int, dtype: str, shift: int, size=None) -> te.Tensor:
-    """NCHW codes -> [N, C/group, H, W, group] of `dtype`, each code plus `shift`, padded with 0
-    (channels up to whole groups; rows and columns up to `size` where given: a Winograd conv's
-    whole tiles)."""
-    n, c, h, w = (int(d) for d in x.shape)
+def pack_input(x: te.Tensor, group: int, dtype: str, shift: int, size=None) -> te.Tensor:
+    """A conv's input packing: codes -> [N, C/group, H, W, group] of `dtype`, each code plus
+    `shift`, padded with 0 (channels up to whole groups; rows and columns up to `size` where
+    given: a Winograd conv's whole tiles). `x` is NCHW, or already blocked with `group` lanes
+    (`compile.backend.blocked_layout`), which makes the packing elementwise."""
+    blocked = len(x.shape) == 5
+    n, c, h, w = (int(d) for d in x.shape[:4])
+    c = c * group if blocked else c
     height, width = size or (h, w)
 
     def value(ni, bi, hi, wi, li):
@@ -123,7 +126,7 @@ def _pack_data(x: te.Tensor, group: int, dtype: str, shift: int, size=None) -> t
             channel, inside = tirx.min(channel, c - 1), [bi * group + li < c]
         if (height, width) != (h, w):
             hi, wi, inside = tirx.min(hi, h - 1), tirx.min(wi, w - 1), [*inside, hi < h, wi < w]
-        code = x[ni, channel, hi, wi].astype("int32")
+        code = (x[ni, bi, hi, wi, li] if blocked else x[ni, channel, hi, wi]).astype("int32")
         if shift:
             code = code + shift
         code = code.astype(dtype)
@@ -185,8 +188,8 @@ def unpack(y: te.Tensor, channels: int, size=None) -> te.Tensor:
     OW' its whole tiles), cropped to `size`, the conv's output size."""
     if len(y.shape) == 7:
         n, lanes = int(y.shape[0]), int(y.shape[-1])
-        return te.compute((n, channels, *size), lambda ni, c, hi, wi: y[
-            ni, c // lanes, hi // 2, hi % 2, wi // 2, wi % 2, c % lanes], name="unpack")
+        return te.compute((n, channels, *size), lambda ni, c, hi, wi: winograd.read_pairs(
+            y, ni, c // lanes, hi, wi, c % lanes), name="unpack")
     n, _, h, w, lanes = (int(d) for d in y.shape)
     return te.compute((n, channels, h, w), lambda ni, c, hi, wi: y[ni, c // lanes, hi, wi, c % lanes], name="unpack")
 
@@ -239,14 +242,14 @@ class PackConvs:
                 compute = functools.partial(_conv, dot=dot, **geometry)
                 dtype, shift = dot.data_dtype, dot.shift_from(x_in.dtype)
             data = call_te(builder, "pack_" + dot.name.replace("-", "_"), functools.partial(
-                _pack_data, group=group, dtype=dtype, shift=shift, size=size), [x_in], **{PACK_SHIFT: shift})
+                pack_input, group=group, dtype=dtype, shift=shift, size=size), [x_in], **{PACK_SHIFT: shift})
         elif int(attrs.groups) == weight.shape[0] == x_in.shape[1] and weight.shape[1] == 1:
             usable = candidates(target)  # no dot product: the neighbours' channel blocks, int32 lanes
             if not usable:
                 return call
             lanes, shift = usable[0].lanes, 0
             data = call_te(builder, "pack_depthwise", functools.partial(
-                _pack_data, group=lanes, dtype=x_in.dtype, shift=0), [x_in], **{PACK_SHIFT: 0})
+                pack_input, group=lanes, dtype=x_in.dtype, shift=0), [x_in], **{PACK_SHIFT: 0})
             packed = pack_depthwise_weight(weight, lanes)
             compute = functools.partial(_depthwise, **geometry)
         else:

@@ -86,6 +86,12 @@ def _normalized(rule: CPUScheduleRule, func, target):
     return None if infos is None else (sch, infos)
 
 
+def _only_reduction(infos):
+    """The block info of a kernel's one reduction, or None if it has none or several."""
+    reductions = [b for b in infos if not b.is_injective()]
+    return reductions[0] if len(reductions) == 1 else None
+
+
 def _block_named(sch: s_tir.Schedule, name: str):
     """The kernel's block called `name`, or None."""
     try:
@@ -464,12 +470,12 @@ class DirectConv(CPUScheduleRule):
         if normalized is None:
             return None
         sch, infos = normalized
-        reductions = [b for b in infos if not b.is_injective()]
-        kinds = reductions[0].dom_kind() if len(reductions) == 1 else ""
+        reduction = _only_reduction(infos)
+        kinds = reduction.dom_kind() if reduction is not None else ""
         # unit loops are dropped by normalization: batch 1 -> SSS..., a 1x1 kernel -> ...R
         if not CONV_KINDS.match(kinds):
             return None
-        conv = reductions[0].block_rv
+        conv = reduction.block_rv
         remaining = try_inline(sch, [b for b in infos if b.block_rv != conv])
         if len(remaining) > 1:
             return None
@@ -509,10 +515,10 @@ class IntegerReduction(CPUScheduleRule):
         if normalized is None:
             return None
         sch, infos = normalized
-        reductions = [b for b in infos if not b.is_injective()]
-        if len(reductions) != 1 or not re.fullmatch("S*R+", reductions[0].dom_kind()):
+        reduction = _only_reduction(infos)
+        if reduction is None or not re.fullmatch("S*R+", reduction.dom_kind()):
             return None
-        block, kinds = reductions[0].block_rv, reductions[0].dom_kind()
+        block, kinds = reduction.block_rv, reduction.dom_kind()
         if tvm.DataType(sch.get(block).writes[0].source.dtype).type_code != tvm.DataTypeCode.INT:
             return None
         if try_inline(sch, [b for b in infos if b.block_rv != block]):

@@ -113,6 +113,12 @@ def winograd_conv(data: te.Tensor, u: te.Tensor, dot: DotProduct, direct_macs: i
         for a in range(4) for b in range(4)) >> 2, name=OUTPUT_BLOCK)
 
 
+def read_pairs(y: te.Tensor, ni, block, hi, wi, lane):
+    """The Winograd conv's output `y` ([N, O/lanes, OH/2, 2, OW/2, 2, lanes]) at row `hi` and
+    column `wi` of the packed layout it shares its memory with."""
+    return y[ni, block, hi // 2, hi % 2, wi // 2, wi % 2, lane]
+
+
 def winograd_conv_kernel(dot: DotProduct, data_shape, u_shape, data_dtype: str = "int8") -> tvm.IRModule:
     """The Winograd conv alone as a kernel (blocked codes, U' -> int32), for checking and
     measuring it against the direct packed conv."""
