@@ -14,7 +14,6 @@ TRACKER := 127.0.0.1:$(RPC_PORT)
 
 # Extra pytest flags, e.g. PYTEST_FLAGS=--fail-on-skip (what .ci/run passes). The suite runs on
 # 2 workers (pytest-xdist); tests sharing a module's tracker or builds share a worker (loadgroup).
-# Tests marked `serial` compare timings with each other and run alone first.
 PYTEST_FLAGS ?=
 WORKERS ?= 2
 PYTEST := $(PY) -m pytest -q -n $(WORKERS) --dist loadgroup
@@ -31,7 +30,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 test: setup
-	$(PY) -m pytest -q -m serial $(PYTEST_FLAGS); serial=$$?; $(PYTEST) -m "not serial" $(PYTEST_FLAGS) && exit $$serial
+	$(PYTEST) $(PYTEST_FLAGS)
 
 # Without emulation, OpenCL, RPC and tuning: the quick loop while editing.
 test-fast: setup

@@ -32,8 +32,8 @@ from qatie.atomic import check_writable_folder
 from qatie.errors import QatieError
 
 LIBRARY, KERNELS, MANIFEST = "model.so", "kernels.so", "manifest.json"
-# Generated kernel sources written by `--emit-source`, per TVM module kind: (inspect format, file).
-SOURCE_FILES = {"llvm": ("asm", "kernels.s"), "opencl": ("cl", "kernels.cl")}
+# Kernel sources written by `--emit-source`: the disassembled CPU kernels, the OpenCL C.
+ASSEMBLY, OPENCL_SOURCE = "kernels.s", "kernels.cl"
 # ELF e_machine values of the architectures our targets produce.
 ELF_MACHINES = {3: "x86", 40: "arm", 62: "x86_64", 183: "aarch64"}
 # TVM target attributes (resolved from mcpu + mattr) -> the LLVM feature a device must have.

@@ -56,7 +56,7 @@ def main() -> None:
 @click.option("--target", "target_name", required=True, help="A target file name from `qatie-compile targets`.")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path, file_okay=False), help="Artifact folder.")
 @input_shape_option
-@click.option("--emit-source", is_flag=True, help="Also write the generated kernels (LLVM asm / OpenCL C).")
+@click.option("--emit-source", is_flag=True, help="Also write the kernels: kernels.so disassembled with the target's objdump (kernels.s), OpenCL C (kernels.cl).")
 @click.option("--tuning-log", type=click.Path(path_type=Path, file_okay=False),
               help="Tuning log folder to apply (default: tuning_logs/<target>/ when it exists).")
 @click.option("--no-tuning", is_flag=True, help="Ignore tuning logs; every kernel gets the default schedule.")
@@ -113,10 +113,12 @@ def build(model: Path, target_name: str, out: Path, input_shapes: dict, emit_sou
 @click.option("--only", multiple=True, help="Tune only kernels whose name contains this, e.g. conv2d (repeatable).")
 @click.option("--population", type=click.IntRange(min=8), default=128, show_default=True,
               help="Evolutionary search population per round (TVM's default 512 is slow on small hosts).")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Interleaved timing rounds of a packed conv's tiles; each keeps its fastest (a shared host drifts).")
 @input_shape_option
 def tune(model: Path, target_name: str, trials: int, per_task: int | None, tracker: str | None, key: str | None,
          log_dir: Path | None, device_timeout: float, builder_timeout: float, curve: Path | None,
-         only: tuple[str, ...], population: int, input_shapes: dict) -> None:
+         only: tuple[str, ...], population: int, rounds: int, input_shapes: dict) -> None:
     """Tune MODEL's integer kernels for a target with MetaSchedule (XGBoost cost model)."""
     from compile.backend.targets import get_target
     from compile.backend.tuning_db import default_log_dir
@@ -135,7 +137,7 @@ def tune(model: Path, target_name: str, trials: int, per_task: int | None, track
 
     options = TuneOptions(trials=trials, per_task=per_task, tracker=parse_tracker(tracker) if tracker else None,
                           key=key, device_timeout_s=device_timeout, builder_timeout_s=builder_timeout,
-                          population=population, only=only)
+                          population=population, rounds=rounds, only=only)
     emulated = None
     if options.tracker:
         emulated = refuse_emulator_timings_in_shipped_logs(options.tracker, key or spec.rpc_key or "",

@@ -1,5 +1,5 @@
-"""Shared fixtures (one tiny trained checkpoint, its ONNX export and its builds, once per
-session), the markers' tool checks, and `--fail-on-skip` for CI.
+"""Shared fixtures (one tiny trained checkpoint, its ONNX export and its builds, made once per
+test run and shared by the xdist workers), the markers' tool checks, and `--fail-on-skip` for CI.
 
 Markers (pyproject.toml): `rpc` (a real tracker and servers on 127.0.0.1), `qemu` (an emulated
 aarch64 device), `pocl` (OpenCL kernels on PoCL), `tune` (MetaSchedule tuning), `cross` (an
@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import glob
 import importlib.util
+import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
-from compile.artifact import Manifest
+from compile.artifact import Manifest, read_manifest
+from qatie.references import Agreement
 from qatie.train import TrainConfig, train
 from tests.helpers import TINY, run_compile
 
@@ -56,43 +60,68 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+def made_once(tmp_path_factory: pytest.TempPathFactory, worker_id: str, name: str,
+              make: Callable[[Path], None]) -> Path:
+    """`make(folder)` once per test run, its folder shared by every xdist worker (pytest-xdist's
+    recipe: a file lock in the run's temporary root). Each worker building the tiny model
+    itself cost the parallel run a second training and build (about 45 s of a worker's time)."""
+    root = tmp_path_factory.getbasetemp()
+    if worker_id != "master":  # under xdist each worker's basetemp lies in the run's own folder
+        root = root.parent
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(f"{folder}.lock"):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            make(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
-def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
     """A width-4 net after 3 float steps and 3 QAT steps on the synthetic set."""
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    train(TrainConfig(**TINY), path)
-    return path
+    return made_once(tmp_path_factory, worker_id, "ckpt", lambda folder: train(TrainConfig(**TINY), folder / "tiny.pt")) / "tiny.pt"
 
 
 @pytest.fixture(scope="session")
-def tiny_onnx(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory):
+def tiny_onnx(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory, worker_id: str):
     """The tiny checkpoint exported as QDQ ONNX at 40x36: (path, conv count, parity reports)."""
     from qatie.checkpoint import load_checkpoint
     from qatie.export import export
 
-    out = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
-    convs, spec, fused = export(load_checkpoint(tiny_ckpt), 40, 36, out, fp32=False)
-    return out, convs, spec, fused
+    def make(folder: Path) -> None:
+        convs, spec, fused = export(load_checkpoint(tiny_ckpt), 40, 36, folder / "tiny.onnx", fp32=False)
+        (folder / "export.json").write_text(json.dumps({"convs": convs, "spec": spec.as_dict(), "fused": fused.as_dict()}))
+
+    folder = made_once(tmp_path_factory, worker_id, "onnx", make)
+    report = json.loads((folder / "export.json").read_text())
+    return folder / "tiny.onnx", report["convs"], Agreement(**report["spec"]), Agreement(**report["fused"])
 
 
 @pytest.fixture(scope="session")
-def tiny_x86(tiny_onnx, tmp_path_factory) -> tuple[Path, Manifest]:
+def tiny_x86(tiny_onnx, tmp_path_factory, worker_id: str) -> tuple[Path, Manifest]:
     """The tiny model built for x86-host, untuned, with its kernel sources: (folder, manifest)."""
     from compile.backend.build import BuildOptions, build
     from compile.backend.targets import get_target
 
-    out = tmp_path_factory.mktemp("x86") / "x86-host"
-    manifest = build(tiny_onnx[0], get_target("x86-host"), out, BuildOptions(emit_source=True, use_tuning=False))
-    return out, manifest
+    def make(folder: Path) -> None:
+        build(tiny_onnx[0], get_target("x86-host"), folder / "x86-host", BuildOptions(emit_source=True, use_tuning=False))
+
+    out = made_once(tmp_path_factory, worker_id, "x86", make) / "x86-host"
+    return out, read_manifest(out / "manifest.json")
 
 
 @pytest.fixture(scope="session")
-def tiny_arm(tiny_onnx, tmp_path_factory) -> dict[str, Path]:
+def tiny_arm(tiny_onnx, tmp_path_factory, worker_id: str) -> dict[str, Path]:
     """The tiny model built for both ARM Linux targets with `qatie-compile` (with its assembly)."""
     if not TOOLS["cross"][0]():
         pytest.skip(f"needs the 'cross' tools: {TOOLS['cross'][1]}")
-    folder = tmp_path_factory.mktemp("arm")
-    for target in ARM_TARGETS:
-        result = run_compile("--target", target, tiny_onnx[0], "-o", folder / target, "--emit-source")
-        assert result.returncode == 0, result.stderr
+
+    def make(folder: Path) -> None:
+        for target in ARM_TARGETS:
+            result = run_compile("--target", target, tiny_onnx[0], "-o", folder / target, "--emit-source")
+            assert result.returncode == 0, result.stderr
+
+    folder = made_once(tmp_path_factory, worker_id, "arm", make)
     return {target: folder / target for target in ARM_TARGETS}

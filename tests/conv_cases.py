@@ -1,7 +1,7 @@
 """One small int8 conv per dot product with its exact answer (numpy, int64), and the packed
 conv kernels that compute it, one per register tile: the exactness tests run them on this host
 (`test_kernels.py`) and on the emulated ARM cores (`test_emulate.py`). Also: which dot-product
-instruction each conv kernel of a built artifact contains (its emitted assembly)."""
+instruction each conv kernel of a built artifact contains (its disassembled kernels)."""
 
 from __future__ import annotations
 
@@ -77,12 +77,13 @@ def tile_kernels(case: ConvCase, all_tiles: bool = True) -> tvm.IRModule:
     return tvm.IRModule(functions)
 
 
-def _kernel_functions(asm: str) -> dict[str, str]:
-    """Assembly per function (TVM puts a kernel's parallel body in `<kernel>_compute_...`)."""
+def _kernel_functions(disassembly: str) -> dict[str, str]:
+    """Instructions per function of objdump's listing (TVM puts a kernel's parallel body in
+    `<kernel>_compute_...`)."""
     bodies, name = {}, None
-    for line in asm.splitlines():
-        label = re.match(r"^([A-Za-z_][\w.]*):", line)
-        if label and not label.group(1).startswith(".L"):
+    for line in disassembly.splitlines():
+        label = re.match(r"^[0-9a-f]+ <(.+)>:$", line)
+        if label:
             name = label.group(1)
             bodies[name] = ""
         elif name:

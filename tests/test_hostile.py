@@ -146,13 +146,13 @@ def test_a_stopped_device_is_given_up_after_the_session_timeout(tiny_x86, tmp_pa
         os.killpg(cluster.servers[0].pid, signal.SIGSTOP)
         started = time.monotonic()
         result = run_compile("bench", tiny_x86[0], "--tracker", cluster.address, "--key", KEY,
-                             "--device-timeout", 5, "--session-timeout", 10, "-o", tmp_path / "out")
+                             "--device-timeout", 5, "--session-timeout", 5, "-o", tmp_path / "out")
         elapsed = time.monotonic() - started
         os.killpg(cluster.servers[0].pid, signal.SIGCONT)
     finally:
         cluster.stop()
     assert_one_line_error(result.stderr.split("retrying once on another device")[-1], result.returncode,
-                          "did not answer within 10 s")
+                          "did not answer within 5 s")
     assert elapsed < 90 and not (tmp_path / "out").exists()
 
 
@@ -166,13 +166,15 @@ def test_a_rebuild_replaces_the_artifact_whole_and_a_killed_build_loses_nothing(
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".x86-host.staging-*")) and time.monotonic() < deadline:
         time.sleep(0.1)
-    time.sleep(2.0)  # inside the compile
+    time.sleep(0.5)  # inside the export (LLVM code generation: seconds)
     process.kill()
     process.wait()
     assert (out / MANIFEST).read_bytes() == before and load_artifact(out)  # the previous artifact, intact
     assert list(tmp_path.glob(".x86-host.staging-*")), "the killed build left its staging folder"
 
-    rebuilt = run_compile(*build[1:])
+    # any model replaces the artifact whole: a 3-conv one builds in about a second
+    small = ort_quantized(float_conv_net(tmp_path / "f.onnx"), tmp_path / "small.onnx")
+    rebuilt = run_compile("--target", "x86-host", small, "-o", out, "--no-tuning")
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert sorted(p.name for p in out.iterdir()) == ["kernels.so", "manifest.json", "model.so"]  # no stale kernels.s
     assert load_artifact(out).manifest.sources == []

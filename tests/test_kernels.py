@@ -154,8 +154,8 @@ def test_the_integer_winograd_conv_equals_the_direct_conv(monkeypatch):
         kernel = winograd_conv_kernel(dot, data.shape, u.shape, dtype)
         sch = tvm.s_tir.Schedule(kernel)
         tiles = schedules.winograd_tiles(sch, schedules.winograd_block(sch)[0])
-        # 8, 4 and 2 tiles per step, 2 and 1 output-channel blocks per register tile, groups of 4 and 8
-        assert len(tiles) == 12
+        # register tiles 2x2, 4x2 and 1x2 (8, 4 or 2 tiles per step), 2x4 (8 or 4), groups of 4 and 8
+        assert len(tiles) == 22 and tiles[0] == schedules.WinogradTile(8, 2, 4, 2)
         for tile in tiles if dtype == "int8" else tiles[:1]:  # uint8 codes: the default tile
             scheduled = tvm.s_tir.Schedule(kernel)
             schedules.schedule_winograd(scheduled, dot, tile)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +18,10 @@ from pathlib import Path
 import tvm
 
 from compile.artifact import (
+    ASSEMBLY,
     KERNELS,
     LIBRARY,
-    SOURCE_FILES,
+    OPENCL_SOURCE,
     IntegerInfo,
     LibraryFile,
     Manifest,
@@ -35,6 +37,14 @@ from compile.backend.kernel_table import CaptureKernels
 from compile.backend.pass_config import pass_config
 from compile.backend.schedules import TunedKernels, build_with_default_schedules
 from compile.backend.targets import TargetSpec
+from compile.backend.tuning_db import (
+    WORKLOADS,
+    LogCheck,
+    check_log_dir,
+    check_targets,
+    default_log_dir,
+    open_database,
+)
 from compile.frontend import fold_qdq, load_onnx, to_relax
 from compile.frontend.inspect import integer_ops
 from compile.frontend.io_description import io_description
@@ -46,7 +56,7 @@ PACKED_IMPORTS = "devc"  # the object TVM's export writes the packed imports (th
 @dataclass(frozen=True)
 class BuildOptions:
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
-    emit_source: bool = False  # also write the generated kernels (LLVM asm / OpenCL C)
+    emit_source: bool = False  # also write the kernels' assembly (and OpenCL C)
     tuning_log: Path | None = None  # a tuning log folder to apply (must exist)
     use_tuning: bool = True  # False: every kernel gets the default schedule
     require_int8: bool = False  # a model with no integer conv is an error, not a warning
@@ -62,15 +72,18 @@ def imported_modules(module) -> list:
     return found
 
 
-def _emit_sources(executable, folder: Path) -> list[str]:
-    """Write the generated kernels (LLVM assembly, OpenCL C) of every imported module."""
-    written = []
+def _emit_sources(executable, folder: Path, disassembler: str) -> list[str]:
+    """Write the kernels as compiled: `kernels.so` disassembled with the target's objdump (the
+    machine code that ships; LLVM's own assembly output would generate every kernel's code a
+    second time, 7.3 of the tiny test model's 24 s build), and the OpenCL C of OpenCL modules."""
+    disassembly = subprocess.run([disassembler, "-d", "--no-show-raw-insn", KERNELS], cwd=folder,
+                                 capture_output=True, text=True, check=True).stdout
+    (folder / ASSEMBLY).write_text(disassembly)
+    written = [ASSEMBLY]
     for module in imported_modules(executable.mod):
-        fmt = SOURCE_FILES.get(module.kind)
-        source = module.inspect_source(fmt[0]) if fmt else None
-        if source:
-            (folder / fmt[1]).write_text(source)
-            written.append(fmt[1])
+        if module.kind == "opencl":
+            (folder / OPENCL_SOURCE).write_text(module.inspect_source("cl"))
+            written.append(OPENCL_SOURCE)
     return written
 
 
@@ -95,22 +108,39 @@ def _link_with_kernels(compiler: str, kernels: Path):
     return fcompile
 
 
-def _tuning_database(spec: TargetSpec, target: dict, options: BuildOptions):
-    """The target's tuning database: `options.tuning_log` if given (must exist), else the default
-    folder if it holds a log, else none (every kernel keeps its default schedule); plus what the
-    log check repaired (an interrupted append cut off), which the user must hear about."""
-    from compile.backend.intrinsics import register_cpu_intrinsics
-    from compile.backend.tuning_db import WORKLOADS, check_targets, default_log_dir, open_database
+@dataclass
+class _TuningLog:
+    """The target's tuning log as checked before the import (`folder` None: no log applies)
+    and what the check found: lines it repaired (an interrupted append cut off) and notes, both
+    for the user."""
 
+    folder: Path | None = None
+    check: LogCheck | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def repaired(self) -> list[str]:
+        return self.check.repaired if self.check else []
+
+    def open(self):
+        """TVM's database (None without a log): opened after the import, which a bad model should
+        not wait for (loading the shipped log takes seconds)."""
+        return None if self.folder is None else open_database(self.folder, create=False, check=self.check)[0]
+
+
+def _tuning_log(spec: TargetSpec, target: dict, options: BuildOptions) -> _TuningLog:
+    """`options.tuning_log` if given (must exist), else the target's default folder if it holds a
+    log, else none (every kernel keeps its default schedule); checked line by line and against
+    the target (cheap), before the model is imported."""
     if not options.use_tuning or not spec.tunable:
-        return None, None, [], []
+        return _TuningLog()
     folder = options.tuning_log or default_log_dir(spec.name)
-    if options.tuning_log is None and not (folder / WORKLOADS).is_file():
-        return None, None, [], []
-    register_cpu_intrinsics()  # tuned traces may tensorize with the CPU intrinsics
-    database, check = open_database(folder, create=False)
-    notes = check_targets(folder, check, target)
-    return database, folder, check.repaired, notes
+    if not (folder / WORKLOADS).is_file():
+        if options.tuning_log is None:
+            return _TuningLog()
+        raise QatieError(f"{folder}: no tuning log here (no {WORKLOADS}); run `qatie-compile tune` first")
+    check = check_log_dir(folder)
+    return _TuningLog(folder, check, check_targets(folder, check, target))
 
 
 def build(onnx_path: Path, spec: TargetSpec, out: Path, options: BuildOptions = BuildOptions()) -> Manifest:
@@ -125,10 +155,9 @@ def build(onnx_path: Path, spec: TargetSpec, out: Path, options: BuildOptions = 
     target = spec.tvm_target()
     target_json = json.loads(str(target))  # recorded in the manifest; tuning records are checked against it
     compiler = spec.compiler()  # a missing cross compiler: an error before the import
-    # the file is validated before the tuning log is opened: that registers the CPU tensor
-    # intrinsics (seconds of TVMScript parsing), which a malformed model should not wait for
+    disassembler = spec.disassembler() if options.emit_source else None  # likewise a missing objdump
+    log = _tuning_log(spec, target_json, options)
     model = load_onnx(onnx_path, options.input_shapes)
-    database, database_dir, repaired, notes = _tuning_database(spec, target_json, options)
     mod, fold_log = fold_qdq(to_relax(model))
     inputs, outputs = io_description(model)
     if len(inputs) != 1:
@@ -138,6 +167,7 @@ def build(onnx_path: Path, spec: TargetSpec, out: Path, options: BuildOptions = 
     if options.require_int8 and ops.float_convs and not ops.integer_convs:
         raise QatieError(f"{onnx_path}: --require-int8: none of its {ops.float_convs} convs is quantized (no "
                          f"QuantizeLinear/DequantizeLinear around them); export it with Q/DQ nodes")
+    database, database_dir, notes = log.open(), log.folder, log.notes
     tuned = TunedKernels()
     capture = CaptureKernels()
     try:
@@ -157,7 +187,7 @@ def build(onnx_path: Path, spec: TargetSpec, out: Path, options: BuildOptions = 
     try:
         library, kernels = staging / LIBRARY, staging / KERNELS
         executable.export_library(str(library), fcompile=_link_with_kernels(compiler, kernels))
-        sources = _emit_sources(executable, staging) if options.emit_source else []
+        sources = _emit_sources(executable, staging, disassembler) if options.emit_source else []
         manifest = Manifest(
             model=ModelInfo(path=str(onnx_path), sha256=sha256(onnx_path), inputs=inputs, outputs=outputs),
             target=TargetInfo(name=spec.name, kind=spec.kind, tvm=target_json, rpc_key=spec.rpc_key,
@@ -170,7 +200,7 @@ def build(onnx_path: Path, spec: TargetSpec, out: Path, options: BuildOptions = 
                 integer_ops=dict(sorted(ops.ops.items())), rewrites=dict(sorted(fold_log.applied.items())),
                 not_rewritten_because=fold_log.reasons()),
             tuning=TuningInfo(kernels_tuned=tuned.applied, kernels=tuned.total,
-                              database=None if database_dir is None else str(database_dir), repaired=repaired,
+                              database=None if database_dir is None else str(database_dir), repaired=log.repaired,
                               notes=notes),
             kernels=capture.table(tuned.names),
             sources=sources,

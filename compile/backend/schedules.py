@@ -215,17 +215,23 @@ class WinogradTile:
 
     steps: int
     out_blocks: int
-    channel_blocks: int = 4
-    pixels: int = 2
+    channel_blocks: int
+    pixels: int
 
     @property
     def name(self) -> str:
         return f"winograd {self.steps}/{self.out_blocks}x{self.pixels}/{self.channel_blocks}"
 
 
-# steps per row, best first (32->32 at 256x256, znver3: 8 tiles 85 direct-equivalent GMAC/s, 4: 51-67)
+# Each list default first. Register tiles (output-channel blocks, tiles): 2x4 and 4x2 hold 8
+# accumulators and load 0.75 vectors per vpmaddwd (2x2: 1.0; 1x2, 1.5, for an odd block count).
+# A lone conv writing int32 ran 3-9 % faster at 4/2x4/8 than at the default 8/2x2/4 (znver3,
+# `python bench/conv_kernels.py --channels 32 --size 256x256` times every tile), but in the c=32
+# model, requantizing in the output transform, its 32-channel 256x256 convs ran 6-22 % slower
+# (per-kernel interleaved timing of two builds): the default stays, tuning picks per kernel.
+WINOGRAD_REGISTER_TILES = ((2, 2), (2, 4), (4, 2), (1, 2))
 WINOGRAD_STEPS = (8, 4, 2)
-WINOGRAD_CHANNEL_BLOCKS = (4, 8)  # output-channel blocks per pass over a segment, default first
+WINOGRAD_CHANNEL_BLOCKS = (4, 8)  # output-channel blocks per pass over a segment
 SEGMENT_BYTES = 128 * 1024  # transformed input of a row segment (a quarter of a Zen 3 core's L2)
 
 
@@ -235,13 +241,13 @@ def winograd_block(sch: s_tir.Schedule):
 
 
 def winograd_tiles(sch: s_tir.Schedule, product) -> list[WinogradTile]:
-    """The tiles that fit: steps dividing the row's tiles, 2 or 1 output-channel blocks per
-    register tile, groups of 4 or 8 blocks (fewer where the conv has fewer)."""
+    """The tiles that fit, best first: steps dividing the row's tiles, register tiles dividing
+    the steps and the group, groups of 8 or 4 blocks (fewer where the conv has fewer)."""
     tiles_per_row, _, _, blocks = (_extent(sch, loop) for loop in sch.get_loops(product)[2:6])
-    tiles = [WinogradTile(steps, out_blocks, min(group, blocks))
-             for group in WINOGRAD_CHANNEL_BLOCKS for out_blocks in (2, 1) for steps in WINOGRAD_STEPS
-             if tiles_per_row % steps == 0 and blocks % out_blocks == 0 and blocks % min(group, blocks) == 0
-             and min(group, blocks) % out_blocks == 0]
+    tiles = [WinogradTile(steps, out_blocks, group, pixels)
+             for out_blocks, pixels in WINOGRAD_REGISTER_TILES for steps in WINOGRAD_STEPS
+             for group in dict.fromkeys(min(g, blocks) for g in WINOGRAD_CHANNEL_BLOCKS)
+             if tiles_per_row % steps == 0 and steps % pixels == 0 and blocks % group == 0 and group % out_blocks == 0]
     return list(dict.fromkeys(tiles))
 
 

@@ -137,6 +137,22 @@ class TargetSpec:
             raise QatieError(f"target {self.name}: cross compiler '{cc}' not found; install it (apt-get install {package})")
         return found
 
+    def disassembler(self) -> str:
+        """The objdump that reads this target's libraries: the NDK's llvm-objdump beside its
+        clang++, else the binutils of the compiler's prefix (`aarch64-linux-gnu-g++` ->
+        `aarch64-linux-gnu-objdump`, `g++` -> `objdump`)."""
+        compiler = Path(self.compiler())
+        if self.needs_ndk:
+            tool = str(compiler.with_name("llvm-objdump"))
+        else:
+            prefix, dash, _ = compiler.name.rpartition("-")
+            tool = f"{prefix}{dash}objdump"
+        found = shutil.which(tool)
+        if not found:
+            raise QatieError(f"target {self.name}: '{tool}' not found (--emit-source disassembles the kernels with it); "
+                             f"install the binutils of {compiler.name}")
+        return found
+
 
 def _ndk_compiler(spec: TargetSpec) -> str:
     """TVM_NDK_CC if set, else the NDK's aarch64 Android clang++ under ANDROID_NDK_HOME."""

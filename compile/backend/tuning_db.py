@@ -50,6 +50,7 @@ class LogCheck:
     records: int = 0
     repaired: list[str] = field(default_factory=list)
     targets: Counter = field(default_factory=Counter)  # TunedFor -> records tuned for it
+    intrinsics: set[str] = field(default_factory=set)  # the tensor intrinsics the traces tensorize with
 
 
 def _workload_problem(value) -> str | None:
@@ -112,6 +113,15 @@ def _check_line(path: Path, number: int, text: str, workloads: int | None, check
                          f"line, or move the file away to start this target's log afresh")
     if workloads is not None:
         check.targets[TunedFor.of(value[1][2])] += 1
+        check.intrinsics.update(_tensorized_with(value[1][0][0]))
+
+
+def _tensorized_with(instructions: list) -> set[str]:
+    """The intrinsic names of a trace's Tensorize instructions ([kind, inputs, [name, ...], ...];
+    anything else malformed is left to TVM's loader, whose error the build reports)."""
+    return {inst[2][0] for inst in instructions
+            if isinstance(inst, list) and len(inst) >= 3 and inst[0] == "Tensorize"
+            and isinstance(inst[2], list) and inst[2] and isinstance(inst[2][0], str)}
 
 
 class TunedFor(NamedTuple):
@@ -179,15 +189,30 @@ def check_log_dir(folder: Path) -> LogCheck:
     return check
 
 
-def open_database(folder: Path, create: bool):
-    """TVM's JSONDatabase on `folder` after checking it; `create` makes the folder for tuning."""
+def _register_intrinsics(names: set[str]) -> None:
+    """TVM replays each record's trace while loading, so every intrinsic a trace tensorizes with
+    must be registered: ours are on import; TVM's CPU ones (4.4 s of TVMScript parsing on the
+    znver3 host) only when the log names one that is not registered yet."""
+    from tvm.s_tir import TensorIntrin
+
+    import compile.backend.dot_products  # noqa: F401  (registers our intrinsics)
+    from compile.backend.intrinsics import register_cpu_intrinsics
+
+    if any(TensorIntrin.get(name, allow_missing=True) is None for name in names):
+        register_cpu_intrinsics()
+
+
+def open_database(folder: Path, create: bool, check: LogCheck | None = None):
+    """TVM's JSONDatabase on `folder` after checking it (unless `check` says it was); `create`
+    makes the folder for tuning."""
     from tvm.s_tir import meta_schedule as ms
 
     if create:
         folder.mkdir(parents=True, exist_ok=True)
     elif not (folder / WORKLOADS).is_file():
         raise QatieError(f"{folder}: no tuning log here (no {WORKLOADS}); run `qatie-compile tune` first")
-    check = check_log_dir(folder)
+    check = check or check_log_dir(folder)
+    _register_intrinsics(check.intrinsics)
     try:  # TVM replays every record's trace on its workload while loading
         database = ms.database.JSONDatabase(
             path_workload=str(folder / WORKLOADS), path_tuning_record=str(folder / RECORDS), allow_missing=create,

@@ -48,6 +48,7 @@ class TuneOptions:
     trials: int
     per_task: int | None = None
     trials_per_round: int = 16
+    rounds: int = 3  # interleaved timing rounds of a packed conv's tiles (`_measure_tiles`)
     population: int = 128  # TVM's 512 spends ~15 s of search per round and task on 2 cores
     only: tuple[str, ...] = ()  # tune only kernels whose name contains one of these
     tracker: Tracker | None = None
@@ -266,20 +267,25 @@ def tune(model: Path, input_shapes: dict, spec: TargetSpec, log_dir: Path, optio
                       curve=progress.curve if progress else [], repaired=check.repaired)
 
 
-def _build_and_run(kernels: list[tvm.IRModule], target, builder, runner, device_type: str) -> list:
-    """Each scheduled kernel built and timed by the tuning builder and runner: run_secs per kernel
-    (None where it failed to build or run)."""
+def _build_and_run(kernels: list[tvm.IRModule], target, builder, runner, device_type: str, rounds: int = 1) -> list:
+    """Each scheduled kernel built once and timed by the tuning runner in `rounds` interleaved
+    rounds (every kernel once per round, so a shared host's drift hits all of them alike):
+    run_secs per kernel, [its fastest round] (None where it failed to build or run)."""
     args = [ms.arg_info.ArgInfo.from_prim_func(mod["main"]) for mod in kernels]
     built = builder.build([ms.builder.BuilderInput(mod, target) for mod in kernels])
-    futures = iter(runner.run([ms.runner.RunnerInput(b.artifact_path, device_type, a)
-                               for b, a in zip(built, args) if b.error_msg is None]))
-    results = []
+    inputs = [ms.runner.RunnerInput(b.artifact_path, device_type, a) for b, a in zip(built, args) if b.error_msg is None]
+    times: list[list[float] | None] = [[] if b.error_msg is None else None for b in built]
+    for _ in range(rounds):
+        futures = iter(runner.run(inputs))
+        for i, b in enumerate(built):
+            if b.error_msg is None:
+                result = next(futures).result()
+                us = _run_us(result.run_secs) if result.error_msg is None else None
+                times[i] = None if us is None or times[i] is None else [*times[i], us]
     for b in built:
-        result = next(futures).result() if b.error_msg is None else None
-        results.append(result.run_secs if result is not None and result.error_msg is None else None)
         if b.artifact_path:
             shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
-    return results
+    return [None if t is None else [min(t) / 1e6] for t in times]
 
 
 def _measure_default_schedules(tasks: list, target, builder, runner, device_type: str) -> list[float | None]:
@@ -295,10 +301,12 @@ def _trace_key(trace) -> str:
 
 
 def _measure_tiles(tasks: list, packed: list[int], target, builder, runner, database, progress: _Progress,
-                   budget: int) -> int:
+                   budget: int, rounds: int) -> int:
     """Packed convs: every register tile not yet in the database, measured and committed (their
     space is a handful of schedules: an exhaustive pass, where an evolutionary search would keep
-    asking an exhausted space for candidates). Returns the trials used."""
+    asking an exhausted space for candidates). Tiles differ by a few percent, the host's speed
+    by tens of percent from minute to minute, so each is timed in `rounds` interleaved rounds
+    and keeps its fastest. Returns the trials used."""
     used = 0
     for slot, task_id in enumerate(packed):
         kernel = tasks[task_id].dispatched[0]
@@ -309,7 +317,7 @@ def _measure_tiles(tasks: list, packed: list[int], target, builder, runner, data
         if not spaces:
             continue
         progress.built(len(spaces))
-        run_secs = _build_and_run([sch.mod for sch in spaces], target, builder, runner, "cpu")
+        run_secs = _build_and_run([sch.mod for sch in spaces], target, builder, runner, "cpu", rounds)
         args = ms.arg_info.ArgInfo.from_prim_func(kernel["main"])
         for sch, secs in zip(spaces, run_secs):
             database.commit_tuning_record(ms.database.TuningRecord(
@@ -337,7 +345,7 @@ def _search(tasks: list, pending: list[int], packed: list[int], known: list, tar
     bar = tqdm(total=budget, unit="trial", desc=f"tuning {spec.name} on {where}", dynamic_ncols=True)
     progress = _Progress(bar, [tasks[i].task_name for i in order], [int(tasks[i].weight) for i in order],
                          [known[i][0] for i in order], [default_us[i] for i in order], first_searched=len(packed))
-    budget -= _measure_tiles(tasks, packed, target, builder, runner, database, progress, budget)
+    budget -= _measure_tiles(tasks, packed, target, builder, runner, database, progress, budget, options.rounds)
     if budget > 0 and searched:
         contexts = [
             ms.TuneContext(mod=tasks[i].dispatched[0], target=target, space_generator="post-order-apply",
