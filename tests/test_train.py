@@ -22,9 +22,9 @@ def test_two_step_training_run_writes_checkpoint_with_config(tmp_path):
     build_model(ckpt)  # rebuilds from the stored config alone
 
 
-KILL_RUN = ["--width", "4", "--patch", "32", "--batch", "2", "--fp32-steps", "100", "--qat-steps", "20",
+KILL_RUN = ["--width", "4", "--patch", "32", "--batch", "2", "--fp32-steps", "50", "--qat-steps", "20",
             "--ckpt-every", "5", "--calib-batches", "2"]
-KILL_RUN_STEPS = 120
+KILL_RUN_STEPS = 70
 
 
 def test_killed_training_resumes_and_ends_where_an_uninterrupted_run_ends(tmp_path):
