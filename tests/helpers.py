@@ -46,6 +46,15 @@ def run_compile(*args, timeout: float = 600) -> subprocess.CompletedProcess:
     return run_console_script("qatie-compile", *args, timeout=timeout)
 
 
+def run_library(library: Path, x):
+    """A built `model.so` run once on this host, in this process (TVM's VM)."""
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
 def assert_one_line_error(stderr: str, returncode: int, *needles: str) -> None:
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
     assert returncode == 2, stderr

@@ -17,7 +17,7 @@ from compile.frontend.inspect import integer_ops
 from compile.frontend.onnx_loader import load_onnx, to_relax
 from compile.frontend.rewrites.exact_statistics import ExactStatistics
 from qatie.references import WITHIN_ONE_STEP_REQUIRED, ort_output
-from tests.helpers import assert_one_line_error, run_compile
+from tests.helpers import assert_one_line_error, run_compile, run_library
 from tests.qdq_models import float_classifier_net, float_conv_net, ort_quantized
 
 # An FMA-capable x86 target: float contraction is on, so any float rounding difference shows.
@@ -59,8 +59,7 @@ def test_qatie_model_folds_to_100_percent_integer_and_matches_ort_exactly(tiny_o
     want = ort_output(model.proto.SerializeToString(), x)
     # the library `qatie-compile` built (host CPU: FMA on every x86 host we run, so float
     # contraction is on and any float rounding difference would show)
-    vm = relax.VirtualMachine(tvm.runtime.load_module(str(tiny_x86[0] / "model.so")), tvm.cpu())
-    steps = np.abs(vm["main"](tvm.runtime.tensor(x)).numpy() - want) / _output_scale(model.proto)
+    steps = np.abs(run_library(tiny_x86[0] / "model.so", x) - want) / _output_scale(model.proto)
     # power-of-two scales: integer kernels and the QDQ float definition agree bit for bit
     assert steps.max() == 0.0
 
@@ -138,9 +137,8 @@ def test_build_x86_host_writes_loadable_library_and_manifest(tiny_onnx, tiny_x86
     assert on_disk.model.inputs[0].quant.zero_point == -128
     assert on_disk.integer.integer_mac_fraction == 1.0
     assert on_disk.tvm_version == tvm.__version__
-    vm = relax.VirtualMachine(tvm.runtime.load_module(str(out / "model.so")), tvm.cpu())
     x = np.random.default_rng(3).random((1, 3, 40, 36), dtype=np.float32)
-    got = vm["main"](tvm.runtime.tensor(x)).numpy()
+    got = run_library(out / "model.so", x)
     assert np.array_equal(got, ort_output(tiny_onnx[0], x))
 
 

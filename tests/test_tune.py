@@ -18,12 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tvm
-from tvm import relax
 
 from compile.backend.packed_conv import CONV_BLOCK
 from compile.backend.tuning_db import RECORDS, WORKLOADS, check_log_dir
-from tests.helpers import FIRST_CONV, assert_one_line_error, run_console_script
+from tests.helpers import (
+    FIRST_CONV,
+    assert_one_line_error,
+    run_console_script,
+    run_library,
+)
 from tests.rpc_cluster import KEY, free_port, start_cluster
 
 pytestmark = [pytest.mark.tune, pytest.mark.xdist_group("tune")]
@@ -37,11 +40,6 @@ def _tune(onnx: Path, log_dir: Path, trials: int, *extra: str) -> subprocess.Com
 def _records(log_dir: Path) -> list[str]:
     path = log_dir / RECORDS
     return path.read_text().splitlines() if path.exists() else []
-
-
-def _run_model(library: Path, x: np.ndarray) -> np.ndarray:
-    vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), tvm.cpu())
-    return vm["main"](tvm.runtime.tensor(x)).numpy()
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +82,7 @@ def test_local_tuning_writes_tvm_records_that_the_next_build_uses(tiny_onnx, tun
     assert untuned.tuning == TuningInfo(kernels_tuned=0, kernels=tuned.tuning.kernels, database=None, repaired=[])
     # Integer kernels: another schedule must not change a single output value.
     x = np.random.default_rng(5).random((1, 3, 40, 36), dtype=np.float32)
-    assert np.array_equal(_run_model(tmp_path / "tuned" / "model.so", x), _run_model(tmp_path / "untuned" / "model.so", x))
+    assert np.array_equal(run_library(tmp_path / "tuned" / "model.so", x), run_library(tmp_path / "untuned" / "model.so", x))
 
 
 def test_a_build_at_another_size_says_its_kernels_have_records_for_other_shapes_only(tiny_ckpt, tuned_log, tmp_path):

@@ -40,7 +40,7 @@ from compile.backend.targets import TargetSpec
 from compile.backend.tuning_db import (
     WORKLOADS,
     LogCheck,
-    check_log_dir,
+    check_existing_log,
     check_targets,
     default_log_dir,
     open_database,
@@ -135,11 +135,9 @@ def _tuning_log(spec: TargetSpec, target: dict, options: BuildOptions) -> _Tunin
     if not options.use_tuning or not spec.tunable:
         return _TuningLog()
     folder = options.tuning_log or default_log_dir(spec.name)
-    if not (folder / WORKLOADS).is_file():
-        if options.tuning_log is None:
-            return _TuningLog()
-        raise QatieError(f"{folder}: no tuning log here (no {WORKLOADS}); run `qatie-compile tune` first")
-    check = check_log_dir(folder)
+    if options.tuning_log is None and not (folder / WORKLOADS).is_file():
+        return _TuningLog()
+    check = check_existing_log(folder)
     return _TuningLog(folder, check, check_targets(folder, check, target))
 
 

@@ -241,14 +241,14 @@ def winograd_block(sch: s_tir.Schedule):
 
 
 def winograd_tiles(sch: s_tir.Schedule, product) -> list[WinogradTile]:
-    """The tiles that fit, best first: steps dividing the row's tiles, register tiles dividing
-    the steps and the group, groups of 8 or 4 blocks (fewer where the conv has fewer)."""
+    """The tiles that fit, default first: steps dividing the row's tiles, register tiles whose
+    tiles divide the steps and whose blocks divide the group, groups of 4 or 8 blocks (fewer
+    where the conv has fewer; each group once)."""
     tiles_per_row, _, _, blocks = (_extent(sch, loop) for loop in sch.get_loops(product)[2:6])
-    tiles = [WinogradTile(steps, out_blocks, group, pixels)
-             for out_blocks, pixels in WINOGRAD_REGISTER_TILES for steps in WINOGRAD_STEPS
-             for group in dict.fromkeys(min(g, blocks) for g in WINOGRAD_CHANNEL_BLOCKS)
-             if tiles_per_row % steps == 0 and steps % pixels == 0 and blocks % group == 0 and group % out_blocks == 0]
-    return list(dict.fromkeys(tiles))
+    return [WinogradTile(steps, out_blocks, group, pixels)
+            for out_blocks, pixels in WINOGRAD_REGISTER_TILES for steps in WINOGRAD_STEPS
+            for group in dict.fromkeys(min(g, blocks) for g in WINOGRAD_CHANNEL_BLOCKS)
+            if tiles_per_row % steps == 0 and steps % pixels == 0 and blocks % group == 0 and group % out_blocks == 0]
 
 
 def _segment(tiles_per_row: int, steps: int, tile_bytes: int) -> int:

@@ -202,6 +202,13 @@ def _register_intrinsics(names: set[str]) -> None:
         register_cpu_intrinsics()
 
 
+def check_existing_log(folder: Path) -> LogCheck:
+    """`check_log_dir` of a folder that must hold a log (one given to a build or opened to apply)."""
+    if not (folder / WORKLOADS).is_file():
+        raise QatieError(f"{folder}: no tuning log here (no {WORKLOADS}); run `qatie-compile tune` first")
+    return check_log_dir(folder)
+
+
 def open_database(folder: Path, create: bool, check: LogCheck | None = None):
     """TVM's JSONDatabase on `folder` after checking it (unless `check` says it was); `create`
     makes the folder for tuning."""
@@ -209,9 +216,7 @@ def open_database(folder: Path, create: bool, check: LogCheck | None = None):
 
     if create:
         folder.mkdir(parents=True, exist_ok=True)
-    elif not (folder / WORKLOADS).is_file():
-        raise QatieError(f"{folder}: no tuning log here (no {WORKLOADS}); run `qatie-compile tune` first")
-    check = check or check_log_dir(folder)
+    check = check or (check_log_dir(folder) if create else check_existing_log(folder))
     _register_intrinsics(check.intrinsics)
     try:  # TVM replays every record's trace on its workload while loading
         database = ms.database.JSONDatabase(

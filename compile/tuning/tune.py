@@ -269,8 +269,8 @@ def tune(model: Path, input_shapes: dict, spec: TargetSpec, log_dir: Path, optio
 
 def _build_and_run(kernels: list[tvm.IRModule], target, builder, runner, device_type: str, rounds: int = 1) -> list:
     """Each scheduled kernel built once and timed by the tuning runner in `rounds` interleaved
-    rounds (every kernel once per round, so a shared host's drift hits all of them alike):
-    run_secs per kernel, [its fastest round] (None where it failed to build or run)."""
+    rounds (every kernel once per round, so a shared host's drift hits all of them alike): its
+    fastest round in us per kernel (None where it failed to build or run)."""
     args = [ms.arg_info.ArgInfo.from_prim_func(mod["main"]) for mod in kernels]
     built = builder.build([ms.builder.BuilderInput(mod, target) for mod in kernels])
     inputs = [ms.runner.RunnerInput(b.artifact_path, device_type, a) for b, a in zip(built, args) if b.error_msg is None]
@@ -285,7 +285,7 @@ def _build_and_run(kernels: list[tvm.IRModule], target, builder, runner, device_
     for b in built:
         if b.artifact_path:
             shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
-    return [None if t is None else [min(t) / 1e6] for t in times]
+    return [None if t is None else min(t) for t in times]
 
 
 def _measure_default_schedules(tasks: list, target, builder, runner, device_type: str) -> list[float | None]:
@@ -293,7 +293,7 @@ def _measure_default_schedules(tasks: list, target, builder, runner, device_type
     builder and runner as the candidates: the starting point of the tuning curve."""
     with target:
         kernels = [default_schedule(task.dispatched[0], target) for task in tasks]
-    return [_run_us(secs) for secs in _build_and_run(kernels, target, builder, runner, device_type)]
+    return _build_and_run(kernels, target, builder, runner, device_type)
 
 
 def _trace_key(trace) -> str:
@@ -317,12 +317,12 @@ def _measure_tiles(tasks: list, packed: list[int], target, builder, runner, data
         if not spaces:
             continue
         progress.built(len(spaces))
-        run_secs = _build_and_run([sch.mod for sch in spaces], target, builder, runner, "cpu", rounds)
+        times_us = _build_and_run([sch.mod for sch in spaces], target, builder, runner, "cpu", rounds)
         args = ms.arg_info.ArgInfo.from_prim_func(kernel["main"])
-        for sch, secs in zip(spaces, run_secs):
+        for sch, us in zip(spaces, times_us):
             database.commit_tuning_record(ms.database.TuningRecord(
-                sch.trace, workload, secs if secs is not None else [FAILED_RUN_SECS], target, args))
-        progress.measured_batch(slot, [_run_us(secs) for secs in run_secs])
+                sch.trace, workload, [us / 1e6] if us is not None else [FAILED_RUN_SECS], target, args))
+        progress.measured_batch(slot, times_us)
         used += len(spaces)
     return used
 
