@@ -41,7 +41,7 @@ def load_checkpoint(path: Path) -> dict:
         with torch.serialization.safe_globals(SAFE_TYPES):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Weights only load failed" in str(exc):
+        if "Unsupported global" in str(exc) or "GLOBAL" in str(exc):  # a class or function to import: code
             raise QatieError(f"{path}: refused: it holds Python objects other than tensors and plain data "
                              f"({_unsupported(exc)}), which loading would run as code") from None
         raise QatieError(f"{path}: not a readable checkpoint (UnpicklingError); it may be truncated") from None

@@ -18,7 +18,6 @@ import warnings
 from pathlib import Path
 
 import onnx
-import onnxsim
 import torch
 
 from qatie.atomic import atomic_path
@@ -28,7 +27,7 @@ from qatie.model import MIN_SIZE, QATIENet
 from qatie.onnx_qdq import check_conv_qdq, fold_weight_quantization
 from qatie.quant.fake_quant import set_quant_mode
 from qatie.quant.layout import IMAGE_SCALE
-from qatie.references import Agreement, agreement, ort_output, reference_input
+from qatie.references import Agreement, OrtMode, agreement, ort_output, reference_input
 
 OPSET = 20
 INPUT_NAME, OUTPUT_NAME = "input", "output"
@@ -50,6 +49,8 @@ def export_model(model: QATIENet, height: int, width: int) -> onnx.ModelProto:
         )
     proto = program.model_proto
     fold_weight_quantization(proto)
+    import onnxsim  # here, not at the top: 0.7 s that a refused checkpoint or size should not wait for
+
     simplified, ok = onnxsim.simplify(proto)
     if not ok:
         raise RuntimeError("onnxsim could not validate the simplified model")
@@ -57,11 +58,11 @@ def export_model(model: QATIENet, height: int, width: int) -> onnx.ModelProto:
     return simplified
 
 
-def ort_parity(proto: onnx.ModelProto, model: QATIENet, x: torch.Tensor, spec_semantics: bool) -> Agreement:
+def ort_parity(proto: onnx.ModelProto, model: QATIENet, x: torch.Tensor, mode: OrtMode) -> Agreement:
     """ONNX Runtime on the exported graph vs the PyTorch model on `x`, in output steps: with spec
     semantics this checks that the file means what training simulated (required); ORT's default
     session is reported only."""
-    got = ort_output(proto.SerializeToString(), x.numpy(), spec_semantics)
+    got = ort_output(proto.SerializeToString(), x.numpy(), mode)
     with torch.no_grad():
         want = model(x).numpy()
     return agreement(got, want, IMAGE_SCALE)
@@ -84,9 +85,9 @@ def export(ckpt: dict, height: int, width: int, out: Path, fp32: bool) -> tuple[
     proto = export_model(model, height, width)
     convs = sum(n.op_type == "Conv" for n in proto.graph.node) if fp32 else check_conv_qdq(proto)
     x = torch.from_numpy(reference_input(height, width))
-    report = ort_parity(proto, model, x, spec_semantics=True)
+    report = ort_parity(proto, model, x, OrtMode.SPEC)
     if not report.passed:
         raise RuntimeError(f"export failed verification, nothing written: ORT vs PyTorch: {report}")
     with atomic_path(out) as tmp:
         onnx.save(proto, tmp)
-    return convs, report, ort_parity(proto, model, x, spec_semantics=False)
+    return convs, report, ort_parity(proto, model, x, OrtMode.DEFAULT)

@@ -3,7 +3,7 @@ test run and shared by the xdist workers), the markers' tool checks, and `--fail
 
 Markers (pyproject.toml): `rpc` (a real tracker and servers on 127.0.0.1), `qemu` (an emulated
 aarch64 device), `pocl` (OpenCL kernels on PoCL), `tune` (MetaSchedule tuning), `cross` (an
-aarch64 cross compiler). A test whose tool is missing is skipped with the command that installs
+aarch64 cross compiler); `long` (15 s or more) only orders the run: longest first. A test whose tool is missing is skipped with the command that installs
 it; `.ci/run` passes `--fail-on-skip`, so CI fails instead of silently testing less.
 """
 
@@ -23,12 +23,13 @@ from filelock import FileLock
 from compile.artifact import Manifest, read_manifest
 from qatie.references import Agreement
 from qatie.train import TrainConfig, train
-from tests.helpers import TINY, run_compile
+from tests.helpers import TINY
 
 torch.set_num_threads(1)
 
 ARM_TARGETS = ("arm64-linux", "arm64-linux-dotprod")
 APT = "apt-get install"
+SHARED = {"tiny_ckpt", "tiny_onnx", "tiny_x86", "tiny_arm"}  # made once per run (`made_once`)
 # marker -> (is the tool there?, how to install it)
 TOOLS = {
     "cross": (lambda: shutil.which("aarch64-linux-gnu-g++"), f"{APT} g++-aarch64-linux-gnu"),
@@ -44,7 +45,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      help="Fail the run if any test was skipped (CI: a missing tool is a failure, not less testing).")
 
 
+@pytest.hookimpl(trylast=True)  # after -m and -k have deselected
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Longest first (list scheduling: a 30 s test taken last left one worker idle for 30 s),
+    # those that need no shared fixture before those that do.
+    items.sort(key=lambda item: (item.get_closest_marker("long") is None, bool(SHARED & set(item.fixturenames))))
+    # The first test that needs the tiny model's x86 build goes second: while the first long
+    # test runs on one worker, the other makes the shared fixtures, and no later test waits.
+    maker = next((item for item in items if "tiny_x86" in item.fixturenames), None)
+    if maker is not None:
+        items.remove(maker)
+        items.insert(1, maker)
     missing = {marker: install for marker, (present, install) in TOOLS.items() if not present()}
     for item in items:
         for marker, install in missing.items():
@@ -114,14 +125,17 @@ def tiny_x86(tiny_onnx, tmp_path_factory, worker_id: str) -> tuple[Path, Manifes
 
 @pytest.fixture(scope="session")
 def tiny_arm(tiny_onnx, tmp_path_factory, worker_id: str) -> dict[str, Path]:
-    """The tiny model built for both ARM Linux targets with `qatie-compile` (with its assembly)."""
+    """The tiny model built for both ARM Linux targets, as `qatie-compile --emit-source` builds
+    it (in this process: two interpreter starts cost the fixture ~8 s)."""
+    from compile.backend.build import BuildOptions, build
+    from compile.backend.targets import get_target
+
     if not TOOLS["cross"][0]():
         pytest.skip(f"needs the 'cross' tools: {TOOLS['cross'][1]}")
 
     def make(folder: Path) -> None:
         for target in ARM_TARGETS:
-            result = run_compile("--target", target, tiny_onnx[0], "-o", folder / target, "--emit-source")
-            assert result.returncode == 0, result.stderr
+            build(tiny_onnx[0], get_target(target), folder / target, BuildOptions(emit_source=True))
 
     folder = made_once(tmp_path_factory, worker_id, "arm", make)
     return {target: folder / target for target in ARM_TARGETS}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 from click.testing import CliRunner, Result
@@ -44,6 +45,32 @@ def run_console_script(script: str, *args: str, timeout: float = 600) -> subproc
 def run_compile(*args, timeout: float = 600) -> subprocess.CompletedProcess:
     """`qatie-compile ARGS` as a user runs it."""
     return run_console_script("qatie-compile", *args, timeout=timeout)
+
+
+def run_here(main, *args) -> subprocess.CompletedProcess:
+    """A command run in this process by click's runner, as a `CompletedProcess`: exit code,
+    stdout, stderr, and an uncaught exception's traceback in stderr, as a real process prints it.
+    For the lists of bad inputs: a real process per case cost 2-4 s of interpreter start and
+    imports; `test_cli_errors` and `test_fuzz` keep real processes for the entry points."""
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, stderr)
+
+
+def compile_here(*args) -> subprocess.CompletedProcess:
+    """`qatie-compile ARGS` in this process (`run_here`)."""
+    from compile.cli import main
+
+    return run_here(main, *args)
+
+
+def qatie_here(*args) -> subprocess.CompletedProcess:
+    """`qatie ARGS` in this process (`run_here`)."""
+    from qatie.cli import main
+
+    return run_here(main, *args)
 
 
 def run_library(library: Path, x):

@@ -1,6 +1,6 @@
 import pytest
 
-from tests.helpers import assert_one_line_error, run_console
+from tests.helpers import assert_one_line_error, qatie_here, run_console
 
 
 @pytest.mark.parametrize(
@@ -27,6 +27,12 @@ def test_truncated_checkpoint_is_refused(tiny_ckpt, tmp_path):
     result = run_console("export", broken, "--size", "32x32", "-o", tmp_path / "m.onnx")
     assert_one_line_error(result.stderr, result.returncode, str(broken), "truncated")
     assert not (tmp_path / "m.onnx").exists()
+    # bytes that are no pickle at all are unreadable, not "code" (torch's weights-only loader
+    # reports both as "Weights only load failed")
+    (tmp_path / "noise.pt").write_bytes(b"garbage")
+    noise = qatie_here("export", tmp_path / "noise.pt", "--size", "32x32", "-o", tmp_path / "m.onnx")
+    assert_one_line_error(noise.stderr, noise.returncode, "noise.pt", "not a readable checkpoint")
+    assert "refused" not in noise.stderr
 
 
 def test_export_size_below_minimum_writes_nothing(tiny_ckpt, tmp_path):

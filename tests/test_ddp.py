@@ -2,6 +2,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from qatie.checkpoint import load_checkpoint
 
 
@@ -11,6 +13,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.long
 def test_same_command_trains_data_parallel_with_two_processes(tmp_path):
     out = tmp_path / "ddp.pt"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",

@@ -70,6 +70,7 @@ def test_bench_gives_one_matching_row_per_device(artifact, cluster, tiny_ckpt, t
         assert "load_module" in log.read_text()
 
 
+@pytest.mark.long
 @pytest.mark.rpc
 def test_profile_over_rpc_adds_up_to_end_to_end(artifact_256, cluster, tmp_path):
     artifact = artifact_256
@@ -128,6 +129,7 @@ def _kill_first_server_mid_bench(cluster, artifact: Path, out: Path, *extra: str
     return process.returncode, stderr
 
 
+@pytest.mark.long
 @pytest.mark.rpc
 def test_server_killed_mid_bench_is_retried_on_another_device(artifact, tmp_path):
     cluster = start_cluster(tmp_path / "rpc")
@@ -143,6 +145,7 @@ def test_server_killed_mid_bench_is_retried_on_another_device(artifact, tmp_path
                for row in report["devices"])
 
 
+@pytest.mark.long
 @pytest.mark.rpc
 def test_last_server_killed_mid_bench_is_a_clear_error(artifact, tmp_path):
     cluster = start_cluster(tmp_path / "rpc", servers=1)

@@ -130,6 +130,7 @@ def test_a_crash_on_the_emulated_cpu_is_logged_with_its_cause(tiny_arm, emulated
     assert emulated.free(A53_KEY) == 1
 
 
+@pytest.mark.long
 @pytest.mark.tune
 def test_tuning_over_an_emulated_device_is_plumbing_only(tiny_onnx, emulated, tmp_path):
     """Records are written where asked and every timing is labelled emulated; the shipped

@@ -25,7 +25,7 @@ from onnx import TensorProto, helper
 from compile.artifact import MANIFEST, load_artifact
 from qatie.checkpoint import load_checkpoint
 from qatie.errors import QatieError
-from tests.helpers import assert_one_line_error, console_script, run_compile, run_console
+from tests.helpers import assert_one_line_error, compile_here, console_script, qatie_here, run_compile
 from tests.qdq_models import float_conv_net, ort_quantized
 from tests.rpc_cluster import KEY, free_port, start_cluster
 
@@ -49,7 +49,7 @@ def test_checkpoint_with_code_is_refused_and_the_code_never_runs(tiny_ckpt, tmp_
     evil = tmp_path / "evil.pt"
     torch.save({**torch.load(tiny_ckpt, weights_only=True), "payload": _RunsCode(marker)}, evil)
     for args in (["export", evil, "--size", "32x32", "-o", tmp_path / "m.onnx"], ["eval", evil]):
-        result = run_console(*args)
+        result = qatie_here(*args)
         assert_one_line_error(result.stderr, result.returncode, str(evil), "refused", "posix.system")
     assert not marker.exists() and not (tmp_path / "m.onnx").exists()
     assert load_checkpoint(SHIPPED_CHECKPOINT)["config"]["model"]["width"] == 16
@@ -129,6 +129,7 @@ def silent_tracker():
     listener.close()
 
 
+@pytest.mark.long
 @pytest.mark.rpc
 def test_a_tracker_that_never_answers_is_a_quick_one_line_error(tiny_x86, silent_tracker):
     for args in (["devices", "--tracker", silent_tracker],
@@ -139,6 +140,7 @@ def test_a_tracker_that_never_answers_is_a_quick_one_line_error(tiny_x86, silent
         assert time.monotonic() - started < 60
 
 
+@pytest.mark.long
 @pytest.mark.rpc
 def test_a_stopped_device_is_given_up_after_the_session_timeout(tiny_x86, tmp_path):
     cluster = start_cluster(tmp_path / "rpc", servers=1)
@@ -156,6 +158,7 @@ def test_a_stopped_device_is_given_up_after_the_session_timeout(tiny_x86, tmp_pa
     assert elapsed < 90 and not (tmp_path / "out").exists()
 
 
+@pytest.mark.long
 # 5. An artifact is replaced whole and atomically; stale staging folders go.
 def test_a_rebuild_replaces_the_artifact_whole_and_a_killed_build_loses_nothing(tiny_onnx, tiny_x86, tmp_path):
     out = tmp_path / "x86-host"
@@ -194,7 +197,7 @@ def test_impossible_and_huge_input_shapes_are_one_line_errors(tiny_onnx, tmp_pat
              (tiny_onnx[0], "input:1x3x1x1", ["cannot import the model at input shape", "1x3x1x1"]),
              (resizable, "x:1x3x100000x100000", ["int32 indexing", "2,147,483,647"])]
     for model, shape, needles in cases:
-        result = run_compile("--target", "x86-host", model, "-o", tmp_path / "out", "--input-shape", shape)
+        result = compile_here("--target", "x86-host", model, "-o", tmp_path / "out", "--input-shape", shape)
         assert_one_line_error(result.stderr, result.returncode, *needles)
         assert not (tmp_path / "out").exists()
 
@@ -231,7 +234,7 @@ def test_checkpoint_config_mismatch_is_one_line(tiny_ckpt, tmp_path):
     torch.save(wider, tmp_path / "wider.pt")
     torch.save({k: v for k, v in data.items() if k != "config"}, tmp_path / "noconfig.pt")
     for name, needles in (("wider.pt", ["do not match its config", "width 32"]), ("noconfig.pt", ["'config'"])):
-        result = run_console("export", tmp_path / name, "--size", "32x32", "-o", tmp_path / "m.onnx")
+        result = qatie_here("export", tmp_path / name, "--size", "32x32", "-o", tmp_path / "m.onnx")
         assert_one_line_error(result.stderr, result.returncode, name, *needles)
     assert not (tmp_path / "m.onnx").exists()
 
@@ -241,13 +244,13 @@ def test_unwritable_outputs_fail_before_the_work(tiny_ckpt, tiny_onnx, tiny_x86,
     a_file = tmp_path / "a-file"
     a_file.write_text("")
     commands = [
-        (run_console, ["export", tiny_ckpt, "--size", "32x32", "-o", a_file / "m.onnx"]),
-        (run_console, ["export", tiny_ckpt, "--size", "32x32", "-o", "/proc/qatie-test/m.onnx"]),
-        (run_console, ["train", "-o", a_file / "c.pt", "--width", "4"]),
-        (run_compile, ["--target", "x86-host", tiny_onnx[0], "-o", a_file / "out"]),
-        (run_compile, ["--target", "x86-host", tiny_onnx[0], "-o", "/proc/qatie-test/out"]),
-        (run_compile, ["tune", "--target", "x86-host", tiny_onnx[0], "--trials", 1, "--log-dir", a_file / "logs"]),
-        (run_compile, ["bench", tiny_x86[0], "--local", "-o", a_file / "reports"]),
+        (qatie_here, ["export", tiny_ckpt, "--size", "32x32", "-o", a_file / "m.onnx"]),
+        (qatie_here, ["export", tiny_ckpt, "--size", "32x32", "-o", "/proc/qatie-test/m.onnx"]),
+        (qatie_here, ["train", "-o", a_file / "c.pt", "--width", "4"]),
+        (compile_here, ["--target", "x86-host", tiny_onnx[0], "-o", a_file / "out"]),
+        (compile_here, ["--target", "x86-host", tiny_onnx[0], "-o", "/proc/qatie-test/out"]),
+        (compile_here, ["tune", "--target", "x86-host", tiny_onnx[0], "--trials", 1, "--log-dir", a_file / "logs"]),
+        (compile_here, ["bench", tiny_x86[0], "--local", "-o", a_file / "reports"]),
     ]
     for run, args in commands:
         started = time.monotonic()
@@ -284,9 +287,9 @@ def test_invalid_tuning_records_and_foreign_targets_are_refused(tiny_onnx, tmp_p
     for line in lines:
         line[1][2] = {**line[1][2], "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a53"}
     (foreign / RECORDS).write_text("".join(json.dumps(line) + "\n" for line in lines))
-    result = run_compile("--target", "x86-host", tiny_onnx[0], "-o", tmp_path / "out", "--tuning-log", foreign)
+    result = compile_here("--target", "x86-host", tiny_onnx[0], "-o", tmp_path / "out", "--tuning-log", foreign)
     assert_one_line_error(result.stderr, result.returncode, "tuned for llvm aarch64 cortex-a53", "--no-tuning")
-    layered = run_compile("--target", "x86-host", tiny_onnx[0], "-o", tmp_path / "out", "--tuning-log", bad_module)
+    layered = compile_here("--target", "x86-host", tiny_onnx[0], "-o", tmp_path / "out", "--tuning-log", bad_module)
     assert_one_line_error(layered.stderr, layered.returncode, f"{WORKLOADS}:1", "not base64")
 
 
@@ -310,15 +313,15 @@ def test_two_input_and_float_models(tmp_path):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])]),
         opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(two, tmp_path / "two.onnx")
-    result = run_compile("--target", "x86-host", tmp_path / "two.onnx", "-o", tmp_path / "two")
+    result = compile_here("--target", "x86-host", tmp_path / "two.onnx", "-o", tmp_path / "two")
     assert_one_line_error(result.stderr, result.returncode, "2 inputs (a, b)", "single-input")
     assert not (tmp_path / "two").exists()
 
     model = float_conv_net(tmp_path / "float.onnx")
-    built = run_compile("--target", "x86-host", model, "-o", tmp_path / "float", "--no-tuning")
+    built = compile_here("--target", "x86-host", model, "-o", tmp_path / "float", "--no-tuning")
     assert built.returncode == 0, built.stderr
     assert "WARNING: nothing was quantized: 0 of 3 convs" in built.stderr and "--require-int8" in built.stderr
-    strict = run_compile("--target", "x86-host", model, "-o", tmp_path / "strict", "--require-int8")
+    strict = compile_here("--target", "x86-host", model, "-o", tmp_path / "strict", "--require-int8")
     assert_one_line_error(strict.stderr, strict.returncode, "--require-int8", "none of its 3 convs")
     assert not (tmp_path / "strict").exists()
 

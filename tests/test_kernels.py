@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import tvm
 
+from compile.backend.build import BuildOptions, build
 from compile.backend.dot_products import DOT_PRODUCTS, by_name, candidates, choose
 from compile.backend.packed_conv import pack_depthwise_weight, packed_depthwise_kernel
 from compile.backend.schedules import build_with_default_schedules, default_schedule
 from compile.backend.targets import get_target
 from tests.conv_cases import INSTRUCTIONS, conv_case, conv_kernels, tile_kernels
-from tests.helpers import TINY, run_compile
+from tests.helpers import TINY
 
 VNNI_CPU = "znver4"  # an AVX-512 VNNI CPU LLVM knows; compiled for, not run, on hosts without it
 AVX2_TARGET = {"kind": "llvm", "mcpu": "haswell"}  # AVX2 without VNNI: 8-lane dot products on any x86 host
@@ -99,6 +100,7 @@ def test_every_conv_kernel_of_the_host_build_uses_its_dot_product_instruction(ti
     assert not wrong, wrong
 
 
+@pytest.mark.long
 def test_a_vnni_build_uses_vpdpbusd_in_every_conv_kernel(tiny_onnx, tmp_path, monkeypatch):
     """Compiled for an AVX-512 VNNI CPU whatever this host is (the library is not run here)."""
     folder = tmp_path / "targets"
@@ -108,8 +110,7 @@ def test_a_vnni_build_uses_vpdpbusd_in_every_conv_kernel(tiny_onnx, tmp_path, mo
         "host": None, "cross_compiler": {"kind": "system", "cc": "g++"}, "rpc_key": None, "threads": 0,
         "qemu_cpu": None}))
     monkeypatch.setenv("QATIE_TARGETS_DIR", str(folder))
-    result = run_compile("--target", "x86-vnni", tiny_onnx[0], "-o", tmp_path / "vnni", "--emit-source", "--no-tuning")
-    assert result.returncode == 0, result.stderr
+    build(tiny_onnx[0], get_target("x86-vnni"), tmp_path / "vnni", BuildOptions(emit_source=True, use_tuning=False))
     convs = conv_kernels(tmp_path / "vnni")
     wrong = {conv: (dot, found) for conv, (dot, found) in convs.items() if dot != "vnni" or "vpdpbusd" not in found}
     assert not wrong, wrong
@@ -181,6 +182,7 @@ def width8_onnx(tmp_path_factory):
     return folder / "w8.onnx"
 
 
+@pytest.mark.long
 def test_the_ops_between_convs_run_in_the_blocked_layout(width8_onnx):
     """On an AVX2 target (8 lanes) every tensor between two convs of a width-8 net stays in the
     convs' blocked layout: NCHW is left at the edges only (the image's pack, the 3-channel

@@ -27,6 +27,7 @@ def shipped_onnx(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.long
 def test_shipped_model_runs_on_pocl_for_mali_and_adreno(shipped_onnx):
     result = run_console_script("qatie-compile", "check-opencl", shipped_onnx, "--run", timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -39,6 +40,7 @@ def test_shipped_model_runs_on_pocl_for_mali_and_adreno(shipped_onnx):
             assert float(within) >= 100 * WITHIN_ONE_STEP_REQUIRED, result.stdout
 
 
+@pytest.mark.long
 def test_harness_names_the_kernel_tvms_vectorized_int8_gather_breaks(tiny_onnx):
     """With TVM's default (vectorized) GPU code the int8 convs load their weights through the
     broken char-vector gather: the harness must name such a kernel; with our pass config none."""

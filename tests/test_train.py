@@ -4,6 +4,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from qatie.checkpoint import build_model, load_checkpoint
@@ -27,6 +28,7 @@ KILL_RUN = ["--width", "4", "--patch", "32", "--batch", "2", "--fp32-steps", "50
 KILL_RUN_STEPS = 70
 
 
+@pytest.mark.long
 def test_killed_training_resumes_and_ends_where_an_uninterrupted_run_ends(tmp_path):
     out = tmp_path / "killed.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -51,9 +53,8 @@ def test_killed_training_resumes_and_ends_where_an_uninterrupted_run_ends(tmp_pa
     assert ckpt["step"] == KILL_RUN_STEPS and ckpt["done"]
     assert [h["step"] for h in ckpt["history"]] == list(range(1, KILL_RUN_STEPS + 1))
 
-    straight = tmp_path / "straight.pt"
-    subprocess.run([sys.executable, "-m", "qatie", "train", "-o", str(straight), *KILL_RUN],
-                   check=True, capture_output=True, env=env, timeout=300)
+    straight = tmp_path / "straight.pt"  # in this process (one thread, like the runs above)
+    train(TrainConfig(**{**TINY, "fp32_steps": 50, "qat_steps": 20, "ckpt_every": 5}), straight)
     reference = load_checkpoint(straight)
     for key, value in reference["model"].items():
         assert torch.allclose(value.float(), ckpt["model"][key].float(), atol=1e-5), key

@@ -49,6 +49,7 @@ def tuned_log(tiny_onnx, tmp_path_factory) -> tuple[Path, subprocess.CompletedPr
     return log_dir, _tune(tiny_onnx[0], log_dir, 16, "--curve", curve)
 
 
+@pytest.mark.long
 def test_local_tuning_writes_tvm_records_that_the_next_build_uses(tiny_onnx, tuned_log, tmp_path, monkeypatch):
     log_dir, result = tuned_log
     assert result.returncode == 0, result.stderr
@@ -85,6 +86,7 @@ def test_local_tuning_writes_tvm_records_that_the_next_build_uses(tiny_onnx, tun
     assert np.array_equal(run_library(tmp_path / "tuned" / "model.so", x), run_library(tmp_path / "untuned" / "model.so", x))
 
 
+@pytest.mark.long
 def test_a_build_at_another_size_says_its_kernels_have_records_for_other_shapes_only(tiny_ckpt, tuned_log, tmp_path):
     from qatie.checkpoint import load_checkpoint
     from qatie.export import export
@@ -102,6 +104,7 @@ def test_a_build_at_another_size_says_its_kernels_have_records_for_other_shapes_
     assert any("other shapes only" in note for note in notes)
 
 
+@pytest.mark.long
 def test_rerun_with_budget_already_spent_tunes_nothing_and_keeps_the_log(tiny_onnx, tuned_log):
     log_dir, _ = tuned_log
     before = (log_dir / RECORDS).read_bytes()
@@ -111,6 +114,7 @@ def test_rerun_with_budget_already_spent_tunes_nothing_and_keeps_the_log(tiny_on
     assert (log_dir / RECORDS).read_bytes() == before
 
 
+@pytest.mark.long
 def test_killed_tuning_keeps_committed_records_and_the_rerun_finishes_the_budget(tiny_onnx, tmp_path):
     log_dir, budget = tmp_path / "x86-host", 32
     exe = Path(sys.executable).parent / "qatie-compile"
@@ -180,6 +184,7 @@ def test_a_record_that_names_a_missing_block_is_one_line(tiny_onnx, tuned_log, t
     assert not (tmp_path / "art").exists()
 
 
+@pytest.mark.long
 def test_build_reports_an_interrupted_append_it_cut(tiny_onnx, tuned_log, tmp_path):
     log_dir, _ = tuned_log
     damaged = tmp_path / "x86-host"
@@ -203,6 +208,7 @@ def rpc_cluster(tmp_path_factory):
     cluster.stop()
 
 
+@pytest.mark.long
 @pytest.mark.rpc
 def test_tuning_through_a_tracker_measures_on_both_servers(tiny_onnx, rpc_cluster, tmp_path):
     port, server_logs = rpc_cluster
