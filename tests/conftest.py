@@ -48,14 +48,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.hookimpl(trylast=True)  # after -m and -k have deselected
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Longest first (list scheduling: a 30 s test taken last left one worker idle for 30 s),
-    # those that need no shared fixture before those that do.
+    # those that need no shared fixture before those that do, so that while one worker makes
+    # the tiny model the other has work. (xdist's loadgroup hands out groups first, largest
+    # first; the first group, "deploy", makes the model.)
     items.sort(key=lambda item: (item.get_closest_marker("long") is None, bool(SHARED & set(item.fixturenames))))
-    # The first test that needs the tiny model's x86 build goes second: while the first long
-    # test runs on one worker, the other makes the shared fixtures, and no later test waits.
-    maker = next((item for item in items if "tiny_x86" in item.fixturenames), None)
-    if maker is not None:
-        items.remove(maker)
-        items.insert(1, maker)
     missing = {marker: install for marker, (present, install) in TOOLS.items() if not present()}
     for item in items:
         for marker, install in missing.items():

@@ -91,12 +91,17 @@ def _kernel_functions(disassembly: str) -> dict[str, str]:
     return bodies
 
 
-def conv_kernels(artifact: Path) -> dict[str, tuple[str | None, set[str]]]:
-    """Per conv kernel of the artifact: the dot product the manifest names, and which of the
-    dot-product instructions its code uses."""
+def conv_code(artifact: Path) -> dict[str, tuple[str | None, str]]:
+    """Per conv kernel of the artifact (MACs in the manifest): the dot product the manifest
+    names, and its machine code (every function of kernels.s named after it)."""
     manifest = json.loads((artifact / "manifest.json").read_text())
     functions = _kernel_functions((artifact / "kernels.s").read_text())
     convs = {k["name"]: k["dot_product"] for k in manifest["kernels"]["kernels"] if k["macs"] > 0}
     assert convs
-    return {conv: (dot, {i for i in INSTRUCTIONS.values() for f, body in functions.items()
-                         if f.startswith(conv) and i in body}) for conv, dot in convs.items()}
+    return {conv: (dot, "".join(body for f, body in functions.items() if f.startswith(conv))) for conv, dot in convs.items()}
+
+
+def conv_kernels(artifact: Path) -> dict[str, tuple[str | None, set[str]]]:
+    """Per conv kernel of the artifact: the dot product the manifest names, and which of the
+    dot-product instructions its code uses."""
+    return {conv: (dot, {i for i in INSTRUCTIONS.values() if i in code}) for conv, (dot, code) in conv_code(artifact).items()}

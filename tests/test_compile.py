@@ -17,6 +17,7 @@ from compile.frontend.inspect import integer_ops
 from compile.frontend.onnx_loader import load_onnx, to_relax
 from compile.frontend.rewrites.exact_statistics import ExactStatistics
 from qatie.references import WITHIN_ONE_STEP_REQUIRED, OrtMode, ort_output
+from tests.conv_cases import conv_code
 from tests.helpers import assert_one_line_error, compile_here, run_compile, run_library
 from tests.qdq_models import float_classifier_net, float_conv_net, ort_quantized
 
@@ -98,6 +99,20 @@ def test_ort_quantize_static_model_uint8_per_channel_matches_ort(ort_qdq):
     for mode in (OrtMode.SPEC, OrtMode.EXACT):
         steps = np.abs(got - ort_output(model.proto.SerializeToString(), x, mode)) / _output_scale(model.proto)
         assert np.mean(steps <= 1.0 + 1e-3) >= WITHIN_ONE_STEP_REQUIRED, (mode, steps.max())
+
+
+def test_a_float_scale_conv_requantizes_with_one_multiply(ort_qdq, tmp_path):
+    """Requantize is float(acc) * ((s_x s_w) / s_y), ORT's QLinearConv scale: no division left
+    in any conv kernel of a float-scale model (vdivps made the epilogue the costliest part of a
+    depthwise conv), and the result is ORT's exact integer runtime's, bit for bit."""
+    from compile.backend.build import BuildOptions, build
+
+    build(ort_qdq, get_target("x86-host"), tmp_path / "art", BuildOptions(emit_source=True, use_tuning=False))
+    code = conv_code(tmp_path / "art")
+    divisions = [conv for conv, (_, body) in code.items() if "divps" in body or "divss" in body]
+    assert len(code) == 3 and not divisions, divisions
+    x = np.random.default_rng(5).random((1, 3, 24, 24), dtype=np.float32)
+    assert np.array_equal(run_library(tmp_path / "art" / "model.so", x), ort_output(ort_qdq, x, OrtMode.EXACT))
 
 
 def test_ort_quantized_gemm_and_matmul_run_as_packed_integer_convs(tmp_path):

@@ -9,13 +9,19 @@ and rewrites it to
 
     pad(x_q, value = z_x) -> conv2d(int8|uint8, int8, out int32)
       -> + (round(b / (s_x s_w[c])) - z_x * sum(W_q[c]))        (int32, per channel)
-      -> float(acc) * (s_x s_w[c]) -> activation -> Q(s_y, z_y)
+      -> float(acc) * ((s_x s_w[c]) / s_y) -> activation -> Q(1, z_y)
 
 Padding with the input's zero point keeps every window "full", so the zero-point correction
 is one constant per output channel. The requantize epilogue is elementwise and fuses into the
-conv kernel. With power-of-two scales (QATIE's default) every step is exact, so the result
-equals the QDQ graph's float semantics bit for bit; with arbitrary scales it differs only by
-the bias rounding onto the accumulator grid, as every int8 runtime does.
+conv kernel: one float multiply per output, with the scale ONNX Runtime's integer runtime uses
+(QLinearConv's (x_scale * w_scale) / y_scale in float32), where the QDQ graph's float
+semantics multiply by s_x s_w and divide by s_y. The division (vdivps) was the costliest
+instruction of the epilogue, which dominates convs with few MACs per output (depthwise, small
+1x1). With power-of-two scales (QATIE's default) every step is exact either way, so the
+result equals the QDQ graph's float semantics bit for bit; with arbitrary scales it equals
+ORT's exact integer kernels and differs from the float semantics only where rounding the
+product differently moves a value across a rounding boundary (and by the bias rounding onto
+the accumulator grid, as every int8 runtime does).
 
 `IntegerGemm` matches the same chain around a 2-D `matmul` with constant weights (ONNX Gemm
 and MatMul) and builds the same integer conv on [N, K, 1, 1].
@@ -128,15 +134,24 @@ class IntegerConv(Rewrite):
             data, relax.const(w_q, "int8"), strides=operands.strides, padding=[0, 0, 0, 0],
             dilation=operands.dilation, groups=operands.groups, out_dtype="int32",
         )
+        s_y = constant(match[self.s_y]).astype(np.float32).reshape(-1)
+        if s_y.size not in (1, out_channels):
+            log.skip(self.name, f"{s_y.size} output scales for {out_channels} channels")
+            return call
+        # one float32 multiply per output, (s_x * s_w[c]) / s_y computed as ONNX Runtime's
+        # QLinearConv computes it (ComputeOutputScale), instead of a multiply and a division
+        requant = (acc_scale / np.broadcast_to(s_y, (out_channels,))).astype(np.float32)
+
         channel = (1, out_channels, 1, 1)
         acc = relax.op.add(acc, relax.const(offset.astype(np.int32).reshape(channel), "int32"))
-        value = relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(acc_scale.reshape(channel), "float32"))
+        value = relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(requant.reshape(channel), "float32"))
         activation = next((match[a] for a in self.activations if a in match), None)
         if activation is not None:
             value = relax.Call(activation.op, [value], activation.attrs)
         log.apply(self.name)
         axis = int(call.attrs.axis) % len(call.ty.shape)  # a Gemm's output channels: axis 1, as a conv's
-        codes = relax.op.quantize(value, match[self.s_y], match[self.z_y], axis=axis, out_dtype=call.attrs.out_dtype)
+        codes = relax.op.quantize(value, relax.const(1.0, "float32"), match[self.z_y], axis=axis,
+                                  out_dtype=call.attrs.out_dtype)
         return self._result(codes, call)
 
 
