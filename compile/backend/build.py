@@ -179,8 +179,13 @@ def build(onnx_path: Path, spec: TargetSpec, out: Path, options: BuildOptions = 
 
     if tuned.other_shapes:
         notes.append(f"{database_dir}: {tuned.other_shapes} of the {tuned.total - tuned.applied} untuned kernels have "
-                     f"records there for other shapes only (tuned at another input size or for another model); "
+                     f"records there only for kernels like them at other shapes or with other constants (tuned at "
+                     f"another input size, for another model, or by an earlier version of qatie-compile); "
                      f"tune this model at this size to give them records")
+    elif tuned.records and not tuned.applied:
+        notes.append(f"{database_dir}: none of its {tuned.records} records is for a kernel of this model, at any size "
+                     f"(they are another model's, or for kernels an earlier version of qatie-compile generated); "
+                     f"tune this model to give it records")
     staging = staging_folder(out)
     try:
         library, kernels = staging / LIBRARY, staging / KERNELS

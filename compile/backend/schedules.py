@@ -609,7 +609,9 @@ class TunedKernels:
     total: int = 0
     names: set[str] = field(default_factory=set)
     applying: bool = False  # True while records are applied: an error then is the log's
-    other_shapes: int = 0  # untuned kernels the log holds records for at other sizes only
+    other_shapes: int = 0  # untuned kernels the log holds records for at other sizes (or constants) only
+    records: int = 0  # records in the log (none of them applying, and none for another size:
+    # the log is another model's, or an earlier compiler generated other kernels)
 
 
 def _apply_database(database, tuned: TunedKernels) -> tvm.transform.Pass:
@@ -627,9 +629,11 @@ def _apply_database(database, tuned: TunedKernels) -> tvm.transform.Pass:
         tuned.names = {name for name, f in kernels.items() if f.attrs and f.attrs.get("tirx.is_scheduled", False)}
         tuned.applied = len(tuned.names)
         if database is not None and tuned.applied < tuned.total:
-            logged = {shape_free_key(r.workload.mod["main"]) for r in database.get_all_tuning_records()}
+            records = database.get_all_tuning_records()
+            logged = {shape_free_key(r.workload.mod["main"]) for r in records}
             tuned.other_shapes = sum(1 for name, f in kernels.items()
                                      if name not in tuned.names and shape_free_key(f) in logged)
+            tuned.records = len(records)
         return mod
 
     return _apply
