@@ -41,9 +41,10 @@ def load_checkpoint(path: Path) -> dict:
         with torch.serialization.safe_globals(SAFE_TYPES):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" in str(exc) or "GLOBAL" in str(exc):  # a class or function to import: code
+        named = _named_global(exc)
+        if named:  # a class or function to import: code
             raise QatieError(f"{path}: refused: it holds Python objects other than tensors and plain data "
-                             f"({_unsupported(exc)}), which loading would run as code") from None
+                             f"({named}), which loading would run as code") from None
         raise QatieError(f"{path}: not a readable checkpoint (UnpicklingError); it may be truncated") from None
     except Exception as exc:  # torch raises many types for truncated/corrupt files
         raise QatieError(f"{path}: not a readable checkpoint ({type(exc).__name__}); it may be truncated") from None
@@ -59,11 +60,13 @@ def load_checkpoint(path: Path) -> dict:
     return ckpt
 
 
-def _unsupported(exc: Exception) -> str:
-    """The first 'Unsupported global: ...' torch names, else the error's last line."""
+def _named_global(exc: Exception) -> str | None:
+    """The first global (class or function) torch's weights-only loader refused to import, as it
+    names it ('Unsupported global: ...', 'unsupported GLOBAL ...'), or None: then the bytes are
+    no pickle it can read at all (torch says "Weights only load failed" for both)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    found = next((line for line in lines if "Unsupported global" in line or "GLOBAL" in line), lines[-1] if lines else "")
-    return found.split(" was not an allowed global")[0].split("WeightsUnpickler error: ")[-1][:200]
+    found = next((line for line in lines if "Unsupported global" in line or "GLOBAL" in line), None)
+    return found and found.split(" was not an allowed global")[0].split("WeightsUnpickler error: ")[-1][:200]
 
 
 def build_model(ckpt: dict, state_key: str = "model") -> QATIENet:
