@@ -6,6 +6,7 @@ evaluator on the device itself, so no network round trip is inside a measurement
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,17 @@ def time_model(vm, dev, timing: Timing, inputs) -> list[float]:
     statefully, so input copies are not timed)."""
     vm.set_input("main", inputs)
     return time_calls(vm, "invoke_stateful", dev, timing, "main")
+
+
+def warm_model(vm, dev, timing: Timing, inputs) -> Callable[[], float]:
+    """The model of `time_model` after its warm-up runs, as a function returning the seconds of
+    one timed run (of at least `timing.min_ms`): for callers that time it between other work.
+    (Each call costs one more untimed run: TVM's time evaluator calls once before it times.)"""
+    vm.set_input("main", inputs)
+    for _ in range(timing.warmup):
+        vm.invoke_stateful("main")
+    timer = vm.time_evaluator("invoke_stateful", dev, number=1, repeat=1, min_repeat_ms=timing.min_ms)
+    return lambda: timer("main").results[0]
 
 
 def latency_stats(seconds: list[float]) -> dict:
