@@ -59,9 +59,11 @@ deploy: setup
 	  $(VENV)/bin/qatie-compile bench $(OUT)/x86-host --tracker $(TRACKER) --key $(RPC_KEY) --ckpt $(CKPT); \
 	  $(VENV)/bin/qatie-compile profile $(OUT)/x86-host --tracker $(TRACKER) --key $(RPC_KEY) --min-ms 20'
 
-# Checking builds without a device (needs qemu-user, g++-aarch64-linux-gnu, pocl-opencl-icd):
-# the shipped model built for both ARM Linux targets and benched on emulated Cortex-A53/A76
-# devices through a local tracker, then its Mali/Adreno kernels run on PoCL.
+# Checking builds without a device (needs qemu-user, g++-aarch64-linux-gnu, gcc, llvm,
+# pocl-opencl-icd): the shipped model built for both ARM Linux targets and benched on emulated
+# Cortex-A53/A76 devices through a local tracker (bench adds each build's estimated
+# Cortex-A53/A55/A76 cycles: qemu block counts costed by llvm-mca), then its Mali/Adreno kernels
+# run on PoCL.
 OFFLINE_SIZE ?= 64x64
 OFFLINE := $(OUT)/offline
 offline-check: setup

@@ -218,6 +218,16 @@ class Artifact:
     def architecture(self) -> str:
         return elf_architecture(self.library)
 
+    def source_model(self, path: Path | None) -> Path:
+        """The ONNX file the artifact was built from: `path` (a user's copy) or the one the
+        manifest names, checked by its sha256."""
+        path = path or Path(self.manifest.model.path)
+        if not path.is_file():
+            raise QatieError(f"{path}: the artifact's ONNX model is not there; pass it with --onnx")
+        if sha256(path) != self.manifest.model.sha256:
+            raise QatieError(f"{path}: not the ONNX model this artifact was built from (sha256 differs); pass it with --onnx")
+        return path
+
 
 def read_manifest(path: Path) -> Manifest:
     return read_record(path, Manifest, "a manifest this version writes", "rebuild the artifact")

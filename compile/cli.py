@@ -303,6 +303,22 @@ def devices(tracker: str) -> None:
         click.echo(f"  {key:24s} {registered} registered, {free} free")
 
 
+def _estimates_if_emulated(artifact, x, rows: list[dict], onnx_path: Path | None) -> dict:
+    """Emulator timings say nothing of a phone; the instructions it ran do. With an emulated
+    device among `rows`: {"estimates": each core's estimate of one inference on this host, with
+    ONNX Runtime's aarch64 estimate on the artifact's ONNX file beside it when that file is there}."""
+    if not any(row["emulated"] for row in rows):
+        return {}
+    from compile.offline.estimate import cores_for, estimate_here
+
+    try:
+        models = [artifact.source_model(onnx_path)]
+    except QatieError as exc:
+        models = []
+        _echo_err(f"note: no ONNX Runtime estimate beside ours: {exc}")
+    return {"estimates": estimate_here(artifact, x, cores_for(artifact, ()), None, _echo_err, models)}
+
+
 def _placement_options(command):
     """--tracker/--key or --local, and the timing protocol, shared by bench and profile."""
     options = [
@@ -355,16 +371,18 @@ def bench(artifact: Path, tracker: str | None, key: str | None, local: bool, dev
         references["pytorch"] = pytorch_reference(ckpt, x)
     rows = deployment.run(lambda device: bench_on(device, loaded, x, references, deployment.timing, deployment.threads),
                           _echo_err)
-    report = deployment.report(rows)
+    report = deployment.report(rows, **_estimates_if_emulated(loaded, x, rows, onnx_path))
     deployment.write(report, BENCH_FORMATS)
     click.echo(bench_table(report))
 
 
 @main.command()
 @_placement_options
+@click.option("--onnx", "onnx_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="The artifact's ONNX file, for ONNX Runtime's estimate on an emulated device (default: the manifest's path).")
 def profile(artifact: Path, tracker: str | None, key: str | None, local: bool, device_timeout: float,
             session_timeout: float, repeats: int, warmup: int, min_ms: int, threads: int | None,
-            input_npy: Path | None, out: Path | None) -> None:
+            input_npy: Path | None, out: Path | None, onnx_path: Path | None) -> None:
     """Per-kernel time of ARTIFACT on each device: table, CSV, JSON, Chrome trace, PNG."""
     from compile.deploy.deployment import Deployment
     from compile.deploy.profile import profile_on
@@ -377,10 +395,59 @@ def profile(artifact: Path, tracker: str | None, key: str | None, local: bool, d
     x = deployment.model_input(input_npy)
     rows = deployment.run(lambda device: profile_on(device, loaded, x, deployment.timing, deployment.threads),
                           _echo_err)
-    report = deployment.report(rows, call_order=loaded.manifest.kernels.call_order)
+    report = deployment.report(rows, call_order=loaded.manifest.kernels.call_order,
+                               **_estimates_if_emulated(loaded, x, rows, onnx_path))
     written = deployment.write(report, PROFILE_FORMATS)
     click.echo(profile_tables(report))
     click.echo(f"written: {', '.join(str(path) for path in written)}")
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--core", "core_names", multiple=True,
+              help="ARM core whose llvm-mca model to use: cortex-a53, cortex-a55, cortex-a76 (repeatable; "
+                   "default: every one the build can run on).")
+@click.option("--clock-ghz", type=click.FloatRange(min=0.1, max=10), help="Clock for the milliseconds (default: each core's stated typical clock).")
+@click.option("--input", "input_npy", type=click.Path(path_type=Path, dir_okay=False),
+              help="Input .npy (default: the reference photo at the model's size).")
+@click.option("--onnxruntime", "with_ort", is_flag=True,
+              help="Also estimate ONNX Runtime's aarch64 runtime on the same ONNX file, under the same plugin.")
+@click.option("--onnx", "onnx_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="The ONNX file the artifact was built from (default: the path its manifest names).")
+@click.option("--onnxruntime-model", "ort_models", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="Another export of the same network to estimate in ONNX Runtime (e.g. `qatie export --fp32`, "
+                   "or a uint8-activation model from its quantize_static); repeatable, implies --onnxruntime.")
+@click.option("-o", "--out", type=click.Path(path_type=Path, file_okay=False), help="Write estimate.json here.")
+def estimate(artifact: Path, core_names: tuple[str, ...], clock_ghz: float | None, input_npy: Path | None,
+             with_ort: bool, onnx_path: Path | None, ort_models: tuple[Path, ...], out: Path | None) -> None:
+    """Estimated cycles per kernel of an aarch64 ARTIFACT on ARM cores (qemu block counts, llvm-mca)."""
+    import json
+
+    from compile.artifact import load_artifact
+    from compile.deploy.inputs import model_input
+    from compile.deploy.reports import estimate_table
+    from compile.offline.estimate import cores_for, estimate_here
+    from compile.offline.ort_arm64 import check_interface
+    from qatie.atomic import write_text_atomic
+
+    if out:
+        check_writable_folder(out)
+    with_ort = with_ort or bool(ort_models)
+    if onnx_path and not with_ort:
+        raise QatieError("--onnx names the file ONNX Runtime runs; add --onnxruntime")
+    loaded = load_artifact(artifact)
+    cores = cores_for(loaded, core_names)
+    models = [loaded.source_model(onnx_path), *ort_models] if with_ort else []
+    for model in ort_models:
+        check_interface(model, loaded.manifest.model)
+    estimates = estimate_here(loaded, model_input(loaded.manifest.model.inputs[0], input_npy), cores, clock_ghz,
+                              _echo_err, models)
+    click.echo(estimate_table(estimates, f"{loaded.library} ({loaded.target_name})"))
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        report = {"artifact": str(artifact), "target": loaded.target_name, "threads": 1, "estimates": estimates}
+        write_text_atomic(json.dumps(report, indent=2), out / "estimate.json")
+        click.echo(f"written: {out / 'estimate.json'}")
 
 
 @main.group()

@@ -8,8 +8,8 @@ this file: check each function against the new release.
   node names before import (the frontend stops at the first one, with a traceback).
 - `link_vm_without_tir`: the Relax VM's build steps taken apart, so the PoCL harness can link
   the VM without its compiled TIR library and serve each kernel call from Python.
-- `serve_tracker_sessions`: TVM's RPC listen loop (tracker registration, match keys, handshake),
-  with only the serving of one accepted session replaced (the emulated device runs it under qemu).
+- `serve_sessions`: TVM's RPC listen loop (tracker registration, match keys, handshake), with
+  only the serving of one accepted session replaced (the emulated device runs it under qemu).
 """
 
 from __future__ import annotations
@@ -46,10 +46,10 @@ def link_vm_without_tir(relaxed, target):
     return link, library
 
 
-def serve_tracker_sessions(listener, port: int, key: str, tracker: tuple[str, int],
-                           serve_one: Callable) -> None:
-    """Register with `tracker` under `key` and hand each accepted session to
-    `serve_one(conn, addr, opts, load_library)`; runs until the process ends."""
+def serve_sessions(listener, port: int, key: str, tracker: tuple[str, int] | None, serve_one: Callable) -> None:
+    """Register with `tracker` under `key` (None: accept clients that connect directly with
+    `key`) and hand each accepted session to `serve_one(conn, addr, opts, load_library)`; runs
+    until the process ends."""
     from tvm.rpc import server as tvm_server
 
     tvm_server._serving = serve_one

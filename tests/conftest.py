@@ -2,8 +2,8 @@
 test run and shared by the xdist workers), the markers' tool checks, and `--fail-on-skip` for CI.
 
 Markers (pyproject.toml): `rpc` (a real tracker and servers on 127.0.0.1), `qemu` (an emulated
-aarch64 device), `pocl` (OpenCL kernels on PoCL), `tune` (MetaSchedule tuning), `cross` (an
-aarch64 cross compiler); `long` (15 s or more) only orders the run: longest first. A test whose tool is missing is skipped with the command that installs
+aarch64 device), `mca` (the ARM cycle estimate's tools), `pocl` (OpenCL kernels on PoCL), `tune`
+(MetaSchedule tuning), `cross` (an aarch64 cross compiler); `long` (15 s or more) only orders the run: longest first. A test whose tool is missing is skipped with the command that installs
 it; `.ci/run` passes `--fail-on-skip`, so CI fails instead of silently testing less.
 """
 
@@ -21,6 +21,7 @@ import torch
 from filelock import FileLock
 
 from compile.artifact import Manifest, read_manifest
+from compile.offline.cycle_model import LLVM_VERSIONS
 from qatie.references import Agreement
 from qatie.train import TrainConfig, train
 from tests.helpers import TINY
@@ -35,6 +36,10 @@ TOOLS = {
     "cross": (lambda: shutil.which("aarch64-linux-gnu-g++"), f"{APT} g++-aarch64-linux-gnu"),
     "qemu": (lambda: shutil.which("qemu-aarch64") and shutil.which("aarch64-linux-gnu-g++"),
              f"{APT} qemu-user g++-aarch64-linux-gnu"),
+    # the ARM estimate: a host C compiler for the qemu plugin, LLVM's llvm-mc/llvm-mca/llvm-nm
+    "mca": (lambda: shutil.which("cc") and all(any(shutil.which(tool + suffix) for suffix in LLVM_VERSIONS)
+                                               for tool in ("llvm-mc", "llvm-mca", "llvm-nm")),
+            f"{APT} gcc llvm"),
     "pocl": (lambda: glob.glob("/etc/OpenCL/vendors/*.icd") and importlib.util.find_spec("pyopencl"),
              f"{APT} pocl-opencl-icd ocl-icd-opencl-dev && pip install pyopencl"),
 }

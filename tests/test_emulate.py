@@ -26,7 +26,8 @@ from tests.qdq_models import float_conv_net, ort_quantized
 from tests.rpc_cluster import free_port, start_cluster
 
 A53_KEY, A76_KEY = "a53-emu", "a76-emu"
-pytestmark = [pytest.mark.qemu, pytest.mark.rpc, pytest.mark.cross, pytest.mark.xdist_group("arm")]
+# mca: bench and profile over an emulated device add the estimated ARM cycles (gcc, llvm)
+pytestmark = [pytest.mark.qemu, pytest.mark.rpc, pytest.mark.cross, pytest.mark.mca, pytest.mark.xdist_group("arm")]
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +51,34 @@ def test_emulated_arm_device_matches_onnxruntime(tiny_arm, emulated, target, key
     (row,) = json.loads((tmp_path / "bench.json").read_text())["devices"]
     assert row["arch"] == "aarch64" and row["emulated"].startswith("qemu-aarch64 -cpu cortex-a"), row
     assert row["agreement"]["onnxruntime"]["within_one_step"] >= WITHIN_ONE_STEP_REQUIRED, row
-    # Emulator time is labelled as such wherever a latency is printed.
+    # Emulator time is labelled as such wherever a latency is printed; the estimate comes beside it.
     assert "(emulated)" in result.stdout and "not device latencies" in result.stdout
     assert "(emulated)" in (tmp_path / "bench.md").read_text()
+    estimates = json.loads((tmp_path / "bench.json").read_text())["estimates"]
+    assert [e["core"] for e in estimates] == (["cortex-a53"] if target == "arm64-linux" else []) + ["cortex-a55", "cortex-a76"]
+    assert all(e["cycles"] > 0 and e["label"].startswith("estimated (llvm-mca") for e in estimates)
+    assert all(e["onnxruntime"][0]["cycles"] > 0 for e in estimates)  # the runtime a user would otherwise ship
+    assert "estimated (llvm-mca" in (tmp_path / "bench.md").read_text()
+
+
+def test_profile_on_an_emulated_device_adds_estimated_cycles(tiny_arm, emulated, tmp_path):
+    """Emulator wall time says nothing of a phone: profile adds each core's estimate (the
+    instructions qemu ran, costed by llvm-mca), kernel by kernel, labelled as estimates, and
+    ONNX Runtime's aarch64 runtime on the same ONNX file estimated the same way."""
+    artifact = tiny_arm["arm64-linux-dotprod"]
+    result = run_compile("profile", artifact, "--tracker", emulated.address, "--key", A76_KEY, "--repeats", 2,
+                         "--warmup", 1, "-o", tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "profile.json").read_text())
+    names = {k["name"] for k in json.loads((artifact / "manifest.json").read_text())["kernels"]["kernels"]}
+    assert [e["core"] for e in report["estimates"]] == ["cortex-a55", "cortex-a76"]
+    for estimate in report["estimates"]:
+        assert {k["name"] for k in estimate["kernels"]} == names
+        assert all(k["cycles"] > 0 for k in estimate["kernels"])
+        assert estimate["onnxruntime"][0]["speedup"] > 0  # ONNX Runtime's aarch64 estimate, the same run
+    assert "estimated (llvm-mca" in result.stdout and "not device latencies" in result.stdout
+    assert "ONNX Runtime" in result.stdout
+    assert "Mcycles" in (tmp_path / "profile.md").read_text()
 
 
 def test_ort_quantized_net_on_emulated_fma_cpu_matches_onnxruntime(emulated, tmp_path):

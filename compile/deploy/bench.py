@@ -12,23 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
-from compile.artifact import Artifact, sha256
+from compile.artifact import Artifact
 from compile.deploy.device import check_device, device_of, load_on_device, set_threads
 from compile.deploy.rpc import Device
 from compile.deploy.timing import Timing, latency_stats, time_model
-from qatie.errors import QatieError
 from qatie.references import agreement, ort_output
 
 
 def onnx_reference(artifact: Artifact, onnx_path: Path | None, x: np.ndarray) -> np.ndarray:
     """ONNX Runtime (spec semantics) on the very ONNX file the artifact was built from."""
-    model = artifact.manifest.model
-    path = onnx_path or Path(model.path)
-    if not path.is_file():
-        raise QatieError(f"{path}: the artifact's ONNX model is not there; pass it with --onnx")
-    if sha256(path) != model.sha256:
-        raise QatieError(f"{path}: not the ONNX model this artifact was built from (sha256 differs); pass it with --onnx")
-    return ort_output(path, x)
+    return ort_output(artifact.source_model(onnx_path), x)
 
 
 def pytorch_reference(checkpoint: Path, x: np.ndarray) -> np.ndarray:

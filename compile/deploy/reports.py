@@ -58,7 +58,8 @@ def bench_table(report: dict) -> str:
             agree = row["agreement"][name]
             cells += [f"{agree['max_steps']:.1f}", f"{100 * agree['within_one_step']:.3f} %", f"{agree['psnr_db']:.2f}"]
         rows.append(cells)
-    return f"`{report['command']}`\n\n{report['caption']}\n\n{_markdown(header, rows)}\n{_emulation_note(report)}"
+    estimates = "\n" + estimate_table(report["estimates"], f"{report['artifact']}", top=0) + "\n" if report.get("estimates") else ""
+    return f"`{report['command']}`\n\n{report['caption']}\n\n{_markdown(header, rows)}\n{_emulation_note(report)}{estimates}"
 
 
 def _arch_cell(row: dict) -> str:
@@ -154,7 +155,56 @@ def _profile_trace(report: dict, folder: Path) -> str:
 
 
 def profile_tables(report: dict) -> str:
-    return "\n".join(profile_table(report, device) for device in report["devices"])
+    tables = [profile_table(report, device) for device in report["devices"]]
+    if report.get("estimates"):
+        tables.append(estimate_table(report["estimates"], f"{report['artifact']} on an emulated device"))
+    return "\n".join(tables)
+
+
+# How far the estimate can be trusted, from checking the method against measured kernel times on
+# an x86 host (bench/estimate_validation.py; its figures are in docs/offline-checks.md).
+ESTIMATE_QUALITY = ("How far to trust it: checked against measured kernel times on an x86 host, 'conv' estimates "
+                    "rank and scale with the kernels' time; 'other' kernels (packing, lookups, elementwise: "
+                    "memory-bound, which llvm-mca models as cache hits) can be off several-fold either way "
+                    "(docs/offline-checks.md, bench/estimate_validation.py).")
+
+
+def _onnxruntime_cell(estimate: dict) -> str:
+    lines = []
+    for ort in estimate.get("onnxruntime", []):
+        spec = ort["agreement_with_spec"]
+        lines.append(f"\n  - {ort['runtime']} on {ort['model']}, under qemu -cpu {ort['qemu_cpu']}: "
+                     f"{ort['cycles'] / 1e6:.2f} M cycles = {ort['ms']:.2f} ms; ours {ort['speedup']:.2f}x as fast (its "
+                     f"output within one step of ONNX Runtime's spec semantics on {100 * spec['within_one_step']:.2f} %, "
+                     f"max {spec['max_steps']:.0f} steps)")
+    if len(lines) > 1:
+        fastest = estimate["fastest_onnxruntime"]
+        lines.append(f"\n  - fastest ONNX Runtime: {fastest['model']}; ours {fastest['speedup']:.2f}x as fast")
+    return "".join(lines)
+
+
+def estimate_table(estimates: list[dict], subject: str, top: int = 15) -> str:
+    """Markdown of `qatie-compile estimate`'s figures (compile/offline/estimate.py): the totals
+    per core, then the `top` costliest kernels with each core's cycles and MACs per cycle."""
+    lines = [f"Estimated cycles of one inference of {subject}, 1 thread:", ""]
+    lines += [f"- {e['core']} at {e['clock_ghz']:g} GHz: {e['cycles'] / 1e6:.2f} M cycles = {e['ms']:.2f} ms, {e['label']}"
+              + _onnxruntime_cell(e) for e in estimates]
+    if not top:
+        return "\n".join(lines)
+    header = ["kernel", "kind", "calls", "M instructions"]
+    for e in estimates:
+        header += [f"{e['core']} Mcycles", f"{e['core']} MAC/cycle"]
+    per_core = [{k["name"]: k for k in e["kernels"]} for e in estimates]
+    rows = []
+    for kernel in estimates[0]["kernels"][:top]:  # each core's kernels come costliest first
+        cells = [kernel["name"], kernel["kind"], str(kernel["calls"]), f"{kernel['instructions'] / 1e6:.3f}"]
+        for kernels in per_core:
+            same = kernels[kernel["name"]]
+            cells += [f"{same['cycles'] / 1e6:.3f}", f"{same['macs_per_cycle']:.2f}"]
+        rows.append(cells)
+    more = len(estimates[0]["kernels"]) - top
+    return ("\n".join(lines) + "\n\n" + _markdown(header, rows) + (f"\n\n({more} more kernels in the JSON report)" if more > 0 else "")
+            + "\n\n" + ESTIMATE_QUALITY)
 
 
 def _profile_markdown(report: dict, folder: Path) -> str:

@@ -82,7 +82,7 @@ def ensure_runtime(log=print) -> Arm64Runtime:
     log(f"preparing the aarch64 TVM runtime in {folder} (once): {', '.join(f'{d}=={v}' for d, v in versions.items())}")
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".arm64-runtime-") as staging:
         staging = Path(staging)
-        _download_wheels(versions, staging / "wheels")
+        download_wheels(versions, staging / "wheels")
         runtime = staging / "runtime"
         _unpack(staging / "wheels", runtime)
         _compile_session(cxx, runtime)
@@ -95,15 +95,16 @@ def ensure_runtime(log=print) -> Arm64Runtime:
     return Arm64Runtime(folder)
 
 
-def _download_wheels(versions: dict[str, str], into: Path) -> None:
+def download_wheels(versions: dict[str, str], into: Path) -> None:
+    """The aarch64 wheels of these exact versions (distribution -> version), for Python 3.11."""
     command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
                "--platform", WHEEL_PLATFORM, "--python-version", "3.11", "-d", str(into),
                *(f"{dist}=={version}" for dist, version in versions.items())]
     result = subprocess.run(command, check=False, capture_output=True, text=True)
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise QatieError(f"could not download the aarch64 TVM wheels ({last}); the emulated device needs "
-                         f"package-registry access once, then runs from {cache_dir()}")
+        raise QatieError(f"could not download the aarch64 wheels of {', '.join(versions)} ({last}); emulating "
+                         f"them needs package-registry access once, then runs from {cache_dir()}")
 
 
 def _unpack(wheels: Path, runtime: Path) -> None:

@@ -6,7 +6,8 @@
 // (upload, load, run, time) therefore executes in the aarch64 TVM runtime from the pip wheel,
 // on the CPU model qemu emulates. Kept to what TVM's runtime cannot provide by itself: the
 // server-side globals its RPC protocol expects, and the CPU's feature bits, so a client can
-// refuse a library the CPU cannot execute instead of dying with SIGILL.
+// refuse a library the CPU cannot execute instead of dying with SIGILL, and the process's memory
+// map, so `qatie-compile estimate` can place executed code in the libraries it loaded.
 //
 // Usage: qatie_rpc_session SOCKET_FD WORK_DIR [EMULATION]
 // EMULATION (e.g. "qemu-aarch64 -cpu cortex-a53") is what clients label timings with: latency
@@ -20,7 +21,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <random>
+#include <sstream>
 #include <string>
 
 namespace ffi = tvm::ffi;
@@ -71,6 +74,12 @@ int main(int argc, char** argv) {
                            ffi::Function::FromTyped([]() { return ffi::String(CpuFeatures()); }));
   ffi::Function::SetGlobal("qatie.device.arch", ffi::Function::FromTyped([]() { return ffi::String("aarch64"); }));
   ffi::Function::SetGlobal("tvm.contrib.random.random_fill_for_measure", ffi::Function::FromTyped(RandomFill));
+  // Under qemu-user this is the guest's view (qemu emulates the file): the addresses its plugins see.
+  ffi::Function::SetGlobal("qatie.device.maps", ffi::Function::FromTyped([]() {
+    std::ostringstream text;
+    text << std::ifstream("/proc/self/maps").rdbuf();
+    return ffi::String(text.str());
+  }));
   ffi::Function::SetGlobal("qatie.device.emulation",
                            ffi::Function::FromTyped([emulation]() { return ffi::String(emulation); }));
   ffi::Function::GetGlobalRequired("rpc.ServerLoop")(fd);
