@@ -61,18 +61,16 @@ def _blocks_under_qemu(library: Path, x: np.ndarray) -> list:
 def _estimate(artifact, x: np.ndarray, cpu: str) -> tuple[dict[str, float], str]:
     """Estimated cycles of each kernel (all its calls) and the cost model's label."""
     from compile.offline.code_map import CodeMap
-    from compile.offline.cycle_model import Core, CycleModel, code_key
+    from compile.offline.cycle_model import Core, CycleModel
 
     names = {k.name for k in artifact.manifest.kernels.kernels}
     code = CodeMap.of(artifact.library, names)
     per_kernel = defaultdict(list)
     for block in _blocks_under_qemu(artifact.library, x):
-        owner = code.owner(block.offset) if block.place == artifact.library.name else None
-        if owner:
-            per_kernel[owner].append(block)
+        per_kernel[code.kernel_of(block)].append(block)
     model = CycleModel(Core(cpu, frozenset(), 1.0, "max", triple="x86_64", mattr=""))
-    cycles = model.cycles([b.insns for blocks in per_kernel.values() for b in blocks])
-    return ({name: sum(b.count * cycles[code_key(b.insns)] for b in per_kernel[name]) for name in names},
+    cycles = model.totals({name: blocks for name, blocks in per_kernel.items() if name})  # not the interpreter's
+    return ({name: cycles.get(name, 0.0) for name in names},
             model.label.replace("qemu block counts", "qemu-x86_64 block counts"))
 
 

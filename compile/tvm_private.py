@@ -8,8 +8,9 @@ this file: check each function against the new release.
   node names before import (the frontend stops at the first one, with a traceback).
 - `link_vm_without_tir`: the Relax VM's build steps taken apart, so the PoCL harness can link
   the VM without its compiled TIR library and serve each kernel call from Python.
-- `serve_sessions`: TVM's RPC listen loop (tracker registration, match keys, handshake), with
-  only the serving of one accepted session replaced (the emulated device runs it under qemu).
+- `serve_sessions`, `serve_one_session`: TVM's RPC listen loop (tracker registration, match
+  keys, handshake), with only the serving of one accepted session replaced (the emulated device
+  runs it under qemu); the estimate needs one session and no tracker.
 """
 
 from __future__ import annotations
@@ -54,3 +55,20 @@ def serve_sessions(listener, port: int, key: str, tracker: tuple[str, int] | Non
 
     tvm_server._serving = serve_one
     tvm_server._listen_loop(listener, port, key, tracker, None, None)
+
+
+class _Served(Exception):
+    """Ends TVM's listen loop, which has no way out, after its one session."""
+
+
+def serve_one_session(listener, port: int, key: str, serve_one: Callable) -> None:
+    """Accept one client connecting directly with `key`, hand it to `serve_one` as
+    `serve_sessions` does, and return when that session has been served."""
+    def serve_then_stop(*args) -> None:
+        serve_one(*args)
+        raise _Served
+
+    try:
+        serve_sessions(listener, port, key, None, serve_then_stop)
+    except _Served:
+        return

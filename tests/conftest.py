@@ -21,7 +21,7 @@ import torch
 from filelock import FileLock
 
 from compile.artifact import Manifest, read_manifest
-from compile.offline.cycle_model import LLVM_VERSIONS
+from compile.offline.host_tools import LLVM_VERSIONS
 from qatie.references import Agreement
 from qatie.train import TrainConfig, train
 from tests.helpers import TINY

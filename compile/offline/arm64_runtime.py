@@ -11,7 +11,6 @@ runtime behind.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import subprocess
 import sys
@@ -21,9 +20,9 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from compile.offline.host_tools import build_once, cache_dir, run_tool
 from qatie.errors import QatieError
 
-CACHE_ENV = "QATIE_CACHE"
 SESSION_SOURCE = Path(__file__).resolve().parent / "native" / "rpc_session.cc"
 SESSION_PROGRAM = "qatie_rpc_session"
 CROSS_CXX = "aarch64-linux-gnu-g++"
@@ -46,10 +45,6 @@ class Arm64Runtime:
     @property
     def session_program(self) -> Path:
         return self.folder / SESSION_PROGRAM
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "qatie"))
 
 
 def require_tools() -> tuple[str, str]:
@@ -76,22 +71,19 @@ def ensure_runtime(log=print) -> Arm64Runtime:
     _, cxx = require_tools()
     versions = _versions()
     folder = cache_dir() / f"arm64-runtime-{_fingerprint(versions)}"
-    if (folder / SESSION_PROGRAM).is_file():
-        return Arm64Runtime(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    log(f"preparing the aarch64 TVM runtime in {folder} (once): {', '.join(f'{d}=={v}' for d, v in versions.items())}")
-    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".arm64-runtime-") as staging:
-        staging = Path(staging)
-        download_wheels(versions, staging / "wheels")
-        runtime = staging / "runtime"
-        _unpack(staging / "wheels", runtime)
-        _compile_session(cxx, runtime)
+
+    def make(runtime: Path) -> None:
+        log(f"preparing the aarch64 TVM runtime in {folder} (once): "
+            f"{', '.join(f'{d}=={v}' for d, v in versions.items())}")
+        with tempfile.TemporaryDirectory() as wheels:
+            download_wheels(versions, Path(wheels))
+            _unpack(Path(wheels), runtime)
+        run_tool([cxx, "-std=c++17", "-O2", "-o", str(runtime / SESSION_PROGRAM), str(SESSION_SOURCE),
+                  f"-I{runtime / 'include'}", f"-L{runtime}", "-ltvm_runtime", "-ltvm_ffi", "-Wl,-rpath,$ORIGIN"],
+                 f"{SESSION_SOURCE}: {CROSS_CXX} failed")
         shutil.rmtree(runtime / "include")
-        try:
-            runtime.rename(folder)
-        except OSError:  # another emulator prepared it meanwhile: theirs is the same
-            if not (folder / SESSION_PROGRAM).is_file():
-                raise
+
+    build_once(folder, SESSION_PROGRAM, make)
     return Arm64Runtime(folder)
 
 
@@ -125,11 +117,3 @@ def _unpack(wheels: Path, runtime: Path) -> None:
                         continue
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(archive.read(name))
-
-
-def _compile_session(cxx: str, runtime: Path) -> None:
-    command = [cxx, "-std=c++17", "-O2", "-o", str(runtime / SESSION_PROGRAM), str(SESSION_SOURCE),
-               f"-I{runtime / 'include'}", f"-L{runtime}", "-ltvm_runtime", "-ltvm_ffi", "-Wl,-rpath,$ORIGIN"]
-    result = subprocess.run(command, check=False, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise QatieError(f"{SESSION_SOURCE}: {CROSS_CXX} failed: {result.stderr.strip().splitlines()[-1]}")

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import subprocess
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from compile.offline.arm64_runtime import cache_dir
+from compile.offline.host_tools import build_once, cache_dir, run_tool
 from qatie.errors import QatieError
 
 PLUGIN_SOURCE = Path(__file__).resolve().parent / "native" / "block_profile.c"
-HOST_CC = "cc"
+PLUGIN, HOST_CC = "block_profile.so", "cc"
 
 
 @dataclass(frozen=True)
@@ -61,19 +59,10 @@ def ensure_plugin() -> Path:
     if not cc:
         raise QatieError(f"profiling emulated code needs a host C compiler ({HOST_CC}) to build "
                          f"{PLUGIN_SOURCE.name}; install it with `apt-get install gcc`")
-    digest = hashlib.sha256(PLUGIN_SOURCE.read_bytes()).hexdigest()[:12]
-    plugin = cache_dir() / f"qemu-plugin-{digest}" / "block_profile.so"
-    if plugin.is_file():
-        return plugin
-    plugin.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=plugin.parent) as staging:
-        built = Path(staging) / plugin.name
-        result = subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(built), str(PLUGIN_SOURCE)],
-                                check=False, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise QatieError(f"{PLUGIN_SOURCE}: {HOST_CC} failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
-        built.replace(plugin)  # atomic: a concurrent build leaves the same bytes
-    return plugin
+    folder = cache_dir() / f"qemu-plugin-{hashlib.sha256(PLUGIN_SOURCE.read_bytes()).hexdigest()[:12]}"
+    build_once(folder, PLUGIN, lambda built: run_tool(
+        [cc, "-shared", "-fPIC", "-O2", "-o", str(built / PLUGIN), str(PLUGIN_SOURCE)], f"{PLUGIN_SOURCE}: {HOST_CC} failed"))
+    return folder / PLUGIN
 
 
 def plugin_arguments(plugin: Path, out: Path) -> list[str]:

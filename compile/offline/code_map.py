@@ -8,12 +8,11 @@ after it, whose code follows the symbol.
 from __future__ import annotations
 
 import bisect
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from compile.offline.cycle_model import llvm_tool
-from qatie.errors import QatieError
+from compile.offline.block_profile import Block
+from compile.offline.host_tools import llvm_tool, run_tool
 
 ENTRY_PREFIX, BODY_MARK = "__tvm_ffi_", "_compute_"
 TEXT_TYPES = set("tTwW")
@@ -23,25 +22,27 @@ TEXT_TYPES = set("tTwW")
 class CodeMap:
     """Function symbols of one library, sorted by address, and the kernels they belong to."""
 
+    file: str  # the library's file name, as blocks name the file they were loaded from
     starts: list[int]
     owners: list[str | None]  # kernel name, or None for code that is no kernel's
 
     @classmethod
     def of(cls, library: Path, kernels: set[str]) -> CodeMap:
-        result = subprocess.run([llvm_tool("llvm-nm"), "--defined-only", "--numeric-sort", str(library)],
-                                check=False, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise QatieError(f"{library}: llvm-nm failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
+        listing = run_tool([llvm_tool("llvm-nm"), "--defined-only", "--numeric-sort", str(library)],
+                           f"{library}: llvm-nm failed").stdout
         starts, owners = [], []
-        for line in result.stdout.splitlines():
+        for line in listing.splitlines():
             fields = line.split()
             if len(fields) == 3 and fields[1] in TEXT_TYPES:
                 starts.append(int(fields[0], 16))
                 owners.append(_kernel_of(fields[2], kernels))
-        return cls(starts, owners)
+        return cls(library.name, starts, owners)
 
-    def owner(self, address: int) -> str | None:
-        index = bisect.bisect_right(self.starts, address) - 1
+    def kernel_of(self, block: Block) -> str | None:
+        """The kernel whose code `block` is, None for code of no kernel (or of another file)."""
+        if block.place != self.file:
+            return None
+        index = bisect.bisect_right(self.starts, block.offset) - 1
         return self.owners[index] if index >= 0 else None
 
 

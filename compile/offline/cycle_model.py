@@ -15,12 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 import subprocess
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TypeVar
 
-from compile.offline.arm64_runtime import cache_dir
+from compile.offline.block_profile import Block
+from compile.offline.host_tools import cache_dir, llvm_tool, run_tool, tool_error
 from qatie.atomic import write_text_atomic
 from qatie.errors import QatieError
 
@@ -28,10 +29,10 @@ from qatie.errors import QatieError
 # for. The core's model decides what each instruction costs.
 MATTR = "+v8.2a,+dotprod,+fullfp16,+i8mm"
 ITERATIONS = 100
-LLVM_VERSIONS = ("", "-19", "-18", "-17", "-16", "-15", "-14")
 INVALID = re.compile(r"<stdin>:(\d+):\d+: (?:warning|error): invalid instruction encoding")
 UNSUPPORTED = re.compile(r"note: instruction:\s+(.*)")
 CALLS = ("bl", "blr", "call", "callq")
+K = TypeVar("K")
 
 
 def _mnemonic(text: str) -> str:
@@ -61,14 +62,6 @@ CORES = {core.name: core for core in (
     Core("cortex-a55", frozenset({"+neon", "+dotprod", "+fullfp16"}), 1.8, "cortex-a76"),
     Core("cortex-a76", frozenset({"+neon", "+dotprod", "+fullfp16"}), 2.4, "cortex-a76"),
 )}
-
-
-def llvm_tool(name: str) -> str:
-    for suffix in LLVM_VERSIONS:
-        path = shutil.which(name + suffix)
-        if path:
-            return path
-    raise QatieError(f"estimating cycles needs {name} (LLVM); install it with `apt-get install llvm`")
 
 
 def _run(command: list[str], stdin: str) -> subprocess.CompletedProcess:
@@ -108,16 +101,23 @@ class CycleModel:
         return (f"estimated (llvm-mca {self.version} -mcpu={self.core.name}, scheduling model "
                 f"{self.scheduling_model}; qemu block counts)")
 
+    def totals(self, groups: dict[K, list[Block]]) -> dict[K, float]:
+        """Estimated cycles of all executions of each group's blocks (one simulation for all)."""
+        per_execution = self.cycles([block.insns for blocks in groups.values() for block in blocks])
+        return {group: sum(block.count * per_execution[code_key(block.insns)] for block in blocks)
+                for group, blocks in groups.items()}
+
     def cycles(self, blocks: list[tuple[bytes, ...]]) -> dict[str, float]:
         """Cycles per execution of each block (by `code_key`), cached on disk per core."""
         cache_file = cache_dir() / f"mca-{self.version}-{self.core.name}.json"
         cached = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
-        missing = {code_key(insns): insns for insns in blocks if code_key(insns) not in cached}
+        keyed = {code_key(insns): insns for insns in blocks}
+        missing = [(key, insns) for key, insns in keyed.items() if key not in cached]
         if missing:
-            cached.update(self._simulate(list(missing.items())))
+            cached.update(self._simulate(missing))
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             write_text_atomic(json.dumps(cached), cache_file)
-        return {code_key(insns): cached[code_key(insns)] for insns in blocks}
+        return {key: cached[key] for key in keyed}
 
     def _disassemble(self, insns: set[bytes]) -> dict[bytes, str]:
         """Assembly text of each instruction (one llvm-mc run, one instruction per line); `nop`
@@ -138,11 +138,8 @@ class CycleModel:
         source = "".join(f"# LLVM-MCA-BEGIN {key}\n" + "".join(
             ("nop" if _mnemonic(text_of[insn]) in replaced else text_of[insn]) + "\n" for insn in insns) +
             "# LLVM-MCA-END\n" for key, insns in blocks)
-        result = self._mca(source, ITERATIONS)
-        if result.returncode != 0:
-            raise QatieError(f"llvm-mca -mcpu={self.core.name} failed: "
-                             f"{(result.stderr.strip().splitlines() or ['no output'])[-1]}")
-        return self._region_cycles(result.stdout, [key for key, _ in blocks])
+        report = run_tool(self._mca_command(ITERATIONS), f"llvm-mca -mcpu={self.core.name} failed", source).stdout
+        return self._region_cycles(report, [key for key, _ in blocks])
 
     def _unschedulable(self, texts: set[str]) -> set[str]:
         """Mnemonics costed as one issue slot (`nop`): calls, for which llvm-mca assumes 100
@@ -153,18 +150,17 @@ class CycleModel:
         replaced = set(CALLS)
         while True:
             rest = sorted(text for text in texts if _mnemonic(text) not in replaced)
-            result = self._mca("".join(text + "\n" for text in rest), 1)
+            result = _run(self._mca_command(1), "".join(text + "\n" for text in rest))
             if result.returncode == 0:
                 return replaced
             found = {_mnemonic(text) for text in UNSUPPORTED.findall(result.stderr)} - replaced
             if not found:
-                raise QatieError(f"llvm-mca -mcpu={self.core.name} failed: "
-                                 f"{(result.stderr.strip().splitlines() or ['no output'])[-1]}")
+                raise tool_error(result, f"llvm-mca -mcpu={self.core.name} failed")
             replaced |= found
 
-    def _mca(self, source: str, iterations: int) -> subprocess.CompletedProcess:
-        return _run([self.tools[1], f"-mtriple={self.core.triple}", f"-mcpu={self.core.name}", f"-mattr={self.core.mattr}",
-                     f"-iterations={iterations}", "-instruction-info=false", "-resource-pressure=false"], source)
+    def _mca_command(self, iterations: int) -> list[str]:
+        return [self.tools[1], f"-mtriple={self.core.triple}", f"-mcpu={self.core.name}", f"-mattr={self.core.mattr}",
+                f"-iterations={iterations}", "-instruction-info=false", "-resource-pressure=false"]
 
     @staticmethod
     def _region_cycles(report: str, keys: list[str]) -> dict[str, float]:

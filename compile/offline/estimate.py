@@ -34,9 +34,9 @@ from compile.offline.block_profile import (
     read_blocks,
 )
 from compile.offline.code_map import CodeMap
-from compile.offline.cycle_model import CORES, Core, CycleModel, code_key
+from compile.offline.cycle_model import CORES, Core, CycleModel
 from compile.offline.emulator import listen, run_session
-from compile.tvm_private import serve_sessions
+from compile.tvm_private import serve_one_session
 from qatie.errors import QatieError
 
 DEVICE_MAPS = "qatie.device.maps"  # a global of our session program (native/rpc_session.cc)
@@ -117,18 +117,16 @@ def profile_blocks(artifact: Artifact, x: np.ndarray, log) -> list[Block]:
     runtime, plugin = ensure_runtime(log), ensure_plugin()
 
     def session(runs: int, out: Path) -> list[Block]:
-        listener = listen("127.0.0.1", 0)
-        ended, outcome = threading.Event(), []
+        listener, outcome = listen("127.0.0.1", 0), []
 
         def serve_one(conn, _addr, opts: dict, _load_library) -> None:
             outcome.append(run_session(runtime, qemu_cpu, conn, opts.get("timeout"), plugin_arguments(plugin, out)))
-            ended.set()
 
         port = listener.getsockname()[1]
-        threading.Thread(target=serve_sessions, args=(listener, port, SESSION_KEY, None, serve_one),
-                         daemon=True).start()
+        server = threading.Thread(target=serve_one_session, args=(listener, port, SESSION_KEY, serve_one), daemon=True)
+        server.start()
         maps = _run(Allocation("127.0.0.1", port, SESSION_KEY), artifact, x, runs)
-        ended.wait(SESSION_S)
+        server.join(SESSION_S)
         listener.close()
         if not out.is_file():
             raise QatieError(f"the emulated session ({qemu_cpu}) ended without a block profile: "
@@ -164,27 +162,22 @@ def estimate(artifact: Artifact, blocks: list[Block], cores: list[Core], clock_g
     code = CodeMap.of(artifact.library, {k.name for k in table})
     by_kernel: dict[str | None, list[Block]] = defaultdict(list)
     for block in blocks:
-        by_kernel[code.owner(block.offset) if block.place == artifact.library.name else None].append(block)
+        by_kernel[code.kernel_of(block)].append(block)
     estimates = []
     for core in cores:
         model = CycleModel(core)
-        per_block = model.cycles([block.insns for block in blocks])
-
-        def cycles(group: list[Block], per_block=per_block) -> float:
-            return sum(b.count * per_block[code_key(b.insns)] for b in group)
-
+        cycles = model.totals(by_kernel)
         kernels = [KernelEstimate(k.name, k.calls, k.macs, sum(b.instructions for b in by_kernel[k.name]),
-                                  cycles(by_kernel[k.name])) for k in table]
+                                  cycles.get(k.name, 0.0)) for k in table]
         estimates.append(Estimate(core, model.label, clock_ghz or core.clock_ghz, kernels,
-                                  sum(b.instructions for b in by_kernel[None]), cycles(by_kernel[None])))
+                                  sum(b.instructions for b in by_kernel[None]), cycles.get(None, 0.0)))
     return estimates
 
 
 def whole_run(blocks: list[Block], core: Core, clock_ghz: float | None) -> dict:
     """One core's estimate of all `blocks` together (a runtime whose code has no kernel symbols)."""
     model = CycleModel(core)
-    per_block = model.cycles([block.insns for block in blocks])
-    cycles = sum(b.count * per_block[code_key(b.insns)] for b in blocks)
+    cycles = model.totals({"all": blocks})["all"]
     return {"label": model.label, "instructions": sum(b.instructions for b in blocks), "cycles": cycles,
             "ms": cycles / ((clock_ghz or core.clock_ghz) * 1e6)}
 

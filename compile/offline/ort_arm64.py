@@ -17,8 +17,6 @@ holding the aarch64 sysroot's `lib` and a /proc/cpuinfo of that core.
 from __future__ import annotations
 
 import hashlib
-import shutil
-import subprocess
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -31,7 +29,6 @@ from compile.artifact import ModelInfo
 from compile.offline.arm64_runtime import (
     CROSS_CXX,
     SYSROOT,
-    cache_dir,
     download_wheels,
     require_tools,
 )
@@ -42,11 +39,11 @@ from compile.offline.block_profile import (
     plugin_arguments,
     read_blocks,
 )
+from compile.offline.host_tools import build_once, cache_dir, run_tool
 from qatie.errors import QatieError
 
 SOURCE = Path(__file__).resolve().parent / "native" / "ort_run.c"
 PROGRAM, LIBRARY = "qatie_ort_run", "libonnxruntime.so.1"  # the wheel's library under its SONAME
-CROSS_CC = CROSS_CXX.replace("g++", "gcc")
 # The lines of Linux's /proc/cpuinfo that identify an arm64 core (part numbers from ARM's
 # technical reference manuals) and its hwcaps, for each qemu CPU model we emulate.
 CPUINFO = {
@@ -79,23 +76,16 @@ def ensure_ort(log) -> OrtArm64:
     version = metadata.version("onnxruntime")
     digest = hashlib.sha256(SOURCE.read_bytes() + repr(sorted(CPUINFO.items())).encode()).hexdigest()[:12]
     folder = cache_dir() / f"ort-arm64-{version}-{digest}"
-    if (folder / PROGRAM).is_file():
-        return OrtArm64(folder, version)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    log(f"preparing ONNX Runtime {version} for aarch64 in {folder} (once)")
-    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".ort-arm64-") as staging:
-        staging = Path(staging)
-        download_wheels({"onnxruntime": version}, staging / "wheels")
-        runtime = staging / "runtime"
-        runtime.mkdir()
-        (wheel,) = (staging / "wheels").glob("onnxruntime-*.whl")
-        with zipfile.ZipFile(wheel) as archive:
-            (runtime / LIBRARY).write_bytes(archive.read(f"onnxruntime/capi/libonnxruntime.so.{version}"))
-        command = [shutil.which(CROSS_CC) or cxx, "-O2", "-o", str(runtime / PROGRAM), str(SOURCE), f"-L{runtime}",
-                   f"-l:{LIBRARY}", "-Wl,-rpath,$ORIGIN"]
-        result = subprocess.run(command, check=False, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise QatieError(f"{SOURCE}: {CROSS_CC} failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
+
+    def make(runtime: Path) -> None:
+        log(f"preparing ONNX Runtime {version} for aarch64 in {folder} (once)")
+        with tempfile.TemporaryDirectory() as wheels:
+            download_wheels({"onnxruntime": version}, Path(wheels))
+            (wheel,) = Path(wheels).glob("onnxruntime-*.whl")
+            with zipfile.ZipFile(wheel) as archive:
+                (runtime / LIBRARY).write_bytes(archive.read(f"onnxruntime/capi/libonnxruntime.so.{version}"))
+        run_tool([cxx, "-x", "c", "-O2", "-o", str(runtime / PROGRAM), str(SOURCE), f"-L{runtime}", f"-l:{LIBRARY}",
+                  "-Wl,-rpath,$ORIGIN"], f"{SOURCE}: {CROSS_CXX} failed")
         for qemu_cpu, (part, features) in CPUINFO.items():
             root = runtime / f"root-{qemu_cpu}"
             (root / "proc").mkdir(parents=True)
@@ -103,11 +93,8 @@ def ensure_ort(log) -> OrtArm64:
             (root / "proc" / "cpuinfo").write_text(
                 f"processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: {features}\nCPU implementer\t: 0x41\n"
                 f"CPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: {part}\nCPU revision\t: 0\n\n")
-        try:
-            runtime.rename(folder)
-        except OSError:  # prepared meanwhile by another process: the same files
-            if not (folder / PROGRAM).is_file():
-                raise
+
+    build_once(folder, PROGRAM, make)
     return OrtArm64(folder, version)
 
 
@@ -140,10 +127,7 @@ def ort_blocks(ort: OrtArm64, onnx: Path, model: ModelInfo, x: np.ndarray, qemu_
                        "-L", str(ort.prefix(qemu_cpu)), str(ort.folder / PROGRAM), str(onnx.resolve()), source.name,
                        str(work / "x.bin"), "x".join(map(str, source.shape)), target.name, str(work / "y.bin"),
                        str(int(np.prod(target.shape))), str(runs), str(maps)]
-            result = subprocess.run(command, check=False, capture_output=True, text=True)
-            if result.returncode != 0 or not blocks.is_file():
-                last = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
-                raise QatieError(f"{onnx}: {ort.label} under qemu -cpu {qemu_cpu} failed: {last}")
+            run_tool(command, f"{onnx}: {ort.label} under qemu -cpu {qemu_cpu} failed")
             return read_blocks(blocks, maps.read_text())
 
         blocks = one_run(run(1), run(2))
