@@ -17,8 +17,9 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from qatie.atomic import atomic_path
 from qatie.checkpoint import build_model
 from qatie.data import load_pairs
+from qatie.data.batches import sample_patches, to_tensor
 from qatie.data.degrade import to_uint8
-from qatie.data.pairs import ImagePair, sample_patches, to_tensor
+from qatie.data.pairs import ImagePair
 from qatie.model import QATIENet
 from qatie.ptq import post_training_quantize
 from qatie.quant.fake_quant import set_quant_mode

@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from qatie.checkpoint import FORMAT, build_model, load_checkpoint, save_atomic
 from qatie.data import check_patch_fits, load_pairs
-from qatie.data.pairs import ImagePair, sample_patches
+from qatie.data.batches import sample_patches
+from qatie.data.pairs import ImagePair
 from qatie.errors import QatieError
 from qatie.losses import enhancement_loss, psnr
 from qatie.model import MIN_SIZE, ModelConfig, QATIENet
@@ -51,7 +52,7 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         return cls(**{**d, "model": ModelConfig(**d["model"])})
 
     def validate(self) -> None:

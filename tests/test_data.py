@@ -4,9 +4,9 @@ import torch
 from PIL import Image
 
 from qatie.data import load_pairs
+from qatie.data.batches import sample_patches
 from qatie.data.degrade import degrade
 from qatie.data.paired_folder import paired_folder
-from qatie.data.pairs import sample_patches
 from qatie.data.synthetic import HELDOUT_IMAGES, TRAIN_IMAGES, synthetic_pairs
 from qatie.errors import QatieError
 from tests.helpers import assert_one_line_error, run_console

@@ -47,13 +47,14 @@ def test_estimate_costs_every_kernel_of_one_inference(tiny_arm, target, tmp_path
     manifest = json.loads((artifact / "manifest.json").read_text())
     kernels = {k["name"]: k for k in manifest["kernels"]["kernels"]}
     reports = []
-    for run in ("first", "second"):
+    # repeatability is checked on one build (each estimate is four qemu sessions)
+    for run in ("first", "second") if target.endswith("dotprod") else ("first",):
         result = run_compile("estimate", artifact, "-o", tmp_path / run)
         assert result.returncode == 0, result.stderr
         reports.append(json.loads((tmp_path / run / "estimate.json").read_text()))
     expected_cores = ["cortex-a55", "cortex-a76"] if target.endswith("dotprod") else ["cortex-a53", "cortex-a55", "cortex-a76"]
     assert [e["core"] for e in reports[0]["estimates"]] == expected_cores
-    for first, second in zip(reports[0]["estimates"], reports[1]["estimates"], strict=True):
+    for first, second in zip(reports[0]["estimates"], reports[-1]["estimates"], strict=True):
         # the kernels run the same instructions every time: their counts and estimates repeat
         # exactly; the code around them does not quite (the RPC server reads the socket in as many
         # pieces as the data arrives in): seen 1 % of this tiny model's outside-kernel instructions

@@ -52,7 +52,7 @@ def tuned_log(tiny_onnx, tmp_path_factory) -> tuple[Path, subprocess.CompletedPr
 
 
 @pytest.mark.long
-def test_local_tuning_writes_tvm_records_that_the_next_build_uses(tiny_onnx, tuned_log, tmp_path, monkeypatch):
+def test_local_tuning_writes_tvm_records_that_the_next_build_uses(tiny_onnx, tiny_x86, tuned_log, tmp_path, monkeypatch):
     log_dir, result = tuned_log
     assert result.returncode == 0, result.stderr
     records = _records(log_dir)
@@ -69,14 +69,15 @@ def test_local_tuning_writes_tvm_records_that_the_next_build_uses(tiny_onnx, tun
     assert curve[0]["trials"] == 0 and curve[-1]["trials"] == len(records)
     assert curve[-1]["estimated_ms"] <= curve[0]["estimated_ms"]
 
-    # The default log folder is found by target name; --no-tuning ignores it.
+    # The default log folder is found by target name; use_tuning=False ignores it (`tiny_x86`
+    # was built so beside the shipped default log).
     monkeypatch.setenv("QATIE_TUNING_LOGS", str(log_dir.parent))
     from compile.artifact import TuningInfo
-    from compile.backend.build import BuildOptions, build
+    from compile.backend.build import build
     from compile.backend.targets import get_target
 
     tuned = build(tiny_onnx[0], get_target("x86-host"), tmp_path / "tuned")
-    untuned = build(tiny_onnx[0], get_target("x86-host"), tmp_path / "untuned", BuildOptions(use_tuning=False))
+    untuned_folder, untuned = tiny_x86
     # the stem conv's record also fits any kernel of the same shapes (the per-layer constants are
     # arguments of the packed conv kernel, so several convs share one workload)
     tuned_names = [k.name for k in tuned.kernels.kernels if k.tuned]
@@ -85,7 +86,7 @@ def test_local_tuning_writes_tvm_records_that_the_next_build_uses(tiny_onnx, tun
     assert untuned.tuning == TuningInfo(kernels_tuned=0, kernels=tuned.tuning.kernels, database=None, repaired=[])
     # Integer kernels: another schedule must not change a single output value.
     x = np.random.default_rng(5).random((1, 3, 40, 36), dtype=np.float32)
-    assert np.array_equal(run_library(tmp_path / "tuned" / "model.so", x), run_library(tmp_path / "untuned" / "model.so", x))
+    assert np.array_equal(run_library(tmp_path / "tuned" / "model.so", x), run_library(untuned_folder / "model.so", x))
 
 
 @pytest.mark.long
@@ -124,6 +125,7 @@ def test_rerun_with_budget_already_spent_tunes_nothing_and_keeps_the_log(tiny_on
 
 
 @pytest.mark.long
+@pytest.mark.xdist_group("killed")  # no shared fixture: free to run beside the "tune" group
 def test_killed_tuning_keeps_committed_records_and_the_rerun_finishes_the_budget(tiny_onnx, tmp_path):
     log_dir, budget = tmp_path / "x86-host", 32
     exe = Path(sys.executable).parent / "qatie-compile"
@@ -219,6 +221,7 @@ def rpc_cluster(tmp_path_factory):
 
 @pytest.mark.long
 @pytest.mark.rpc
+@pytest.mark.xdist_group("rpc")  # with the other user of the module's cluster, beside the "tune" group
 def test_tuning_through_a_tracker_measures_on_both_servers(tiny_onnx, rpc_cluster, tmp_path):
     port, server_logs = rpc_cluster
     listed = run_console_script("qatie-compile", "devices", "--tracker", f"127.0.0.1:{port}")
@@ -244,6 +247,7 @@ def test_unreachable_tracker_is_one_line_and_touches_no_log(tiny_onnx, tuned_log
 
 
 @pytest.mark.rpc
+@pytest.mark.xdist_group("rpc")
 def test_unknown_key_and_busy_devices_are_one_line_errors(tiny_onnx, rpc_cluster, tmp_path):
     from tvm import rpc
 

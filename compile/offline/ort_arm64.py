@@ -17,6 +17,7 @@ holding the aarch64 sysroot's `lib` and a /proc/cpuinfo of that core.
 from __future__ import annotations
 
 import hashlib
+import json
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from qatie.errors import QatieError
 
 SOURCE = Path(__file__).resolve().parent / "native" / "ort_run.c"
 PROGRAM, LIBRARY = "qatie_ort_run", "libonnxruntime.so.1"  # the wheel's library under its SONAME
+BLOCKS, OUTPUT = "blocks.json", "output.npy"  # a cached run (`ort_blocks`)
 # The lines of Linux's /proc/cpuinfo that identify an arm64 core (part numbers from ARM's
 # technical reference manuals) and its hwcaps, for each qemu CPU model we emulate.
 CPUINFO = {
@@ -113,13 +115,32 @@ def check_interface(onnx: Path, model: ModelInfo) -> None:
 
 
 def ort_blocks(ort: OrtArm64, onnx: Path, model: ModelInfo, x: np.ndarray, qemu_cpu: str) -> tuple[list[Block], np.ndarray]:
-    """(the blocks of one inference of `onnx` in ONNX Runtime under qemu, its output)."""
-    qemu, _ = require_tools()
+    """(the blocks of one inference of `onnx` in ONNX Runtime under qemu, its output).
+
+    The same file, input, runtime and CPU run the same instructions, and running them under
+    qemu is most of an estimate's time (bench and profile over an emulated device each add
+    ONNX Runtime's estimate): the result is kept in the cache folder, keyed by all four and the
+    plugin, as JSON and .npy (nothing in the cache executes)."""
     plugin = ensure_plugin()
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    key = hashlib.sha256(b"\0".join([onnx.read_bytes(), x.tobytes(), repr(x.shape).encode(), qemu_cpu.encode(),
+                                      ort.folder.name.encode(), plugin.parent.name.encode()])).hexdigest()[:24]
+    folder = cache_dir() / "ort-runs" / key
+    build_once(folder, OUTPUT, lambda run: _profile(ort, onnx, model, x, qemu_cpu, plugin, run))
+    records = json.loads((folder / BLOCKS).read_text())
+    blocks = [Block(place, offset, count, tuple(bytes.fromhex(i) for i in insns)) for place, offset, count, insns in records]
+    return blocks, np.load(folder / OUTPUT, allow_pickle=False)
+
+
+def _profile(ort: OrtArm64, onnx: Path, model: ModelInfo, x: np.ndarray, qemu_cpu: str, plugin: Path,
+             out: Path) -> None:
+    """Run `onnx` once and twice under qemu with the plugin; one inference's blocks and the
+    output written into `out`."""
+    qemu, _ = require_tools()
     source, target = model.inputs[0], model.outputs[0]
     with tempfile.TemporaryDirectory(prefix="qatie-ort-") as work:
         work = Path(work)
-        x.astype(np.float32).tofile(work / "x.bin")
+        x.tofile(work / "x.bin")
 
         def run(runs: int) -> list[Block]:
             blocks, maps = work / f"blocks{runs}.txt", work / f"maps{runs}.txt"
@@ -131,4 +152,5 @@ def ort_blocks(ort: OrtArm64, onnx: Path, model: ModelInfo, x: np.ndarray, qemu_
             return read_blocks(blocks, maps.read_text())
 
         blocks = one_run(run(1), run(2))
-        return blocks, np.fromfile(work / "y.bin", np.float32).reshape(target.shape)
+        (out / BLOCKS).write_text(json.dumps([[b.place, b.offset, b.count, [i.hex() for i in b.insns]] for b in blocks]))
+        np.save(out / OUTPUT, np.fromfile(work / "y.bin", np.float32).reshape(target.shape), allow_pickle=False)

@@ -13,7 +13,6 @@ tracker, one worker per free device under the key, so every device measures in p
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import shutil
@@ -36,7 +35,7 @@ from compile.backend.tuning_db import DEFAULT_LOG_ROOT, check_targets, is_shippe
 from compile.deploy.device import emulation_of
 from compile.deploy.rpc import Tracker, tracker_summary, wait_for_devices
 from compile.frontend import load_and_fold
-from compile.tuning.worker import build_kernel, export_kernel
+from compile.tuning.builder import PooledBuilder
 from qatie.errors import QatieError
 
 UNMEASURED = 1e9  # MetaSchedule's run_secs for failed candidates are 1e10 s
@@ -332,41 +331,39 @@ def _search(tasks: list, pending: list[int], packed: list[int], known: list, tar
     """Measure the pending tasks' default schedules; then every register tile of the `packed`
     convs among them and MetaSchedule on the other kernels, within `budget` trials."""
     runner = _make_runner(spec, options, devices)
-    builder = ms.builder.LocalBuilder(
-        max_workers=os.cpu_count() or 1, timeout_sec=options.builder_timeout_s,
-        f_build=build_kernel, f_export=functools.partial(export_kernel, compiler),
-    )
-    measured = _measure_default_schedules([tasks[i] for i in pending], target, builder, runner, device_type="cpu")
-    default_us = dict(zip(pending, measured))
-    searched = [i for i in pending if i not in packed]
-    order = packed + searched  # progress slots: packed convs first, then MetaSchedule's task ids
-    key = _device_key(spec, options)
-    where = f"{devices} device(s) under '{key}' at {options.tracker}" if options.tracker else "this host"
-    bar = tqdm(total=budget, unit="trial", desc=f"tuning {spec.name} on {where}", dynamic_ncols=True)
-    progress = _Progress(bar, [tasks[i].task_name for i in order], [int(tasks[i].weight) for i in order],
-                         [known[i][0] for i in order], [default_us[i] for i in order], first_searched=len(packed))
-    budget -= _measure_tiles(tasks, packed, target, builder, runner, database, progress, budget, options.rounds)
-    if budget > 0 and searched:
-        contexts = [
-            ms.TuneContext(mod=tasks[i].dispatched[0], target=target, space_generator="post-order-apply",
-                           search_strategy=ms.search_strategy.EvolutionarySearch(
-                               population_size=options.population, genetic_num_iters=2),
-                           task_name=tasks[i].task_name, rand_state=options.seed + i,
-                           num_threads=os.cpu_count() or 1).clone()
-            for i in searched
-        ]
-        scheduler = ms.task_scheduler.TaskScheduler.create("gradient")
-        with tempfile.TemporaryDirectory(prefix="qatie-ms-") as work_dir, _quiet_meta_schedule():
-            ms.tune_tasks(
-                tasks=contexts, task_weights=[float(tasks[i].weight) for i in searched], work_dir=work_dir,
-                max_trials_global=budget, max_trials_per_task=options.per_task or options.trials,
-                num_trials_per_iter=options.trials_per_round,
-                builder=_CommittingBuilder(builder, progress, scheduler), runner=runner,
-                database=database, cost_model="xgb", task_scheduler=scheduler,
-                measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), progress],
-            )
-    bar.close()
-    return progress, default_us
+    with contextlib.closing(PooledBuilder(compiler, workers=os.cpu_count() or 1,
+                                          timeout_s=options.builder_timeout_s)) as builder:
+        measured = _measure_default_schedules([tasks[i] for i in pending], target, builder, runner, device_type="cpu")
+        default_us = dict(zip(pending, measured))
+        searched = [i for i in pending if i not in packed]
+        order = packed + searched  # progress slots: packed convs first, then MetaSchedule's task ids
+        key = _device_key(spec, options)
+        where = f"{devices} device(s) under '{key}' at {options.tracker}" if options.tracker else "this host"
+        bar = tqdm(total=budget, unit="trial", desc=f"tuning {spec.name} on {where}", dynamic_ncols=True)
+        progress = _Progress(bar, [tasks[i].task_name for i in order], [int(tasks[i].weight) for i in order],
+                             [known[i][0] for i in order], [default_us[i] for i in order], first_searched=len(packed))
+        budget -= _measure_tiles(tasks, packed, target, builder, runner, database, progress, budget, options.rounds)
+        if budget > 0 and searched:
+            contexts = [
+                ms.TuneContext(mod=tasks[i].dispatched[0], target=target, space_generator="post-order-apply",
+                               search_strategy=ms.search_strategy.EvolutionarySearch(
+                                   population_size=options.population, genetic_num_iters=2),
+                               task_name=tasks[i].task_name, rand_state=options.seed + i,
+                               num_threads=os.cpu_count() or 1).clone()
+                for i in searched
+            ]
+            scheduler = ms.task_scheduler.TaskScheduler.create("gradient")
+            with tempfile.TemporaryDirectory(prefix="qatie-ms-") as work_dir, _quiet_meta_schedule():
+                ms.tune_tasks(
+                    tasks=contexts, task_weights=[float(tasks[i].weight) for i in searched], work_dir=work_dir,
+                    max_trials_global=budget, max_trials_per_task=options.per_task or options.trials,
+                    num_trials_per_iter=options.trials_per_round,
+                    builder=_CommittingBuilder(builder, progress, scheduler), runner=runner,
+                    database=database, cost_model="xgb", task_scheduler=scheduler,
+                    measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), progress],
+                )
+        bar.close()
+        return progress, default_us
 
 
 @contextlib.contextmanager
