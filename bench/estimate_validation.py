@@ -15,7 +15,6 @@ for conv kernels and the rest. Writes estimate_validation.{json,md,png}.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import click
 import numpy as np
+from host_latency import write_report
 
 os.environ.setdefault("TVM_NUM_THREADS", "1")  # before TVM starts its pool
 
@@ -164,11 +164,7 @@ def main(ckpt: Path, size: str, repeats: int, min_ms: int, work: Path, out: Path
         report[group] = _spread([k["cycles_per_ns"] for k in rows])
         report["spearman"][group] = float(spearmanr([k["estimated_cycles"] for k in rows],
                                                     [k["measured_ms"] for k in rows]).statistic)
-    (out / "estimate_validation.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = _markdown(report)
-    (out / "estimate_validation.md").write_text(table)
-    _plot(report, out / "estimate_validation.png")
-    click.echo(table)
+    write_report(out, "estimate_validation", report, _markdown(report), _plot)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -31,6 +32,15 @@ LITERT = "LiteRT int8, XNNPACK (the paper's c32 TFLite model)"
 TVM_ROWS = ("TVM int8 untuned (default schedules)", "TVM int8 tuned (MetaSchedule)")
 CALIBRATION_IMAGES = 4
 SWITCH_PAUSE_S = 0.3  # between runtimes when they use several threads: see timed_rows
+
+
+def write_report(out: Path, name: str, report: dict, table: str, plot_to: Callable[[dict, Path], None]) -> None:
+    """A bench's one run as the project keeps it: NAME.json (the report), NAME.md (its table, also
+    printed) and NAME.png (`plot_to`'s figure), in `out`."""
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{name}.md").write_text(table)
+    plot_to(report, out / f"{name}.png")
+    click.echo(table)
 
 
 def timed_rows(runners: dict, repeats: int, min_seconds: float, pause_s: float = 0.0) -> dict[str, dict]:
@@ -113,11 +123,7 @@ def main(ctx: click.Context, ckpt: Path, sizes: tuple[str, ...], thread_counts: 
     report = {"command": command, "cpu": tvm.target.codegen.llvm_get_system_cpu(), "cores": os.cpu_count(),
               "cpu_features": _dot_product_features(), "checkpoint": str(ckpt), "tflite": [str(t) for t in tflites],
               "builds": builds, "results": results}
-    (out / "host_latency.json").write_text(json.dumps(report, indent=2))
-    table = _markdown(report)
-    (out / "host_latency.md").write_text(table)
-    plot(report, out / "host_latency.png")
-    click.echo(table)
+    write_report(out, "host_latency", report, _markdown(report), plot)
     if curves:
         click.echo(_write_curves(curves, out))
 

@@ -17,7 +17,6 @@ pooling and a 1000-way Gemm, as their classifiers do.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import sys
@@ -27,7 +26,7 @@ import click
 
 os.environ.setdefault("TVM_NUM_THREADS", "1")  # before TVM starts its pool
 
-from host_latency import ORT_FP32, ORT_U8, ort_quantized, timed_rows
+from host_latency import ORT_FP32, ORT_U8, ort_quantized, timed_rows, write_report
 
 TVM_UNTUNED = "TVM int8 untuned (default schedules)"
 SIZE = 224
@@ -182,11 +181,7 @@ def main(work: Path, out: Path) -> None:
         click.echo(f"measured {name}")
     report = {"command": "python " + shlex.join(sys.argv), "cpu": tvm.target.codegen.llvm_get_system_cpu(),
               "results": results}
-    (out / "standard_cnns.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = _markdown(report)
-    (out / "standard_cnns.md").write_text(table)
-    _plot(report, out / "standard_cnns.png")
-    click.echo(table)
+    write_report(out, "standard_cnns", report, _markdown(report), _plot)
 
 
 if __name__ == "__main__":

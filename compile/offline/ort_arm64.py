@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compile.artifact import ModelInfo
+from compile.artifact import ModelInfo, sha256
 from compile.offline.arm64_runtime import (
     CROSS_CXX,
     SYSROOT,
@@ -123,8 +123,9 @@ def ort_blocks(ort: OrtArm64, onnx: Path, model: ModelInfo, x: np.ndarray, qemu_
     plugin, as JSON and .npy (nothing in the cache executes)."""
     plugin = ensure_plugin()
     x = np.ascontiguousarray(x, dtype=np.float32)
-    key = hashlib.sha256(b"\0".join([onnx.read_bytes(), x.tobytes(), repr(x.shape).encode(), qemu_cpu.encode(),
-                                      ort.folder.name.encode(), plugin.parent.name.encode()])).hexdigest()[:24]
+    parts = [sha256(onnx), hashlib.sha256(x.tobytes()).hexdigest(), repr(x.shape), qemu_cpu, ort.folder.name,
+             plugin.parent.name]
+    key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
     folder = cache_dir() / "ort-runs" / key
     build_once(folder, OUTPUT, lambda run: _profile(ort, onnx, model, x, qemu_cpu, plugin, run))
     records = json.loads((folder / BLOCKS).read_text())

@@ -10,8 +10,6 @@ restarts its pool because long-lived workers leak memory), so a tuning run pays 
 
 from __future__ import annotations
 
-import functools
-
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
@@ -34,9 +32,8 @@ class PooledBuilder(ms.builder.PyBuilder):
             self.close()
             self._pool = PopenPoolExecutor(max_workers=self.workers, timeout=self.timeout_s)
         self._built += len(build_inputs)
-        build = functools.partial(build_and_export, self.compiler)
-        jobs = [(i.mod, i.target) for i in build_inputs]
-        outcomes = self._pool.map_with_error_catching(lambda job: build(*job), jobs)
+        jobs = [(self.compiler, i.mod, i.target) for i in build_inputs]
+        outcomes = self._pool.map_with_error_catching(lambda job: build_and_export(*job), jobs)
         return [self._result(outcome) for outcome in outcomes]
 
     def _result(self, outcome) -> ms.builder.BuilderResult:
