@@ -1,5 +1,6 @@
 """Compiler tests: import, integer folding, numerics against ONNX Runtime, builds, errors."""
 
+import json
 import shutil
 
 import numpy as np
@@ -113,6 +114,28 @@ def test_a_float_scale_conv_requantizes_with_one_multiply(ort_qdq, tmp_path):
     assert len(code) == 3 and not divisions, divisions
     x = np.random.default_rng(5).random((1, 3, 24, 24), dtype=np.float32)
     assert np.array_equal(run_library(tmp_path / "art" / "model.so", x), ort_output(ort_qdq, x, OrtMode.EXACT))
+
+
+def test_a_row_that_is_no_whole_number_of_tiles_is_computed_in_whole_tiles(tmp_path):
+    """At 26x26 the 1x1 conv after the stride-2 depthwise one has rows of 13 pixels, no whole
+    number of any default register tile: it reads zero columns up to whole tiles and its extra
+    outputs are dropped (the outputs equal ORT's exact integer runtime bit for bit), and the
+    manifest counts the conv's own MACs."""
+    from compile.backend.build import BuildOptions, build
+    from compile.backend.dot_products import by_name
+    from compile.backend.packed_conv import tiled_width
+
+    size, row = 26, 13
+    qdq = ort_quantized(float_conv_net(tmp_path / "float.onnx", size=size), tmp_path / "qdq.onnx", size=size)
+    build(qdq, get_target("x86-host"), tmp_path / "art", BuildOptions(use_tuning=False))
+    kernels = json.loads((tmp_path / "art" / "manifest.json").read_text())["kernels"]["kernels"]
+    # conv3 (8 -> 4 channels, 1x1), found by the MACs the manifest counts: the conv's own, not the whole tiles'
+    convs = [k for k in kernels if k["macs"] == 4 * 8 * row * row]
+    assert len(convs) == 1, [(k["name"], k["macs"]) for k in kernels if k["macs"]]
+    width = tiled_width(row, by_name(convs[0]["dot_product"]).row_multiple(pointwise=True))
+    assert width > row and convs[0]["args"][0]["shape"][3] == width  # zero columns up to whole tiles
+    x = np.random.default_rng(6).random((1, 3, size, size), dtype=np.float32)
+    assert np.array_equal(run_library(tmp_path / "art" / "model.so", x), ort_output(qdq, x, OrtMode.EXACT))
 
 
 def test_ort_quantized_gemm_and_matmul_run_as_packed_integer_convs(tmp_path):

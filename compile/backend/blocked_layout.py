@@ -69,15 +69,15 @@ def _shape(expr: relax.Expr) -> list[int]:
 
 def blocked_codes(y: te.Tensor, size=None) -> te.Tensor:
     """A conv's output codes as [N, C/L, H, W, L], from the Winograd conv's row and column pairs
-    too (the same memory; cropped to `size`, the conv's output size, from its whole tiles): a
-    copy that fuses into whatever reads it. Marked injective, it also ends the conv's kernel at
-    its int8 codes: FuseOps fuses elementwise ops after a conv into the conv's kernel, which then
-    wrote what they make (a dequantize's float32, a table index's int32) for the next kernel."""
-    if len(y.shape) == 5:
-        return te.compute(y.shape, lambda *i: y(*i), name="blocked")
+    too (the same memory), cropped to `size`, the conv's output size, from its whole tiles (a
+    direct conv's too: `packed_conv.tiled_width`): a copy that fuses into whatever reads it.
+    Marked injective, it also ends the conv's kernel at its int8 codes: FuseOps fuses
+    elementwise ops after a conv into the conv's kernel, which then wrote what they make (a
+    dequantize's float32, a table index's int32) for the next kernel."""
     n, blocks, lanes = int(y.shape[0]), int(y.shape[1]), int(y.shape[-1])
-    return te.compute((n, blocks, *size, lanes), lambda ni, c, hi, wi, li: read_pairs(y, ni, c, hi, wi, li),
-                      name="blocked")
+    size = size or [int(d) for d in y.shape[2:4]]
+    read = (lambda ni, c, hi, wi, li: y[ni, c, hi, wi, li]) if len(y.shape) == 5 else functools.partial(read_pairs, y)
+    return te.compute((n, blocks, *size, lanes), read, name="blocked")
 
 
 def _layout_change(mod: tvm.IRModule, value: relax.Expr) -> str | None:

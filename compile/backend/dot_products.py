@@ -40,6 +40,10 @@ from tvm.tirx.script import builder as T
 
 PREFIX = "qatie_"
 ANNOTATION = "qatie.dot_product"  # on a kernel's block computed with a dot product: its name
+# on a conv block that executes another number of MACs than its conv has (a Winograd GEMM: 16/36
+# of them; a direct conv over whole tiles: a few more): the conv's own MACs, which the kernel
+# table reports, so its GMAC/s compare with any other conv's
+DIRECT_MACS = "qatie.direct_macs"
 U8_PAIR_LIMIT = 128  # |w0| + |w1| <= 128: 255 * 128 = 32640 <= int16 max
 
 
@@ -61,6 +65,14 @@ class DotProduct:
     pairs_must_fit_int16: bool = False
     # the order for 1x1 convs where it was measured to differ (None: `tiles`)
     pointwise_tiles: tuple[tuple[int, int], ...] | None = None
+    # whether the default tile of a 1x1 conv, and of a conv whose register tile's weights exceed
+    # half an L1, is chunked (`schedules.Tile`): faster on AVX2 (znver3), slower with vpdpbusd
+    chunk_by_default: bool = True
+
+    def row_multiple(self, pointwise: bool) -> int:
+        """The output pixels of the default register tile (of a 1x1 conv's where it differs): a
+        conv's output width is computed in whole multiples of it (`packed_conv.tiled_width`)."""
+        return ((self.pointwise_tiles or self.tiles) if pointwise else self.tiles)[0][1]
 
     def shift_from(self, codes_dtype: str) -> int:
         """What packing adds to activation codes of `codes_dtype` to give exactly the values this
@@ -157,8 +169,11 @@ def _smull_sadalp(acc, pixel, weights):
 # are chosen by register count, not measured (no ARM hardware here; emulator time is no guide).
 NEON_TILES = ((4, 4), (2, 8), (4, 2), (2, 4), (1, 8), (1, 4), (1, 2), (1, 1))
 DOT_PRODUCTS = (
+    # measured on Zen 4 by tuning every tile of the c=32 model's 35 convs at 256x256: 2x4 whole
+    # was the best or within 1-4 % of it for every conv, 3x3 and 1x1 alike; chunked tiles were
+    # 2-10 % slower for the 3x3 convs and 30-60 % slower for the 1x1 ones
     DotProduct("vnni", 16, 4, "uint8", "int8", ("avx512vnni",),
-               ((2, 8), (1, 8), (2, 4), (1, 4), (1, 2), (1, 1)), _vpdpbusd),
+               ((2, 4), (2, 8), (1, 8), (1, 4), (1, 2), (1, 1)), _vpdpbusd, chunk_by_default=False),
     DotProduct("avx2-u8", 8, 4, "uint8", "int8", ("avx2",),
                ((4, 2), (2, 4), (1, 8), (2, 2), (1, 4), (1, 2), (1, 1)), _vpmaddubsw, pairs_must_fit_int16=True),
     # 1x1 convs: 2x2 before 2x4, 10-15 % faster on each 1x1 conv of the c=32 model (chunked, znver3)

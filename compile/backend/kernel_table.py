@@ -15,8 +15,7 @@ from tvm import relax, s_tir, tirx
 from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
 from compile.artifact import KernelArg, KernelInfo, KernelTable
-from compile.backend.packed_conv import ANNOTATION
-from compile.backend.winograd import DIRECT_MACS
+from compile.backend.dot_products import ANNOTATION, DIRECT_MACS
 
 
 @tvm.instrument.pass_instrument

@@ -46,7 +46,13 @@ from tvm.relax.dpl import is_const, is_op, wildcard
 
 from compile.backend import winograd
 from compile.backend.call_te import Emitted, call_te, rewrite_module
-from compile.backend.dot_products import ANNOTATION, DotProduct, candidates, choose
+from compile.backend.dot_products import (
+    ANNOTATION,
+    DIRECT_MACS,
+    DotProduct,
+    candidates,
+    choose,
+)
 from compile.frontend.rewrite import constant
 
 CONV_BLOCK = "conv2d_packed"  # the conv block (the schedules find it by name)
@@ -135,7 +141,20 @@ def pack_input(x: te.Tensor, group: int, dtype: str, shift: int, size=None) -> t
     return te.compute((n, _blocks(c, group), height, width, group), value, name=PACK_BLOCK)
 
 
-def _conv(data: te.Tensor, weight: te.Tensor, strides, dilation, dot: DotProduct) -> te.Tensor:
+def tiled_width(width: int, multiple: int) -> int:
+    """The output width a direct packed conv computes for `width`: whole multiples of its
+    default register tile's pixels (`DotProduct.row_multiple`), so that tile applies. TVM cannot
+    tensorize a split that does not divide, so a row of 50 or 25 pixels fell back to 1x2 or 1x1
+    tiles, at 40-60 % of the conv's speed (c=32 at 100x100, Zen 4 VNNI: the 50- and 25-wide
+    3x3 convs at 86-138 GMAC/s against 220 for the 100-wide ones). The input is packed with
+    zero columns up to it, and the extra outputs are dropped where the output is read, as for
+    Winograd's whole tiles. Rows narrower than one tile stay as they are."""
+    return width if width < multiple else -(-width // multiple) * multiple
+
+
+def _conv(data: te.Tensor, weight: te.Tensor, strides, dilation, dot: DotProduct, macs: int | None = None) -> te.Tensor:
+    """The packed conv; `macs`: the conv's own MACs, where `data` is wider than its output needs
+    (`tiled_width`), so the kernel table reports those, not the whole tiles'."""
     n, cb, h, w, _ = (int(d) for d in data.shape)
     ob, _, kh, kw, groups, lanes, depth = (int(d) for d in weight.shape)
     (sy, sx), (dy, dx) = strides, dilation
@@ -149,7 +168,7 @@ def _conv(data: te.Tensor, weight: te.Tensor, strides, dilation, dot: DotProduct
             data[ni, ic, y * sy + ky * dy, x * sx + kx * dx, ig * depth + ii].astype("int32")
             * weight[o, ic, ky, kx, ig, oi, ii].astype("int32"),
             axis=[ic, ky, kx, ig, ii]),
-        name=CONV_BLOCK, attrs={ANNOTATION: dot.name})
+        name=CONV_BLOCK, attrs={ANNOTATION: dot.name} | ({DIRECT_MACS: macs} if macs else {}))
 
 
 def _depthwise(data: te.Tensor, weight: te.Tensor, strides, dilation) -> te.Tensor:
@@ -183,15 +202,15 @@ def packed_depthwise_kernel(data_shape, weight_shape, dtype: str, strides=(1, 1)
 
 
 def unpack(y: te.Tensor, channels: int, size=None) -> te.Tensor:
-    """[N, O/lanes, OH, OW, lanes] -> [N, O, OH, OW]; or from the Winograd conv's
+    """[N, O/lanes, OH, OW', lanes] -> [N, O, OH, OW]; or from the Winograd conv's
     [N, O/lanes, OH'/2, 2, OW'/2, 2, lanes] (the same memory, rows and columns in pairs, OH' x
-    OW' its whole tiles), cropped to `size`, the conv's output size."""
+    OW' its whole tiles), cropped to `size`, the conv's output size (OW' >= OW: whole tiles)."""
+    n, lanes = int(y.shape[0]), int(y.shape[-1])
+    size = size or [int(d) for d in y.shape[2:4]]
     if len(y.shape) == 7:
-        n, lanes = int(y.shape[0]), int(y.shape[-1])
         return te.compute((n, channels, *size), lambda ni, c, hi, wi: winograd.read_pairs(
             y, ni, c // lanes, hi, wi, c % lanes), name="unpack")
-    n, _, h, w, lanes = (int(d) for d in y.shape)
-    return te.compute((n, channels, h, w), lambda ni, c, hi, wi: y[ni, c // lanes, hi, wi, c % lanes], name="unpack")
+    return te.compute((n, channels, *size), lambda ni, c, hi, wi: y[ni, c // lanes, hi, wi, c % lanes], name="unpack")
 
 
 class PackConvs:
@@ -239,8 +258,14 @@ class PackConvs:
                 size = [d + 2 for d in winograd.tiled_size(out_size)]  # whole tiles: zero rows and columns
             else:
                 packed = pack_weight(weight, dot)
-                compute = functools.partial(_conv, dot=dot, **geometry)
                 dtype, shift = dot.data_dtype, dot.shift_from(x_in.dtype)
+                width = tiled_width(out_size[1], dot.row_multiple(pointwise=weight.shape[2:] == (1, 1)))
+                macs = None
+                if width != out_size[1]:  # whole tiles: zero columns in, extra outputs dropped by the reader
+                    (_, sx), (_, dx) = geometry["strides"], geometry["dilation"]
+                    size = [x_in.shape[2], (width - 1) * sx + (weight.shape[3] - 1) * dx + 1]
+                    macs = x_in.shape[0] * weight.size * math.prod(out_size)
+                compute = functools.partial(_conv, dot=dot, macs=macs, **geometry)
             data = call_te(builder, "pack_" + dot.name.replace("-", "_"), functools.partial(
                 pack_input, group=group, dtype=dtype, shift=shift, size=size), [x_in], **{PACK_SHIFT: shift})
         elif int(attrs.groups) == weight.shape[0] == x_in.shape[1] and weight.shape[1] == 1:

@@ -167,7 +167,8 @@ def packed_tiles(sch: s_tir.Schedule, conv, dot: DotProduct) -> list[Tile]:
     """The tiles that fit this conv (its dot product's register tiles dividing its channel blocks
     and width), each whole and chunked; the first is the untuned default, chunked when the
     register tile's weights would not stay in L1 (`CHUNK_ABOVE_BYTES`) and for every 1x1 conv
-    (see `Tile`), in the dot product's order for 1x1 convs where it has one."""
+    (see `Tile`) where the dot product chunks by default, in its order for 1x1 convs where it
+    has one."""
     _, blocks, _, width, lanes, *reduction = (_extent(sch, loop) for loop in sch.get_loops(conv))
     block_bytes = lanes * math.prod(reduction) * np.dtype(dot.weight_dtype).itemsize
     pointwise = reduction[1] * reduction[2] == 1  # (input-channel blocks, ky, kx, groups, depth)
@@ -175,7 +176,7 @@ def packed_tiles(sch: s_tir.Schedule, conv, dot: DotProduct) -> list[Tile]:
     for out_blocks, pixels in (dot.pointwise_tiles or dot.tiles) if pointwise else dot.tiles:
         if blocks % out_blocks == 0 and width % pixels == 0:
             pair = [Tile(out_blocks, pixels, pixels), Tile(out_blocks, pixels, _chunk(pixels, width))]
-            chunked_first = pointwise or out_blocks * block_bytes > CHUNK_ABOVE_BYTES
+            chunked_first = dot.chunk_by_default and (pointwise or out_blocks * block_bytes > CHUNK_ABOVE_BYTES)
             tiles += list(dict.fromkeys(pair[::-1] if chunked_first else pair))
     return tiles
 
@@ -440,7 +441,11 @@ class BlockedLayout(CPUScheduleRule):
         offsets = _concat_channel_offsets(sch, infos)  # before inlining removes the concat block
         if try_inline(sch, infos[:-1]):
             return None
-        *rows, width, lanes = sch.get_loops(last.block_rv)
+        loops = sch.get_loops(last.block_rv)
+        if len(loops) == 1:  # one channel block of one pixel (a dense layer's 16 outputs): unit loops are gone
+            sch.vectorize(loops[0])
+            return sch
+        *rows, width, lanes = loops
         group = _extent(sch, lanes)
         if offsets is not None and len(rows) >= 2 and all(o % group == 0 for o in offsets):
             blocks = [o // group for o in offsets] + [_extent(sch, rows[-2])]

@@ -27,7 +27,7 @@ import numpy as np
 import tvm
 from tvm import te, tirx
 
-from compile.backend.dot_products import ANNOTATION, DotProduct
+from compile.backend.dot_products import ANNOTATION, DIRECT_MACS, DotProduct
 
 BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])  # input transform
 G2 = np.array([[2, 0, 0], [1, 1, 1], [1, -1, 1], [0, 0, 2]])  # 2G: the weight transform, integer
@@ -36,9 +36,6 @@ INT32_MAX = 2**31 - 1
 MAX_CODE = 255  # |code| bound of int8 and uint8 activations
 PRODUCT_BLOCK = "winograd_product"  # the 16 GEMMs (found by name by the schedule, annotated with the dot product)
 OUTPUT_BLOCK = "winograd_output"
-# on the GEMM block: the MACs of the direct conv it computes (it executes 16/36 of them, over
-# whole tiles), which the kernel table reports, so its GMAC/s compare with a direct conv's
-DIRECT_MACS = "qatie.direct_macs"
 
 
 def applies(dot: DotProduct, weight: np.ndarray, strides, dilation) -> bool:
