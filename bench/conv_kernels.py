@@ -8,7 +8,6 @@ timed in interleaved rounds. Writes `conv_kernels.json` + `.md` + `.png`.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import sys
@@ -19,7 +18,7 @@ import numpy as np
 
 os.environ.setdefault("TVM_NUM_THREADS", "1")  # before TVM starts its pool
 
-from host_latency import timed_rows
+from host_latency import timed_rows, write_report
 
 REPEATS = 15  # interleaved rounds: every kernel runs once per round, so the host's drift hits all alike
 
@@ -114,24 +113,26 @@ def main(channels: int, size: str, out: Path) -> None:
               "cpu": tvm.target.codegen.llvm_get_system_cpu(), "threads": 1,
               "conv": f"{channels}->{channels} 3x3, {size} output, {macs / 1e9:.3f} GMAC", "rows": rows}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "conv_kernels.json").write_text(json.dumps(report, indent=2))
     lines = [f"Measured with `{report['command']}` on {report['cpu']}, 1 thread, best of {REPEATS} interleaved rounds: "
              f"{report['conv']}.", "", "| kernel | ms | GMAC/s |", "|---|---|---|"]
     lines += [f"| {r['kernel']} | {r['ms']:.2f} | {r['gmac_per_s']:.1f} |" for r in rows]
-    (out / "conv_kernels.md").write_text("\n".join(lines) + "\n")
+    write_report(out, "conv_kernels", report, "\n".join(lines) + "\n", _plot)
+
+
+def _plot(report: dict, path: Path) -> None:
+    """GMAC/s per kernel, one bar each."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = report["rows"]
     figure, axis = plt.subplots(figsize=(8, 0.4 * len(rows) + 1.2))
     axis.barh([r["kernel"] for r in rows][::-1], [r["gmac_per_s"] for r in rows][::-1])
     axis.set_xlabel("GMAC/s (1 thread)")
     axis.set_title(f"{report['conv']} on {report['cpu']}")
     figure.tight_layout()
-    figure.savefig(out / "conv_kernels.png", dpi=110)
-    click.echo("\n".join(lines))
-
+    figure.savefig(path, dpi=110)
 
 if __name__ == "__main__":
     main()

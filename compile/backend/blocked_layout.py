@@ -46,9 +46,9 @@ from compile.backend.packed_conv import (
     UNPACK,
     blocked_channels,
     pack_input,
+    read_output,
     unpack,
 )
-from compile.backend.winograd import read_pairs
 from compile.frontend.rewrite import constant
 
 
@@ -76,8 +76,7 @@ def blocked_codes(y: te.Tensor, size=None) -> te.Tensor:
     dequantize's float32, a table index's int32) for the next kernel."""
     n, blocks, lanes = int(y.shape[0]), int(y.shape[1]), int(y.shape[-1])
     size = size or [int(d) for d in y.shape[2:4]]
-    read = (lambda ni, c, hi, wi, li: y[ni, c, hi, wi, li]) if len(y.shape) == 5 else functools.partial(read_pairs, y)
-    return te.compute((n, blocks, *size, lanes), read, name="blocked")
+    return te.compute((n, blocks, *size, lanes), functools.partial(read_output, y), name="blocked")
 
 
 def _layout_change(mod: tvm.IRModule, value: relax.Expr) -> str | None:

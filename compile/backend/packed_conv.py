@@ -152,9 +152,10 @@ def tiled_width(width: int, multiple: int) -> int:
     return width if width < multiple else -(-width // multiple) * multiple
 
 
-def _conv(data: te.Tensor, weight: te.Tensor, strides, dilation, dot: DotProduct, macs: int | None = None) -> te.Tensor:
-    """The packed conv; `macs`: the conv's own MACs, where `data` is wider than its output needs
-    (`tiled_width`), so the kernel table reports those, not the whole tiles'."""
+def _conv(data: te.Tensor, weight: te.Tensor, strides, dilation, dot: DotProduct,
+          direct_macs: int | None = None) -> te.Tensor:
+    """The packed conv; `direct_macs`: the conv's own MACs, where `data` is wider than its output
+    needs (`tiled_width`), so the kernel table reports those, not the whole tiles'."""
     n, cb, h, w, _ = (int(d) for d in data.shape)
     ob, _, kh, kw, groups, lanes, depth = (int(d) for d in weight.shape)
     (sy, sx), (dy, dx) = strides, dilation
@@ -168,7 +169,7 @@ def _conv(data: te.Tensor, weight: te.Tensor, strides, dilation, dot: DotProduct
             data[ni, ic, y * sy + ky * dy, x * sx + kx * dx, ig * depth + ii].astype("int32")
             * weight[o, ic, ky, kx, ig, oi, ii].astype("int32"),
             axis=[ic, ky, kx, ig, ii]),
-        name=CONV_BLOCK, attrs={ANNOTATION: dot.name} | ({DIRECT_MACS: macs} if macs else {}))
+        name=CONV_BLOCK, attrs={ANNOTATION: dot.name} | ({DIRECT_MACS: direct_macs} if direct_macs else {}))
 
 
 def _depthwise(data: te.Tensor, weight: te.Tensor, strides, dilation) -> te.Tensor:
@@ -201,16 +202,22 @@ def packed_depthwise_kernel(data_shape, weight_shape, dtype: str, strides=(1, 1)
     return tvm.IRModule({"main": te.create_prim_func([data, weight, _depthwise(data, weight, strides, (1, 1))])})
 
 
+def read_output(y: te.Tensor, ni, block, hi, wi, lane):
+    """A conv's output `y` at (block, row, column, lane) of the packed layout: [N, O/lanes, OH',
+    OW', lanes], or the Winograd conv's [N, O/lanes, OH'/2, 2, OW'/2, 2, lanes] (the same
+    memory, rows and columns in pairs). OH' x OW' are whole tiles; readers crop to the conv's size."""
+    if len(y.shape) == 7:
+        return winograd.read_pairs(y, ni, block, hi, wi, lane)
+    return y[ni, block, hi, wi, lane]
+
+
 def unpack(y: te.Tensor, channels: int, size=None) -> te.Tensor:
-    """[N, O/lanes, OH, OW', lanes] -> [N, O, OH, OW]; or from the Winograd conv's
-    [N, O/lanes, OH'/2, 2, OW'/2, 2, lanes] (the same memory, rows and columns in pairs, OH' x
-    OW' its whole tiles), cropped to `size`, the conv's output size (OW' >= OW: whole tiles)."""
+    """A conv's output (`read_output`) -> [N, O, OH, OW], cropped to `size`, the conv's output
+    size; a blocked tensor [N, C/lanes, H, W, lanes] (no `size`) -> [N, C, H, W]."""
     n, lanes = int(y.shape[0]), int(y.shape[-1])
     size = size or [int(d) for d in y.shape[2:4]]
-    if len(y.shape) == 7:
-        return te.compute((n, channels, *size), lambda ni, c, hi, wi: winograd.read_pairs(
-            y, ni, c // lanes, hi, wi, c % lanes), name="unpack")
-    return te.compute((n, channels, *size), lambda ni, c, hi, wi: y[ni, c // lanes, hi, wi, c % lanes], name="unpack")
+    return te.compute((n, channels, *size), lambda ni, c, hi, wi: read_output(y, ni, c // lanes, hi, wi, c % lanes),
+                      name="unpack")
 
 
 class PackConvs:
@@ -242,6 +249,7 @@ class PackConvs:
         geometry = {"strides": tuple(int(s) for s in attrs.strides), "dilation": tuple(int(d) for d in attrs.dilation)}
         x_in = Emitted(x, [int(d) for d in x.ty.shape], str(x.ty.dtype))
         out_size = [int(d) for d in call.ty.shape][2:]
+        macs = x_in.shape[0] * weight.size * math.prod(out_size)  # the conv's own (groups = 1)
         func_attrs = {}  # of the conv's PrimFunc
         offset = constant(match[self.offset]).astype(np.int64).reshape(-1)
         if int(attrs.groups) == 1:
@@ -251,8 +259,7 @@ class PackConvs:
             lanes, group, size = dot.lanes, channel_group(dot, x_in.shape[1]), None
             if winograd.applies(dot, weight, **geometry):
                 packed = winograd.transform_weight(weight, dot, group)
-                compute = functools.partial(winograd.winograd_conv, dot=dot,
-                                            direct_macs=x_in.shape[0] * weight.size * math.prod(out_size))
+                compute = functools.partial(winograd.winograd_conv, dot=dot, direct_macs=macs)
                 func_attrs = {"op_pattern": OUT_ELEMWISE_FUSABLE}
                 dtype, shift = x_in.dtype, 0  # its input transform widens the codes itself
                 size = [d + 2 for d in winograd.tiled_size(out_size)]  # whole tiles: zero rows and columns
@@ -260,12 +267,11 @@ class PackConvs:
                 packed = pack_weight(weight, dot)
                 dtype, shift = dot.data_dtype, dot.shift_from(x_in.dtype)
                 width = tiled_width(out_size[1], dot.row_multiple(pointwise=weight.shape[2:] == (1, 1)))
-                macs = None
-                if width != out_size[1]:  # whole tiles: zero columns in, extra outputs dropped by the reader
+                whole = width != out_size[1]  # whole tiles: zero columns in, extra outputs dropped by the reader
+                if whole:
                     (_, sx), (_, dx) = geometry["strides"], geometry["dilation"]
                     size = [x_in.shape[2], (width - 1) * sx + (weight.shape[3] - 1) * dx + 1]
-                    macs = x_in.shape[0] * weight.size * math.prod(out_size)
-                compute = functools.partial(_conv, dot=dot, macs=macs, **geometry)
+                compute = functools.partial(_conv, dot=dot, direct_macs=macs if whole else None, **geometry)
             data = call_te(builder, "pack_" + dot.name.replace("-", "_"), functools.partial(
                 pack_input, group=group, dtype=dtype, shift=shift, size=size), [x_in], **{PACK_SHIFT: shift})
         elif int(attrs.groups) == weight.shape[0] == x_in.shape[1] and weight.shape[1] == 1:
