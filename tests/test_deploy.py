@@ -17,13 +17,14 @@ from qatie.references import WITHIN_ONE_STEP_REQUIRED
 from tests.helpers import assert_one_line_error, console_script, run_compile, run_console
 from tests.rpc_cluster import KEY, free_port, start_cluster
 
-# The kernel sum and the end-to-end time differ by the VM's own work and by cache effects, which
-# depend on the machine (-16 % on one CI host, where 15 % had been the bound): a timing bound would be a speed
-# goal, which belongs in bench/. This bound only catches accounting errors (a call count or a
-# kernel missing, a unit wrong), which put the sum off by 2x or more. It holds on a host whose
-# speed drifts because profile spreads the model's runs over the kernels' measurement (when it
-# timed the model after all kernels, CI once saw -88 %: the other worker trained meanwhile).
-PROFILE_ACCOUNTING_BOUND = 0.5
+# The kernel sum and the end-to-end time differ by the VM's own work, by cache effects and, on a
+# shared host, by load: the kernels are timed in ~5 ms windows over seconds, the model in a few
+# windows between them, and another test worker on the same cores stretches whichever it lands
+# on (CI, 3 workers on 2 cores: the kernel sum 1.50x the end-to-end time once, -16 % on another
+# host). A timing bound would be a speed goal, which belongs in bench/. The accounting itself (a
+# call count, a kernel missing, the multiplication) is checked exactly below; this ratio only
+# catches a wrong unit or scale (1000x), with room for a host that is briefly twice as loaded.
+PROFILE_SCALE_BOUND = 2.0
 # With `pytest -n`, these share a worker: the cluster and builds below are made once.
 pytestmark = pytest.mark.xdist_group("deploy")
 
@@ -88,7 +89,11 @@ def test_profile_over_rpc_adds_up_to_end_to_end(artifact_256, cluster, tmp_path)
         assert {k["name"] for k in device["kernels"]} == names
         end_to_end = device["end_to_end"]["median_ms"]
         assert device["difference"] == pytest.approx((end_to_end - device["kernel_sum_ms"]) / end_to_end)
-        assert abs(device["difference"]) <= PROFILE_ACCOUNTING_BOUND, device["difference"]
+        assert 1 / PROFILE_SCALE_BOUND < device["kernel_sum_ms"] / end_to_end < PROFILE_SCALE_BOUND, device
+        calls = {k["name"]: k["calls"] for k in manifest["kernels"]["kernels"]}
+        for row in device["kernels"]:
+            assert row["calls"] == calls[row["name"]] and row["total_ms"] == pytest.approx(row["mean_ms"] * row["calls"])
+        assert device["kernel_sum_ms"] == pytest.approx(sum(k["total_ms"] for k in device["kernels"]))
         assert abs(sum(k["share"] for k in device["kernels"]) - 1) < 1e-6
         assert any(k["macs"] > 0 for k in device["kernels"])
     rows = list(csv.DictReader((tmp_path / "profile.csv").open()))
