@@ -14,6 +14,7 @@ import importlib.util
 import json
 import shutil
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -98,17 +99,18 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory, worker_id: str):
-    """The tiny checkpoint exported as QDQ ONNX at 40x36: (path, conv count, parity reports)."""
+    """The tiny checkpoint exported as QDQ ONNX at 40x36: (path, conv count, its verification)."""
     from qatie.checkpoint import load_checkpoint
-    from qatie.export import export
+    from qatie.export import Verification, export
 
     def make(folder: Path) -> None:
-        convs, spec, fused = export(load_checkpoint(tiny_ckpt), 40, 36, folder / "tiny.onnx", fp32=False)
-        (folder / "export.json").write_text(json.dumps({"convs": convs, "spec": spec.as_dict(), "fused": fused.as_dict()}))
+        convs, verification = export(load_checkpoint(tiny_ckpt), 40, 36, folder / "tiny.onnx", fp32=False)
+        (folder / "export.json").write_text(json.dumps({"convs": convs, "verification": asdict(verification)}))
 
     folder = made_once(tmp_path_factory, worker_id, "onnx", make)
     report = json.loads((folder / "export.json").read_text())
-    return folder / "tiny.onnx", report["convs"], Agreement(**report["spec"]), Agreement(**report["fused"])
+    verification = Verification(**{k: Agreement(**v) for k, v in report["verification"].items()})
+    return folder / "tiny.onnx", report["convs"], verification
 
 
 @pytest.fixture(scope="session")
