@@ -16,6 +16,7 @@ from compile.backend.dot_products import DOT_PRODUCTS, by_name, candidates, choo
 from compile.backend.packed_conv import pack_depthwise_weight, packed_depthwise_kernel
 from compile.backend.schedules import build_with_default_schedules, default_schedule
 from compile.backend.targets import get_target
+from compile.backend.tuning_db import check_log_dir, check_targets, default_log_dir, foreign_dot_products
 from tests.conv_cases import INSTRUCTIONS, conv_case, conv_kernels, tile_kernels
 from tests.helpers import TINY
 
@@ -216,3 +217,20 @@ def test_the_ops_between_convs_run_in_the_blocked_layout(width8_onnx):
     for seed in (0, 1):
         x = np.random.default_rng(seed).random((1, 3, 40, 36), dtype=np.float32)
         assert np.array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), ort_output(model.proto.SerializeToString(), x))
+
+
+def test_a_log_of_another_cpu_kinds_dot_products_is_named_as_not_applying():
+    """The shipped x86-host log was tuned on an AVX2 CPU: on a VNNI CPU every conv is a vpdpbusd
+    kernel, so its records cannot apply and the build's note says why; on another AVX2 CPU they
+    do apply (their timings being the other CPU's)."""
+    folder = default_log_dir("x86-host")
+    check = check_log_dir(folder)
+    assert {t.mcpu for t in check.targets} == {"znver3"}
+    vnni = tvm.target.Target({"kind": "llvm", "mcpu": VNNI_CPU})
+    assert foreign_dot_products(check, vnni) == ["avx2-i16", "avx2-u8"]
+    (note,) = check_targets(folder, check, vnni)
+    assert "avx2-i16 or avx2-u8 dot product cannot apply (this CPU's convs use vnni)" in note, note
+    haswell = tvm.target.Target(AVX2_TARGET)
+    assert foreign_dot_products(check, haswell) == []
+    (note,) = check_targets(folder, check, haswell)
+    assert note.endswith("their schedules apply, their timings are another CPU's"), note

@@ -43,6 +43,7 @@ from compile.backend.tuning_db import (
     check_existing_log,
     check_targets,
     default_log_dir,
+    foreign_dot_products,
     open_database,
 )
 from compile.frontend import fold_qdq, load_onnx, to_relax
@@ -128,7 +129,7 @@ class _TuningLog:
         return None if self.folder is None else open_database(self.folder, create=False, check=self.check)[0]
 
 
-def _tuning_log(spec: TargetSpec, target: dict, options: BuildOptions) -> _TuningLog:
+def _tuning_log(spec: TargetSpec, target, options: BuildOptions) -> _TuningLog:
     """`options.tuning_log` if given (must exist), else the target's default folder if it holds a
     log, else none (every kernel keeps its default schedule); checked line by line and against
     the target (cheap), before the model is imported."""
@@ -154,7 +155,7 @@ def build(onnx_path: Path, spec: TargetSpec, out: Path, options: BuildOptions = 
     target_json = json.loads(str(target))  # recorded in the manifest; tuning records are checked against it
     compiler = spec.compiler()  # a missing cross compiler: an error before the import
     disassembler = spec.disassembler() if options.emit_source else None  # likewise a missing objdump
-    log = _tuning_log(spec, target_json, options)
+    log = _tuning_log(spec, target, options)
     model = load_onnx(onnx_path, options.input_shapes)
     mod, fold_log = fold_qdq(to_relax(model))
     inputs, outputs = io_description(model)
@@ -182,7 +183,7 @@ def build(onnx_path: Path, spec: TargetSpec, out: Path, options: BuildOptions = 
                      f"records there only for kernels like them at other shapes or with other constants (tuned at "
                      f"another input size, for another model, or by an earlier version of qatie-compile); "
                      f"tune this model at this size to give them records")
-    elif tuned.records and not tuned.applied:
+    elif tuned.records and not tuned.applied and not foreign_dot_products(log.check, target):
         notes.append(f"{database_dir}: none of its {tuned.records} records is for a kernel of this model, at any size "
                      f"(they are another model's, or for kernels an earlier version of qatie-compile generated); "
                      f"tune this model to give it records")

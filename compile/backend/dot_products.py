@@ -209,6 +209,15 @@ def candidates(target) -> list[DotProduct]:
     return [dot for dot in DOT_PRODUCTS if codegen.target_has_features(list(dot.features), target)]
 
 
+def reachable(target) -> list[DotProduct]:
+    """The dot products a conv on `target` can get: the candidates up to the first that is exact
+    for any weights (`choose` never passes it). A log tuned on another CPU kind holds kernels of
+    others (an AVX2 log on a VNNI CPU), which no build here generates."""
+    dots = candidates(target)
+    exact_for_all = next((i for i, dot in enumerate(dots) if not dot.pairs_must_fit_int16), len(dots) - 1)
+    return dots[:exact_for_all + 1]
+
+
 def choose(target, weight: np.ndarray) -> DotProduct | None:
     """The fastest exact dot product for a conv with `weight` on `target`, or None (no packing)."""
     return next((dot for dot in candidates(target) if dot.exact_for(weight)), None)

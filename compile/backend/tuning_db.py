@@ -141,17 +141,36 @@ class TunedFor(NamedTuple):
         return " ".join(self)
 
 
-def check_targets(folder: Path, check: LogCheck, target: dict) -> list[str]:
+def foreign_dot_products(check: LogCheck, target) -> list[str]:
+    """The dot products (ours) the log's records tensorize with that no conv built for `target`
+    (a tvm.target.Target) gets: records of those kernels can never apply to its builds."""
+    from compile.backend.dot_products import DOT_PRODUCTS, reachable
+
+    usable = {dot.intrin for dot in reachable(target)}
+    return sorted(dot.name for dot in DOT_PRODUCTS if dot.intrin in check.intrinsics and dot.intrin not in usable)
+
+
+def check_targets(folder: Path, check: LogCheck, target) -> list[str]:
     """Records tuned for another architecture are an error (their schedules were measured on
-    another machine kind); for another CPU of the same architecture, a note for the user."""
-    want = TunedFor.of(target)
+    another machine kind); for another CPU of the same architecture, a note for the user, which
+    says when their kernels are another CPU kind's dot products (`foreign_dot_products`)."""
+    from compile.backend.dot_products import reachable
+
+    want = TunedFor.of(target.export())
     others = {tuned: n for tuned, n in check.targets.items() if tuned != want}
     if check.targets and all(tuned.arch != want.arch for tuned in check.targets):
         tuned_for = ", ".join(sorted(map(str, check.targets)))
         raise QatieError(f"{folder}: the records were tuned for {tuned_for}, this build is for {want}; pass the "
                          f"log of this target with --tuning-log, or --no-tuning")
-    return [f"{folder}: {n} record(s) were tuned for {tuned}, this build is for {want}: their schedules apply, "
-            f"their timings are another CPU's" for tuned, n in sorted(others.items())]
+    foreign = foreign_dot_products(check, target)
+    if foreign:
+        usable = ", ".join(dot.name for dot in reachable(target)) or "none"
+        applies = (f"those of kernels with the {' or '.join(foreign)} dot product cannot apply (this CPU's convs "
+                   f"use {usable}): tune on this CPU to give them records")
+    else:
+        applies = "their schedules apply, their timings are another CPU's"
+    return [f"{folder}: {n} record(s) were tuned for {tuned}, this build is for {want}: {applies}"
+            for tuned, n in sorted(others.items())]
 
 
 def _check_file(path: Path, workloads: int | None, check: LogCheck) -> int:

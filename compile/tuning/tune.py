@@ -235,7 +235,7 @@ def tune(model: Path, input_shapes: dict, spec: TargetSpec, log_dir: Path, optio
     devices = _free_devices(spec, options)
     target = tuning_target(spec)
     database, check = open_database(log_dir, create=True)
-    check_targets(log_dir, check, target.export())  # another architecture's records: refused
+    check_targets(log_dir, check, target)  # another architecture's records: refused
     _, mod, _ = load_and_fold(model, input_shapes)
     register_cpu_intrinsics()
     tasks = extract_tasks(mod, target)
