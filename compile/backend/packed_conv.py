@@ -50,8 +50,8 @@ from compile.backend.dot_products import (
     ANNOTATION,
     DIRECT_MACS,
     DotProduct,
-    candidates,
     choose,
+    widest,
 )
 from compile.frontend.rewrite import constant
 
@@ -275,10 +275,10 @@ class PackConvs:
             data = call_te(builder, "pack_" + dot.name.replace("-", "_"), functools.partial(
                 pack_input, group=group, dtype=dtype, shift=shift, size=size), [x_in], **{PACK_SHIFT: shift})
         elif int(attrs.groups) == weight.shape[0] == x_in.shape[1] and weight.shape[1] == 1:
-            usable = candidates(target)  # no dot product: the neighbours' channel blocks, int32 lanes
-            if not usable:
+            dot = widest(target)  # no dot product: the neighbours' channel blocks, int32 lanes
+            if dot is None:
                 return call
-            lanes, shift = usable[0].lanes, 0
+            lanes, shift = dot.lanes, 0
             data = call_te(builder, "pack_depthwise", functools.partial(
                 pack_input, group=lanes, dtype=x_in.dtype, shift=0), [x_in], **{PACK_SHIFT: 0})
             packed = pack_depthwise_weight(weight, lanes)
