@@ -91,14 +91,16 @@ def _spec_norm(module: nn.InstanceNorm2d, inputs: tuple[torch.Tensor], _output: 
     variance64 = ((x64 - mean64) ** 2).mean(axes, keepdim=True)
     epsilon = torch.tensor(module.eps, dtype=x.dtype)
     normalized = (x - mean64.to(x.dtype)) / torch.sqrt(variance64.to(x.dtype) + epsilon)
+    if not module.affine:  # exported with scale 1 and bias 0: x * 1 + 0 is x in float32
+        return normalized
     channel = (-1,) + (1,) * (x.dim() - 2)
     return normalized * module.weight.reshape(channel) + module.bias.reshape(channel)
 
 
 @contextlib.contextmanager
 def spec_norms(model: nn.Module):
-    """Every affine InstanceNorm2d of `model` computes `_spec_norm` while inside."""
-    hooks = [m.register_forward_hook(_spec_norm) for m in model.modules() if isinstance(m, nn.InstanceNorm2d) and m.affine]
+    """Every InstanceNorm2d of `model` computes `_spec_norm` while inside."""
+    hooks = [m.register_forward_hook(_spec_norm) for m in model.modules() if isinstance(m, nn.InstanceNorm2d)]
     try:
         yield
     finally:
