@@ -22,7 +22,8 @@ from compile.backend.schedules import packed_conv_block, packed_conv_space, pack
 # 64 output pixels per row at stride 1 (every register tile fits, two chunks per row)
 CHANNELS, OUTPUTS, SIZE = 16, 16, (6, 66)
 # what each dot product's conv kernels must contain in their assembly (sadalp: smull alone is plain int8 code)
-INSTRUCTIONS = {"vnni": "vpdpbusd", "vnni-ymm": "vpdpbusd", "avx2-u8": "vpmaddubsw", "avx2-i16": "vpmaddwd", "sdot": "sdot",
+INSTRUCTIONS = {"vnni": "vpdpbusd", "vnni-ymm": "vpdpbusd", "avx512bw-u8": "vpmaddubsw", "avx512bw-i16": "vpmaddwd",
+                "avx2-u8": "vpmaddubsw", "avx2-i16": "vpmaddwd", "sdot": "sdot",
                 "neon-smull": "sadalp"}
 
 

@@ -6,10 +6,12 @@ compiles, without running, for a CPU it does not have."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 import tvm
+from tvm.target import codegen
 
 from compile.backend.build import BuildOptions, build
 from compile.backend.dot_products import DOT_PRODUCTS, by_name, candidates, choose
@@ -17,10 +19,12 @@ from compile.backend.packed_conv import pack_depthwise_weight, packed_depthwise_
 from compile.backend.schedules import build_with_default_schedules, default_schedule
 from compile.backend.targets import get_target
 from compile.backend.tuning_db import check_log_dir, check_targets, default_log_dir, foreign_dot_products
-from tests.conv_cases import INSTRUCTIONS, conv_case, conv_kernels, tile_kernels
-from tests.helpers import TINY
+from qatie.references import ort_output, reference_input
+from tests.conv_cases import INSTRUCTIONS, conv_case, conv_code, conv_kernels, tile_kernels
+from tests.helpers import TINY, run_library
 
 VNNI_CPU = "znver4"  # an AVX-512 VNNI CPU LLVM knows; compiled for, not run, on hosts without it
+AVX512BW_CPU = "skylake-avx512"  # AVX-512BW without VNNI
 AVX2_TARGET = {"kind": "llvm", "mcpu": "haswell"}  # AVX2 without VNNI: 8-lane dot products on any x86 host
 
 
@@ -83,6 +87,9 @@ def test_the_build_picks_the_instruction_from_cpu_features_and_weights():
     saturating[3, 4:6, 1, 1] = (100, 100)  # 255 * 200 overflows vpmaddubsw's int16 pair sum
     cpu = lambda name: tvm.target.Target({"kind": "llvm", "mcpu": name})  # noqa: E731
     assert choose(cpu(VNNI_CPU), saturating).name == "vnni"  # vpdpbusd has no int16 step
+    assert choose(cpu(VNNI_CPU), safe[:3]).name == "vnni-ymm"  # at most 8 outputs: 8 lanes
+    assert choose(cpu(AVX512BW_CPU), safe).name == "avx512bw-u8"
+    assert choose(cpu(AVX512BW_CPU), saturating).name == "avx512bw-i16"
     assert choose(cpu("znver3"), safe).name == "avx2-u8"
     assert choose(cpu("znver3"), saturating).name == "avx2-i16"
     assert choose(cpu("x86-64"), safe) is None  # no AVX2: the plain integer conv stays
@@ -102,20 +109,29 @@ def test_every_conv_kernel_of_the_host_build_uses_its_dot_product_instruction(ti
 
 
 @pytest.mark.long
-def test_a_vnni_build_uses_vpdpbusd_in_every_conv_kernel(tiny_onnx, tmp_path, monkeypatch):
-    """Compiled for an AVX-512 VNNI CPU whatever this host is (the library is not run here)."""
+@pytest.mark.parametrize(("cpu", "dots"), [(VNNI_CPU, {"vnni": "zmm", "vnni-ymm": "ymm"}),
+                                           (AVX512BW_CPU, {"avx512bw-u8": "zmm", "avx512bw-i16": "zmm"})])
+def test_an_avx512_build_uses_its_dot_product_in_every_conv_kernel(cpu, dots, tiny_onnx, tmp_path, monkeypatch):
+    """Compiled for an AVX-512 CPU whatever this host is: every conv kernel on one of that CPU's
+    dot products, its instruction on the right registers; run, and equal to ONNX Runtime bit for
+    bit, where this host has the CPU's features."""
+    host = _host_target()
     folder = tmp_path / "targets"
     folder.mkdir()
-    (folder / "x86-vnni.json").write_text(json.dumps({
-        "description": "x86 server with AVX-512 VNNI (test)", "target": {"kind": "llvm", "mcpu": VNNI_CPU},
+    (folder / "x86-avx512.json").write_text(json.dumps({
+        "description": f"x86 server, {cpu} (test)", "target": {"kind": "llvm", "mcpu": cpu},
         "host": None, "cross_compiler": {"kind": "system", "cc": "g++"}, "rpc_key": None, "threads": 0,
         "qemu_cpu": None}))
     monkeypatch.setenv("QATIE_TARGETS_DIR", str(folder))
-    build(tiny_onnx[0], get_target("x86-vnni"), tmp_path / "vnni", BuildOptions(emit_source=True, use_tuning=False))
-    convs = conv_kernels(tmp_path / "vnni")
-    wrong = {conv: (dot, found) for conv, (dot, found) in convs.items()
-             if dot not in ("vnni", "vnni-ymm") or "vpdpbusd" not in found}
+    spec = get_target("x86-avx512")
+    build(tiny_onnx[0], spec, tmp_path / "art", BuildOptions(emit_source=True, use_tuning=False))
+    wrong = {conv: dot for conv, (dot, code) in conv_code(tmp_path / "art").items()
+             if dot not in dots or not re.search(rf"{INSTRUCTIONS[dot]}\s.*%{dots[dot]}", code)}
     assert not wrong, wrong
+    features = {dot.features for dot in DOT_PRODUCTS if dot.name in dots}
+    if all(codegen.target_has_features(list(f), host) for f in features):
+        x = reference_input(40, 36)
+        assert np.array_equal(run_library(tmp_path / "art" / "model.so", x), ort_output(tiny_onnx[0], x))
 
 
 def test_the_integer_winograd_conv_equals_the_direct_conv(monkeypatch):

@@ -169,6 +169,15 @@ def _vpmaddwd(acc, pixel, weights):
     return acc + _llvm("llvm.x86.avx2.pmadd.wd", "int32x8", pixel, weights)
 
 
+def _vpmaddubsw_512(acc, pixel, weights):
+    pairs = _llvm("llvm.x86.avx512.pmaddubs.w.512", "int16x32", pixel, weights)
+    return acc + _llvm("llvm.x86.avx512.pmaddw.d.512", "int32x16", pairs, T.broadcast(T.int16(1), 32))
+
+
+def _vpmaddwd_512(acc, pixel, weights):
+    return acc + _llvm("llvm.x86.avx512.pmaddw.d.512", "int32x16", pixel, weights)
+
+
 def _sdot(acc, pixel, weights):
     return _llvm("llvm.aarch64.neon.sdot.v4i32.v16i8", "int32x4", acc, pixel, weights)
 
@@ -192,6 +201,14 @@ DOT_PRODUCTS = (
                ((1, 8), (1, 16), (1, 4), (1, 2), (1, 1)), _vpdpbusd_256, chunk_by_default=False, max_outputs=8),
     DotProduct("vnni", 16, 4, "uint8", "int8", ("avx512vnni",),
                ((2, 4), (2, 8), (1, 8), (1, 4), (1, 2), (1, 1)), _vpdpbusd, chunk_by_default=False),
+    # AVX-512BW without VNNI (Skylake-SP, Cascade Lake without DL Boost): the AVX2 sequences on
+    # zmm, 16 lanes; no such CPU here, so the tiles are the AVX2 ones (measured on znver3), not
+    # measured for these; exactness is tested on any AVX-512BW host (Zen 4 has it)
+    DotProduct("avx512bw-u8", 16, 4, "uint8", "int8", ("avx512bw",),
+               ((4, 2), (2, 4), (1, 8), (2, 2), (1, 4), (1, 2), (1, 1)), _vpmaddubsw_512, pairs_must_fit_int16=True),
+    DotProduct("avx512bw-i16", 16, 2, "int16", "int16", ("avx512bw",),
+               ((2, 4), (1, 8), (1, 4), (2, 2), (1, 2), (1, 1)), _vpmaddwd_512,
+               pointwise_tiles=((2, 2), (2, 4), (1, 8), (1, 4), (1, 2), (1, 1))),
     DotProduct("avx2-u8", 8, 4, "uint8", "int8", ("avx2",),
                ((4, 2), (2, 4), (1, 8), (2, 2), (1, 4), (1, 2), (1, 1)), _vpmaddubsw, pairs_must_fit_int16=True),
     # 1x1 convs: 2x2 before 2x4, 10-15 % faster on each 1x1 conv of the c=32 model (chunked, znver3)
