@@ -191,14 +191,14 @@ def _smull_sadalp(acc, pixel, weights):
 # are chosen by register count, not measured (no ARM hardware here; emulator time is no guide).
 NEON_TILES = ((4, 4), (2, 8), (4, 2), (2, 4), (1, 8), (1, 4), (1, 2), (1, 1))
 DOT_PRODUCTS = (
-    # measured on Zen 4 by tuning every tile of the c=32 model's 35 convs at 256x256: 2x4 whole
-    # was the best or within 1-4 % of it for every conv, 3x3 and 1x1 alike; chunked tiles were
-    # 2-10 % slower for the 3x3 convs and 30-60 % slower for the 1x1 ones
     # vpdpbusd on ymm (AVX512-VL) for convs with at most 8 outputs (the model's last conv: 3),
     # so tiles of one block only. Zen 4, c=32 at 256x256: the last conv 1.66 -> 0.90 ms (16 ->
     # 8 lanes), its default 1x8 tile within 4 % of the best tuning found among these tiles
     DotProduct("vnni-ymm", 8, 4, "uint8", "int8", ("avx512vnni", "avx512vl"),
                ((1, 8), (1, 16), (1, 4), (1, 2), (1, 1)), _vpdpbusd_256, chunk_by_default=False, max_outputs=8),
+    # measured on Zen 4 by tuning every tile of the c=32 model's 35 convs at 256x256: 2x4 whole
+    # was the best or within 1-4 % of it for every conv, 3x3 and 1x1 alike; chunked tiles were
+    # 2-10 % slower for the 3x3 convs and 30-60 % slower for the 1x1 ones
     DotProduct("vnni", 16, 4, "uint8", "int8", ("avx512vnni",),
                ((2, 4), (2, 8), (1, 8), (1, 4), (1, 2), (1, 1)), _vpdpbusd, chunk_by_default=False),
     # AVX-512BW without VNNI (Skylake-SP, Cascade Lake without DL Boost): the AVX2 sequences on
