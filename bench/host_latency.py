@@ -1,6 +1,7 @@
 """Host latency of the QATIE model: PyTorch fp32, ONNX Runtime fp32, int8 (our QDQ file) and int8
 (the same net quantized by ORT with uint8 activations, ORT's fastest x86 int8 path), LiteRT int8
-(the paper's own width-32 TFLite model, XNNPACK; with `--tflite`, needs `.[peers]`), TVM int8
+(XNNPACK) on each `--tflite` model whose input has the size (the paper's own width-32 models, or
+ours converted by a user's route; needs `.[peers]`), TVM int8
 untuned and tuned, at each size and thread count, in one run on one machine. The ratio column
 compares every row with the fastest of the peers (everything but TVM) in the same setting.
 
@@ -28,7 +29,6 @@ import click
 
 TORCH, ORT_FP32, ORT_QDQ, ORT_U8 = ("PyTorch fp32 (eager)", "ONNX Runtime fp32", "ONNX Runtime int8 (our QDQ file)",
                                    "ONNX Runtime int8 (ORT-quantized, uint8 activations)")
-LITERT = "LiteRT int8, XNNPACK (the paper's c32 TFLite model)"
 TVM_ROWS = ("TVM int8 untuned (default schedules)", "TVM int8 tuned (MetaSchedule)")
 CALIBRATION_IMAGES = 4
 SWITCH_PAUSE_S = 0.3  # between runtimes when they use several threads: see timed_rows
@@ -171,9 +171,8 @@ def measure(ctx: click.Context, size: str, threads: int, repeats: int) -> None:
 
     runners = {TORCH: torch_run, ORT_FP32: ort_run(work / f"qatie-{size}-fp32.onnx"),
                ORT_QDQ: ort_run(work / f"qatie-{size}.onnx"), ORT_U8: ort_run(work / f"qatie-{size}-ort-u8.onnx")}
-    tflite = next((t for t in ctx.parent.params["tflites"] if _tflite_size(t) == (height, width)), None)
-    if tflite:
-        runners[LITERT] = _litert_run(tflite, x_np, threads)
+    for tflite in (t for t in ctx.parent.params["tflites"] if _tflite_size(t) == (height, width)):
+        runners[f"LiteRT int8, XNNPACK ({tflite.name})"] = _litert_run(tflite, x_np, threads)
     runners.update(zip(TVM_ROWS, (tvm_run(work / f"x86-host-{size}-untuned"), tvm_run(work / f"x86-host-{size}-tuned"))))
     rows = timed_rows(runners, repeats, min_seconds=2.0, pause_s=SWITCH_PAUSE_S if threads > 1 else 0.0)
     click.echo(json.dumps({"size": size, "threads": threads, "rows": rows}))
