@@ -171,27 +171,29 @@ def measure(ctx: click.Context, size: str, threads: int, repeats: int) -> None:
 
     runners = {TORCH: torch_run, ORT_FP32: ort_run(work / f"qatie-{size}-fp32.onnx"),
                ORT_QDQ: ort_run(work / f"qatie-{size}.onnx"), ORT_U8: ort_run(work / f"qatie-{size}-ort-u8.onnx")}
-    for tflite in (t for t in ctx.parent.params["tflites"] if _tflite_size(t) == (height, width)):
-        runners[f"LiteRT int8, XNNPACK ({tflite.name})"] = _litert_run(tflite, x_np, threads)
+    for tflite in (t for t in ctx.parent.params["tflites"] if tflite_size(t) == (height, width)):
+        runners[f"LiteRT int8, XNNPACK ({tflite.name})"] = litert_interpreter(tflite, x_np, threads).invoke
     runners.update(zip(TVM_ROWS, (tvm_run(work / f"x86-host-{size}-untuned"), tvm_run(work / f"x86-host-{size}-tuned"))))
     rows = timed_rows(runners, repeats, min_seconds=2.0, pause_s=SWITCH_PAUSE_S if threads > 1 else 0.0)
     click.echo(json.dumps({"size": size, "threads": threads, "rows": rows}))
 
 
-def _tflite_size(tflite: Path) -> tuple[int, int]:
+def tflite_size(tflite: Path) -> tuple[int, int]:
+    """A TFLite model's input height and width (NHWC)."""
     from ai_edge_litert.interpreter import Interpreter
 
     _, height, width, _ = Interpreter(model_path=str(tflite)).get_input_details()[0]["shape"]
     return int(height), int(width)
 
 
-def _litert_run(tflite: Path, x_np, threads: int):
-    """LiteRT's interpreter (XNNPACK delegate by default) on `tflite`; NHWC input, quantized to
-    the model's int8 input if it takes codes."""
+def litert_interpreter(tflite: Path, x_np, threads: int, **options):
+    """LiteRT's interpreter (XNNPACK delegate unless `options` choose another op resolver) on
+    `tflite`, with NCHW `x_np` set as its input: NHWC, quantized to the model's input codes if
+    it takes codes. `options`: further `Interpreter` arguments (op resolver, kept tensors)."""
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=str(tflite), num_threads=threads)
+    interpreter = Interpreter(model_path=str(tflite), num_threads=threads, **options)
     interpreter.allocate_tensors()
     detail = interpreter.get_input_details()[0]
     nhwc = x_np.transpose(0, 2, 3, 1)
@@ -200,7 +202,7 @@ def _litert_run(tflite: Path, x_np, threads: int):
         info = np.iinfo(detail["dtype"])
         nhwc = np.clip(np.round(nhwc / scale) + zero, info.min, info.max)
     interpreter.set_tensor(detail["index"], nhwc.astype(detail["dtype"]))
-    return interpreter.invoke
+    return interpreter
 
 
 def ort_quantized(fp32: Path, out: Path, height: int, width: int) -> None:

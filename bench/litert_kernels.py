@@ -22,7 +22,7 @@ from pathlib import Path
 
 import click
 import numpy as np
-from host_latency import write_report
+from host_latency import litert_interpreter, tflite_size, write_report
 
 FAMILIES = {"reference": "BUILTIN_REF", "optimized": "BUILTIN_WITHOUT_DEFAULT_DELEGATES", "xnnpack": "BUILTIN"}
 PAIRS = (("optimized", "reference"), ("xnnpack", "reference"), ("xnnpack", "optimized"))
@@ -44,19 +44,11 @@ class OpDifference:
 
 
 def _run(tflite: Path, family: str, x: np.ndarray):
-    """The interpreter after one invoke on `x` (NHWC float32, quantized to the model's input type
-    when it takes codes), all intermediate tensors kept."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    """The interpreter of `family` after one invoke on NCHW `x`, all intermediate tensors kept."""
+    from ai_edge_litert.interpreter import OpResolverType
 
-    interpreter = Interpreter(model_path=str(tflite), num_threads=1, experimental_preserve_all_tensors=True,
-                              experimental_op_resolver_type=getattr(OpResolverType, FAMILIES[family]))
-    interpreter.allocate_tensors()
-    detail = interpreter.get_input_details()[0]
-    if detail["dtype"] != np.float32:
-        scale, zero = detail["quantization"]
-        info = np.iinfo(detail["dtype"])
-        x = np.clip(np.round(x / scale) + zero, info.min, info.max)
-    interpreter.set_tensor(detail["index"], x.astype(detail["dtype"]))
+    interpreter = litert_interpreter(tflite, x, 1, experimental_preserve_all_tensors=True,
+                                     experimental_op_resolver_type=getattr(OpResolverType, FAMILIES[family]))
     interpreter.invoke()
     return interpreter
 
@@ -107,8 +99,8 @@ def _op_differences(a, b, ops: list[tuple[str, list[int], int]]) -> list[OpDiffe
 def measure(tflite: Path) -> dict:
     from qatie.references import agreement, reference_input
 
-    height, width, _ = _input_hwc(tflite)
-    x = reference_input(height, width).transpose(0, 2, 3, 1).copy()
+    height, width = tflite_size(tflite)
+    x = reference_input(height, width)
     runs = {family: _run(tflite, family, x) for family in FAMILIES}
     ops = _graph(runs["reference"])
     outputs = {f: r.get_tensor(r.get_output_details()[0]["index"]) for f, r in runs.items()}
@@ -118,13 +110,6 @@ def measure(tflite: Path) -> dict:
     return {"tflite": str(tflite), "size": f"{height}x{width}", "operators": len(ops), "output_step": step,
             "outputs": pairs, "per_op": {"pair": " vs ".join(PER_OP), "operators_differing": len(per_op),
                                          "differences": [asdict(d) for d in per_op]}}
-
-
-def _input_hwc(tflite: Path) -> tuple[int, int, int]:
-    from ai_edge_litert.interpreter import Interpreter
-
-    _, height, width, channels = Interpreter(model_path=str(tflite)).get_input_details()[0]["shape"]
-    return int(height), int(width), int(channels)
 
 
 def _table(report: dict) -> str:

@@ -20,25 +20,17 @@ from pathlib import Path
 
 import click
 import numpy as np
-from host_latency import write_report
+from host_latency import litert_interpreter, tflite_size, write_report
 
 KERNELS = {"XNNPACK": "AUTO", "reference kernels": "BUILTIN_REF"}
 
 
 def _litert(tflite: Path, x: np.ndarray, kernels: str) -> np.ndarray:
     """LiteRT's output on NCHW `x` (fed as NHWC, quantized if the model takes codes), as NCHW float."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from ai_edge_litert.interpreter import OpResolverType
 
-    interpreter = Interpreter(model_path=str(tflite), num_threads=1,
-                              experimental_op_resolver_type=getattr(OpResolverType, KERNELS[kernels]))
-    interpreter.allocate_tensors()
-    detail = interpreter.get_input_details()[0]
-    nhwc = x.transpose(0, 2, 3, 1)
-    if detail["dtype"] != np.float32:
-        scale, zero = detail["quantization"]
-        info = np.iinfo(detail["dtype"])
-        nhwc = np.clip(np.round(nhwc / scale) + zero, info.min, info.max)
-    interpreter.set_tensor(detail["index"], nhwc.astype(detail["dtype"]))
+    interpreter = litert_interpreter(tflite, x, 1,
+                                     experimental_op_resolver_type=getattr(OpResolverType, KERNELS[kernels]))
     interpreter.invoke()
     out = interpreter.get_output_details()[0]
     y = interpreter.get_tensor(out["index"]).astype(np.float32)
@@ -60,14 +52,12 @@ def measure(ckpt: Path, tflites: tuple[Path, ...]) -> dict:
     qat, weights = build_model(checkpoint), build_model(checkpoint)
     set_quant_mode(qat, "frozen")
     set_quant_mode(weights, "off")
-    from ai_edge_litert.interpreter import Interpreter
-
     rows, sizes = [], {}
     for tflite in tflites:
-        _, height, width, _ = Interpreter(model_path=str(tflite)).get_input_details()[0]["shape"]
+        height, width = tflite_size(tflite)
         size = f"{height}x{width}"
         if size not in sizes:  # the photo, the QAT network's output and its float weights' row, once per size
-            x = reference_input(int(height), int(width))
+            x = reference_input(height, width)
             with torch.no_grad():
                 sizes[size] = x, qat(torch.from_numpy(x)).numpy()
                 float_weights = weights(torch.from_numpy(x)).numpy()
