@@ -68,6 +68,12 @@ class TensorInfo(Record):
     shape: list[int]
     dtype: str
     quant: QuantParams | None
+    layout: Literal["NCHW", "NHWC"] = "NCHW"  # of an image input: ONNX models take NCHW, TFLite NHWC
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) of an image input."""
+        return (self.shape[1], self.shape[2]) if self.layout == "NHWC" else (self.shape[-2], self.shape[-1])
 
     @property
     def step(self) -> float:

@@ -159,7 +159,8 @@ def inspect(model: Path, input_shapes: dict) -> None:
     from compile.frontend.inspect import integer_ops
 
     folder = scan_targets()
-    _, mod, log = load_and_fold(model, input_shapes)
+    imported = load_and_fold(model, input_shapes)
+    mod, log = imported.mod, imported.log
     ops = integer_ops(mod)
     convs, total = ops.integer_convs + ops.float_convs, ops.integer_macs + ops.float_macs
     # Folding runs before any target-specific pass, so every target gets the same split.
@@ -251,7 +252,7 @@ def check_opencl_command(model: Path, target_names: tuple[str, ...], run_kernels
         if not all(passed):
             raise SystemExit(1)
         return
-    _, mod, _ = load_and_fold(model, input_shapes)
+    mod = load_and_fold(model, input_shapes).mod
     failures = 0
     for spec in specs:
         target = spec.tvm_target()

@@ -48,7 +48,7 @@ def test_harness_names_the_kernel_tvms_vectorized_int8_gather_breaks(tiny_onnx):
     from compile.frontend import load_and_fold
     from compile.offline.opencl_run import run_on_opencl
 
-    _, mod, _ = load_and_fold(tiny_onnx[0])
+    mod = load_and_fold(tiny_onnx[0]).mod
     x = np.random.default_rng(0).random((1, 3, 40, 36), dtype=np.float32)
     broken = run_on_opencl(mod, get_target("mali-opencl").tvm_target(), [x], config={})
     assert broken.first_disagreeing is not None and "conv2d" in broken.first_disagreeing.name

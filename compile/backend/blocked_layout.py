@@ -121,7 +121,7 @@ class _Sink(PyExprMutator):
             return self.visit_expr(arg)
         value = self.constant_of(arg)
         if value is not None and len(shape) in (3, 4) and shape[-3] == math.prod(shape) == like.channels:
-            return relax.const(blocked_channels(value.reshape(-1), like.channels, like.lanes, 0))
+            return relax.const(blocked_channels(value.reshape(-1), like.channels, like.lanes, 0), str(value.dtype))
         return None
 
     # -- emitting ------------------------------------------------------------------------------
@@ -219,8 +219,15 @@ def _quantize(sink: _Sink, call: relax.Call) -> Blocked | None:
 
 
 def _take(sink: _Sink, call: relax.Call) -> Blocked | None:
-    """A table lookup: elementwise in its index (the table is the tanh table's constant)."""
-    if len(_shape(call.args[0])) != 1 or int(call.attrs.axis or 0) != 0:
+    """A table lookup (elementwise in its index: the table is a constant), or rows or columns
+    of a blocked tensor picked by constant indices (a nearest resize, as the TFLite importer
+    writes it: the same take on the same axis of the blocks)."""
+    axis = int(call.attrs.axis or 0)
+    found = sink.block_of(call.args[0])
+    if found is not None and axis in (2, 3) and sink.constant_of(call.args[1]) is not None:
+        data = _read_once(sink, found.expr, call)
+        return sink.emit_blocked(relax.op.take(data, call.args[1], axis=axis, mode=call.attrs.mode), found)
+    if len(_shape(call.args[0])) != 1 or axis != 0:
         return None
     return _elementwise(sink, call, slice(1, 2))
 
@@ -254,22 +261,26 @@ def _pad(sink: _Sink, call: relax.Call) -> Blocked | None:
     return sink.emit_blocked(relax.op.nn.pad(found.expr, [*width, 0, 0], pad_value=float(call.attrs.pad_value)), found)
 
 
+def _read_once(sink: _Sink, data: relax.Expr, call: relax.Call) -> relax.Expr:
+    """The input of an upsampling `call`, copied when it upsamples: a kernel that upsamples
+    reads each input element several times, and FuseOps would fuse what computes its input (a
+    residual add and its requantize) into it, repeating that work per output pixel. The copy
+    is labelled a reduction for FuseOps (`COMM_REDUCE`), so that work fuses into it, at the
+    input's size, and the upsample starts a kernel of its own: the c=32 model's three upsamples
+    with their adds 2.02 -> 0.72 ms in six kernels instead of three (256x256, znver3)."""
+    if math.prod(_shape(call)) <= math.prod(_shape(data)):
+        return data
+    return sink.builder_.emit(call_te(sink.builder_, "resize_input", blocked_codes, [
+        Emitted(data, _shape(data), str(data.ty.dtype))], op_pattern=COMM_REDUCE).expr)
+
+
 def _resize2d(sink: _Sink, call: relax.Call) -> Blocked | None:
-    """A resize, of a copy of its input when it upsamples: a kernel that upsamples reads each
-    input element several times, and FuseOps would fuse what computes its input (a residual
-    add and its requantize) into it, repeating that work per output pixel. The copy is labelled
-    a reduction for FuseOps (`COMM_REDUCE`), so that work fuses into it, at the input's size,
-    and the resize starts a kernel of its own: the c=32 model's three upsamples with their adds
-    2.02 -> 0.72 ms in six kernels instead of three (256x256, znver3)."""
+    """A resize, of a copy of its input when it upsamples (`_read_once`)."""
     found, attrs = sink.block_of(call.args[0]), call.attrs
     if found is None or attrs.layout != "NCHW":
         return None
-    data = found.expr
-    if math.prod(_shape(call)) > math.prod(_shape(data)):
-        data = sink.builder_.emit(call_te(sink.builder_, "resize_input", blocked_codes, [
-            Emitted(data, _shape(data), str(data.ty.dtype))], op_pattern=COMM_REDUCE).expr)
     return sink.emit_blocked(relax.op.image.resize2d(
-        data, call.args[1], roi=[float(r) for r in attrs.roi], layout=f"NCHW{found.lanes}c",
+        _read_once(sink, found.expr, call), call.args[1], roi=[float(r) for r in attrs.roi], layout=f"NCHW{found.lanes}c",
         method=attrs.method, coordinate_transformation_mode=attrs.coordinate_transformation_mode,
         rounding_method=attrs.rounding_method, cubic_alpha=float(attrs.cubic_alpha),
         cubic_exclude=int(attrs.cubic_exclude), extrapolation_value=float(attrs.extrapolation_value),
@@ -289,7 +300,7 @@ def _max_pool2d(sink: _Sink, call: relax.Call) -> Blocked | None:
 
 ELEMENTWISE_OPS = ("relax.astype", "relax.add", "relax.subtract", "relax.multiply", "relax.divide",
                    "relax.sqrt", "relax.rsqrt", "relax.nn.relu", "relax.nn.leakyrelu", "relax.clip",
-                   "relax.maximum", "relax.minimum")
+                   "relax.maximum", "relax.minimum", "relax.right_shift", "relax.bitwise_and")
 RULES: dict[str, Rule] = {
     **dict.fromkeys(ELEMENTWISE_OPS, _elementwise),
     "relax.quantize": _quantize,

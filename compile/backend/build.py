@@ -46,9 +46,8 @@ from compile.backend.tuning_db import (
     foreign_dot_products,
     open_database,
 )
-from compile.frontend import fold_qdq, load_onnx, to_relax
+from compile.frontend import load_and_fold
 from compile.frontend.inspect import integer_ops
-from compile.frontend.io_description import io_description
 from qatie.errors import QatieError, last_line
 
 PACKED_IMPORTS = "devc"  # the object TVM's export writes the packed imports (the VM executable) into
@@ -142,8 +141,8 @@ def _tuning_log(spec: TargetSpec, target, options: BuildOptions) -> _TuningLog:
     return _TuningLog(folder, check, check_targets(folder, check, target))
 
 
-def build(onnx_path: Path, spec: TargetSpec, out: Path, options: BuildOptions = BuildOptions()) -> Manifest:
-    """Compile `onnx_path` for `spec` into `out`; returns the manifest.
+def build(model_path: Path, spec: TargetSpec, out: Path, options: BuildOptions = BuildOptions()) -> Manifest:
+    """Compile `model_path` (QDQ ONNX or int8 TFLite) for `spec` into `out`; returns the manifest.
 
     Kernels take their schedules from the target's tuning log where it has a record for them
     (`tuning_logs/<target>/`, or `options.tuning_log`), and our default schedules otherwise.
@@ -156,15 +155,14 @@ def build(onnx_path: Path, spec: TargetSpec, out: Path, options: BuildOptions = 
     compiler = spec.compiler()  # a missing cross compiler: an error before the import
     disassembler = spec.disassembler() if options.emit_source else None  # likewise a missing objdump
     log = _tuning_log(spec, target, options)
-    model = load_onnx(onnx_path, options.input_shapes)
-    mod, fold_log = fold_qdq(to_relax(model))
-    inputs, outputs = io_description(model)
+    imported = load_and_fold(model_path, options.input_shapes)
+    mod, fold_log, inputs, outputs = imported.mod, imported.log, imported.inputs, imported.outputs
     if len(inputs) != 1:
-        raise QatieError(f"{onnx_path}: {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); qatie-compile "
+        raise QatieError(f"{model_path}: {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); qatie-compile "
                          f"builds single-input models (bench and profile feed one input)")
     ops = integer_ops(mod)
     if options.require_int8 and ops.float_convs and not ops.integer_convs:
-        raise QatieError(f"{onnx_path}: --require-int8: none of its {ops.float_convs} convs is quantized (no "
+        raise QatieError(f"{model_path}: --require-int8: none of its {ops.float_convs} convs is quantized (no "
                          f"QuantizeLinear/DequantizeLinear around them); export it with Q/DQ nodes")
     database, database_dir, notes = log.open(), log.folder, log.notes
     tuned = TunedKernels()
@@ -193,7 +191,7 @@ def build(onnx_path: Path, spec: TargetSpec, out: Path, options: BuildOptions = 
         executable.export_library(str(library), fcompile=_link_with_kernels(compiler, kernels))
         sources = _emit_sources(executable, staging, disassembler) if options.emit_source else []
         manifest = Manifest(
-            model=ModelInfo(path=str(onnx_path), sha256=sha256(onnx_path), inputs=inputs, outputs=outputs),
+            model=ModelInfo(path=str(model_path), sha256=sha256(model_path), inputs=inputs, outputs=outputs),
             target=TargetInfo(name=spec.name, kind=spec.kind, tvm=target_json, rpc_key=spec.rpc_key,
                               threads=spec.threads, compiler=compiler),
             library=LibraryFile(file=LIBRARY, sha256=sha256(library)),

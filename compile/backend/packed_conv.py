@@ -35,6 +35,7 @@ time, output in the packed layout with rows and columns in pairs, which unpack r
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import operator
@@ -54,6 +55,7 @@ from compile.backend.dot_products import (
     widest,
 )
 from compile.frontend.rewrite import constant
+from compile.frontend.tflite.fixed_point import RequantizePattern
 
 CONV_BLOCK = "conv2d_packed"  # the conv block (the schedules find it by name)
 DEPTHWISE_BLOCK = "depthwise_packed"  # a depthwise conv's block (found by name too)
@@ -220,18 +222,60 @@ def unpack(y: te.Tensor, channels: int, size=None) -> te.Tensor:
                       name="unpack")
 
 
-class PackConvs:
-    """The rewrite of one conv chain; `__call__` applies it to a module for a target."""
+class FloatEpilogue:
+    """The ONNX path's requantize (`integer_conv`): float32(acc) * scale [-> activation] ->
+    quantize, with one output scale."""
 
-    def __init__(self) -> None:
-        self.x, self.w, self.offset, self.scale = wildcard(), is_const(), is_const(), is_const()
-        self.conv = is_op("relax.nn.conv2d")(self.x, self.w)
-        value = is_op("relax.multiply")(
-            is_op("relax.astype")(is_op("relax.add")(self.conv, self.offset)), self.scale)
+    def __init__(self, acc) -> None:
+        self.scale = is_const()
+        value = is_op("relax.multiply")(is_op("relax.astype")(acc), self.scale)
         self.activations = [is_op(name)(value) for name in ACTIVATIONS]
         self.s_y, self.z_y = is_const(), is_const()
         self.root = is_op("relax.quantize")(functools.reduce(operator.or_, [*self.activations, value]),
                                             self.s_y, self.z_y)
+
+    def accepts(self, match: dict) -> bool:
+        return constant(match[self.s_y]).size == 1
+
+    def emit(self, acc: relax.Expr, match: dict, out_channels: int, lanes: int, shape) -> relax.Expr:
+        scale = blocked_channels(constant(match[self.scale]).astype(np.float32).reshape(-1), out_channels, lanes, 1)
+        value = relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(scale.reshape(shape)))
+        activation = next((match[a] for a in self.activations if a in match), None)
+        if activation is not None:
+            value = relax.Call(activation.op, [value], activation.attrs)
+        return relax.op.quantize(value, match[self.s_y], match[self.z_y], axis=1,
+                                 out_dtype=match[self.root].attrs.out_dtype)
+
+
+class FixedPointEpilogue:
+    """The TFLite path's requantize (`compile.frontend.tflite.fixed_point.Requantize`):
+    TFLite's integer multiply-and-shift on int64, zero point, clamp."""
+
+    def __init__(self, acc) -> None:
+        self.pattern = RequantizePattern(acc)
+        self.root = self.pattern.root
+
+    def accepts(self, match: dict) -> bool:
+        return True
+
+    def emit(self, acc: relax.Expr, match: dict, out_channels: int, lanes: int, shape) -> relax.Expr:
+        found = self.pattern.requantize(match)
+        blocked = dataclasses.replace(found, multiplier=found.multiplier.blocked(out_channels, lanes))
+        return blocked.emit(relax.op.astype(acc, "int64"), shape)
+
+
+EPILOGUES = (FloatEpilogue, FixedPointEpilogue)
+
+
+class PackConvs:
+    """The rewrite of one conv chain ending in one kind of epilogue; `__call__` applies it to a
+    module for a target."""
+
+    def __init__(self, epilogue) -> None:
+        self.x, self.w, self.offset = wildcard(), is_const(), is_const()
+        self.conv = is_op("relax.nn.conv2d")(self.x, self.w)
+        self.epilogue = epilogue(is_op("relax.add")(self.conv, self.offset))
+        self.root = self.epilogue.root
 
     def __call__(self, mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
         return rewrite_module(mod, self.root, lambda builder, call, match: self._rewrite(builder, target, call, match))
@@ -244,7 +288,7 @@ class PackConvs:
         if (str(conv.ty.dtype) != "int32" or str(x.ty.dtype) not in ("int8", "uint8") or weight.dtype != np.int8
                 or any(int(p) for p in attrs.padding)
                 or (attrs.data_layout, attrs.kernel_layout) != ("NCHW", "OIHW")
-                or constant(match[self.s_y]).size != 1):
+                or not self.epilogue.accepts(match)):
             return call
         geometry = {"strides": tuple(int(s) for s in attrs.strides), "dilation": tuple(int(d) for d in attrs.dilation)}
         x_in = Emitted(x, [int(d) for d in x.ty.shape], str(x.ty.dtype))
@@ -292,28 +336,27 @@ class PackConvs:
         if offset.min() < np.iinfo(np.int32).min or offset.max() > np.iinfo(np.int32).max:
             return call  # the shifted offset leaves the int32 accumulator: keep the plain integer conv
         offset = blocked_channels(offset.astype(np.int32), out_channels, lanes, 0)
-        scale = blocked_channels(constant(match[self.scale]).astype(np.float32).reshape(-1), out_channels, lanes, 1)
 
         acc = call_te(builder, "conv2d", compute, [data, Emitted(relax.const(packed), list(packed.shape),
                                                                   str(packed.dtype))], **func_attrs)
-        if len(acc.shape) == 7:  # Winograd's output layout: the constants broadcast over its pairs too
-            offset, scale = (c.reshape(*c.shape[:2], 1, 1, 1, 1, lanes) for c in (offset, scale))
-        value = relax.op.multiply(relax.op.astype(relax.op.add(acc.expr, relax.const(offset)), "float32"),
-                                  relax.const(scale))
-        activation = next((match[a] for a in self.activations if a in match), None)
-        if activation is not None:
-            value = relax.Call(activation.op, [value], activation.attrs)
-        codes = relax.op.quantize(value, match[self.s_y], match[self.z_y], axis=1, out_dtype=call.attrs.out_dtype)
+        # per-channel constants: (1, O/lanes, 1, 1, lanes), or with Winograd's row and column pairs
+        shape = (*offset.shape[:2], *([1] * (len(acc.shape) - 3)), lanes)
+        codes = self.epilogue.emit(relax.op.add(acc.expr, relax.const(offset.reshape(shape))), match, out_channels,
+                                   lanes, shape)
+        out_dtype = str(call.ty.dtype)
         return call_te(builder, "unpack", functools.partial(unpack, channels=out_channels, size=out_size),
-                       [Emitted(codes, acc.shape, str(call.attrs.out_dtype))], **{UNPACK: True}).expr
+                       [Emitted(codes, acc.shape, out_dtype)], **{UNPACK: True}).expr
 
 
 def pack_convs(target: tvm.target.Target) -> tvm.transform.Pass:
-    """The module pass (a no-op where the target has none of our dot products)."""
-    rewrite = PackConvs()
+    """The module pass, for every kind of epilogue (a no-op where the target has none of our
+    dot products)."""
+    rewrites = [PackConvs(epilogue) for epilogue in EPILOGUES]
 
     @tvm.transform.module_pass(opt_level=0, name="QatiePackConvs")
     def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        return rewrite(mod, target)
+        for rewrite in rewrites:
+            mod = rewrite(mod, target)
+        return mod
 
     return _pass

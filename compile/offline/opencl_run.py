@@ -273,21 +273,19 @@ def check_model_on_opencl(onnx_path, specs: list, input_shapes: dict | None,
     from compile.backend.schedules import build_with_default_schedules
     from compile.deploy.inputs import model_input
     from compile.frontend import load_and_fold
-    from compile.frontend.io_description import io_description
 
-    loaded, mod, _ = load_and_fold(onnx_path, input_shapes)
-    inputs, outputs = io_description(loaded)
-    x = model_input(inputs[0], input_npy)
+    imported = load_and_fold(onnx_path, input_shapes)
+    mod, x = imported.mod, model_input(imported.inputs[0], input_npy)
     cpu_kernels = CpuKernels()
     runs = [ModelOnOpenCL(spec.name, run_on_opencl(mod, spec.tvm_target(), [x], cpu_kernels=cpu_kernels))
             for spec in specs]
     if any(result.run.output is not None for result in runs):
-        _, cpu_mod, _ = load_and_fold(onnx_path, input_shapes)  # a fresh module: builds schedule functions in place
+        cpu_mod = load_and_fold(onnx_path, input_shapes).mod  # a fresh module: builds schedule functions in place
         cpu_vm = relax.VirtualMachine(build_with_default_schedules(cpu_mod, tvm.target.Target("llvm")), tvm.cpu())
         references = {"onnxruntime": ort_output(onnx_path, x),
                       "cpu build": cpu_vm["main"](tvm.runtime.tensor(x)).numpy()}
         for result in runs:
             if result.run.output is not None:
-                result.agreement = {name: agreement(result.run.output, want, outputs[0].step)
+                result.agreement = {name: agreement(result.run.output, want, imported.outputs[0].step)
                                     for name, want in references.items()}
     return runs

@@ -236,7 +236,7 @@ def tune(model: Path, input_shapes: dict, spec: TargetSpec, log_dir: Path, optio
     target = tuning_target(spec)
     database, check = open_database(log_dir, create=True)
     check_targets(log_dir, check, target)  # another architecture's records: refused
-    _, mod, _ = load_and_fold(model, input_shapes)
+    mod = load_and_fold(model, input_shapes).mod
     register_cpu_intrinsics()
     tasks = extract_tasks(mod, target)
 
