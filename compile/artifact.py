@@ -85,7 +85,7 @@ class TensorInfo(Record):
 
 
 class ModelInfo(Record):
-    """The ONNX file the artifact was built from, and its boundary."""
+    """The model file (QDQ ONNX or int8 TFLite) the artifact was built from, and its boundary."""
 
     path: str
     sha256: str
@@ -225,13 +225,13 @@ class Artifact:
         return elf_architecture(self.library)
 
     def source_model(self, path: Path | None) -> Path:
-        """The ONNX file the artifact was built from: `path` (a user's copy) or the one the
+        """The model file the artifact was built from: `path` (a user's copy) or the one the
         manifest names, checked by its sha256."""
         path = path or Path(self.manifest.model.path)
         if not path.is_file():
-            raise QatieError(f"{path}: the artifact's ONNX model is not there; pass it with --onnx")
+            raise QatieError(f"{path}: the artifact's model file is not there; pass it with --model")
         if sha256(path) != self.manifest.model.sha256:
-            raise QatieError(f"{path}: not the ONNX model this artifact was built from (sha256 differs); pass it with --onnx")
+            raise QatieError(f"{path}: not the model file this artifact was built from (sha256 differs); pass it with --model")
         return path
 
 

@@ -317,6 +317,10 @@ def _estimates_if_emulated(artifact, x, rows: list[dict], onnx_path: Path | None
     except QatieError as exc:
         models = []
         _echo_err(f"note: no ONNX Runtime estimate beside ours: {exc}")
+    if models and models[0].suffix.lower() != ".onnx":
+        _echo_err(f"note: no peer estimate beside ours: {models[0]} is not an ONNX file (LiteRT's aarch64 "
+                  f"estimate is not implemented)")
+        models = []
     return {"estimates": estimate_here(artifact, x, cores_for(artifact, ()), None, _echo_err, models)}
 
 
@@ -350,15 +354,15 @@ def _placement_options(command):
 
 @main.command()
 @_placement_options
-@click.option("--onnx", "onnx_path", type=click.Path(path_type=Path, dir_okay=False),
-              help="The QDQ ONNX model the artifact was built from (default: the manifest's path).")
+@click.option("--model", "--onnx", "onnx_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="The model file (QDQ ONNX or TFLite) the artifact was built from (default: the manifest's path).")
 @click.option("--ckpt", type=click.Path(path_type=Path, dir_okay=False),
               help="Also compare with the PyTorch QAT model of this checkpoint.")
 def bench(artifact: Path, tracker: str | None, key: str | None, local: bool, device_timeout: float,
           session_timeout: float, repeats: int, warmup: int, min_ms: int, threads: int | None, input_npy: Path | None,
           out: Path | None, onnx_path: Path | None, ckpt: Path | None) -> None:
     """Run ARTIFACT on each device: output vs ONNX Runtime (and PyTorch), latency statistics."""
-    from compile.deploy.bench import bench_on, onnx_reference, pytorch_reference
+    from compile.deploy.bench import bench_on, pytorch_reference, source_reference
     from compile.deploy.deployment import Deployment
     from compile.deploy.reports import BENCH_FORMATS, bench_table
     from compile.deploy.timing import Timing
@@ -367,7 +371,7 @@ def bench(artifact: Path, tracker: str | None, key: str | None, local: bool, dev
                                          Timing(warmup, repeats, min_ms), threads, out)
     loaded = deployment.artifact
     x = deployment.model_input(input_npy)
-    references = {"onnxruntime": onnx_reference(loaded, onnx_path, x)}
+    references = source_reference(loaded, onnx_path, x)
     if ckpt:
         references["pytorch"] = pytorch_reference(ckpt, x)
     rows = deployment.run(lambda device: bench_on(device, loaded, x, references, deployment.timing, deployment.threads),
@@ -379,8 +383,8 @@ def bench(artifact: Path, tracker: str | None, key: str | None, local: bool, dev
 
 @main.command()
 @_placement_options
-@click.option("--onnx", "onnx_path", type=click.Path(path_type=Path, dir_okay=False),
-              help="The artifact's ONNX file, for ONNX Runtime's estimate on an emulated device (default: the manifest's path).")
+@click.option("--model", "--onnx", "onnx_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="The artifact's model file, for ONNX Runtime's estimate on an emulated device (default: the manifest's path).")
 def profile(artifact: Path, tracker: str | None, key: str | None, local: bool, device_timeout: float,
             session_timeout: float, repeats: int, warmup: int, min_ms: int, threads: int | None,
             input_npy: Path | None, out: Path | None, onnx_path: Path | None) -> None:

@@ -107,6 +107,24 @@ def ort_output(model: Path | bytes, x: np.ndarray, mode: OrtMode = OrtMode.SPEC)
     return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
+def litert_output(model: Path, x: np.ndarray) -> np.ndarray:
+    """The first output of an int8 TFLite `model` on `x` under LiteRT's reference kernels
+    (`OpResolverType.BUILTIN_REF`): the one family of TFLite int8 kernels with a definition
+    (XNNPACK and the optimized kernels round differently from it and from each other)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    except ImportError:
+        from qatie.errors import QatieError
+
+        raise QatieError(f"{model}: comparing with the TFLite reference needs LiteRT: pip install "
+                         f"'qatie[peers]' (ai-edge-litert)") from None
+    interpreter = Interpreter(str(model), experimental_op_resolver_type=OpResolverType.BUILTIN_REF, num_threads=1)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
 def reference_input(height: int, width: int) -> np.ndarray:
     """A real degraded photo (held-out synthetic pair) resized to H x W, as 1 x 3 x H x W float32:
     realistic activations, unlike noise, which saturates every quantizer."""

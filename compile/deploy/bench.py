@@ -1,7 +1,8 @@
 """`qatie-compile bench`: the shipped library on each device — output vs the host reference,
 and end-to-end latency.
 
-References: ONNX Runtime with spec semantics on the QDQ model the artifact was built from, and
+References: the runtime that defines the source model (`SOURCE_REFERENCES`: ONNX Runtime with
+spec semantics for a QDQ ONNX file, LiteRT's reference kernels for an int8 TFLite file), and
 the PyTorch QAT model when a checkpoint is given (`qatie.references`). Differences are counted
 in output quantization steps, the unit in which "deployed == trained" is judged.
 """
@@ -16,12 +17,17 @@ from compile.artifact import Artifact
 from compile.deploy.device import check_device, device_of, load_on_device, set_threads
 from compile.deploy.rpc import Device
 from compile.deploy.timing import Timing, latency_stats, time_model
-from qatie.references import agreement, ort_output
+from qatie.references import agreement, litert_output, ort_output
+
+# model suffix -> (reference name, its output on an input)
+SOURCE_REFERENCES = {".onnx": ("onnxruntime", ort_output), ".tflite": ("litert-reference", litert_output)}
 
 
-def onnx_reference(artifact: Artifact, onnx_path: Path | None, x: np.ndarray) -> np.ndarray:
-    """ONNX Runtime (spec semantics) on the very ONNX file the artifact was built from."""
-    return ort_output(artifact.source_model(onnx_path), x)
+def source_reference(artifact: Artifact, model_path: Path | None, x: np.ndarray) -> dict[str, np.ndarray]:
+    """The defining runtime's output on the very model file the artifact was built from."""
+    path = artifact.source_model(model_path)
+    name, output = SOURCE_REFERENCES[path.suffix.lower()]
+    return {name: output(path, x)}
 
 
 def pytorch_reference(checkpoint: Path, x: np.ndarray) -> np.ndarray:

@@ -53,6 +53,7 @@ def _describe(graph: Graph, tensor: Tensor, boundary_op: str) -> TensorInfo:
 def import_tflite(path: Path, input_shapes: dict):
     """The `compile.frontend.Imported` of an int8 TFLite file."""
     from compile.frontend import Imported
+    from compile.frontend.tflite.code_tables import tabulate
     from compile.frontend.tflite.importer import to_relax
 
     if input_shapes:
@@ -60,7 +61,7 @@ def import_tflite(path: Path, input_shapes: dict):
                          f"convert it at the size you need)")
     graph = read_graph(path)
     check_supported(graph)
-    mod = to_relax(graph)
+    mod = tabulate(to_relax(graph))
     log = FoldLog(applied=Counter(f"tflite-{op.code.lower().replace('_', '-')}" for op in graph.operators))
     inputs = [_describe(graph, graph.tensors[i], "QUANTIZE") for i in graph.inputs]
     outputs = [_describe(graph, graph.tensors[i], "DEQUANTIZE") for i in graph.outputs]
