@@ -224,9 +224,13 @@ def _take(sink: _Sink, call: relax.Call) -> Blocked | None:
     writes it: the same take on the same axis of the blocks)."""
     axis = int(call.attrs.axis or 0)
     found = sink.block_of(call.args[0])
-    if found is not None and axis in (2, 3) and sink.constant_of(call.args[1]) is not None:
+    indices = sink.constant_of(call.args[1])
+    if found is not None and axis in (2, 3) and indices is not None and indices.ndim == 1:
         data = _read_once(sink, found.expr, call)
-        return sink.emit_blocked(relax.op.take(data, call.args[1], axis=axis, mode=call.attrs.mode), found)
+        return sink.emit_blocked(call_te(sink.builder_, "pick", functools.partial(_pick, axis=axis), [
+            Emitted(data, _shape(data), str(data.ty.dtype)), Emitted(relax.const(indices, str(indices.dtype)),
+                                                                      [indices.size], str(indices.dtype))],
+            op_pattern=INJECTIVE).expr, found)
     if len(_shape(call.args[0])) != 1 or axis != 0:
         return None
     return _elementwise(sink, call, slice(1, 2))
@@ -259,6 +263,13 @@ def _pad(sink: _Sink, call: relax.Call) -> Blocked | None:
     if found is None or any(width[:4]) or call.attrs.pad_mode != "constant":
         return None
     return sink.emit_blocked(relax.op.nn.pad(found.expr, [*width, 0, 0], pad_value=float(call.attrs.pad_value)), found)
+
+
+def _pick(data: te.Tensor, indices: te.Tensor, axis: int) -> te.Tensor:
+    """Rows (axis 2) or columns (3) of `data` at `indices`: injective, unlike TOPI's gather,
+    so what reads it fuses with it."""
+    shape = [*data.shape[:axis], indices.shape[0], *data.shape[axis + 1:]]
+    return te.compute(shape, lambda *i: data[(*i[:axis], indices[i[axis]], *i[axis + 1:])], name="pick")
 
 
 def _read_once(sink: _Sink, data: relax.Expr, call: relax.Call) -> relax.Expr:

@@ -8,14 +8,15 @@ kinds of wide tensors between the kernels of the QATIE net (c=32, 256x256, znver
   concat) ran as a kernel of its own and wrote float32 (4x the bytes of its int8 input), which
   both consumers then read; the same for the int32 codes minus zero point that InstanceNorm's
   two integer sums read;
-- a table lookup (`take` from the 256-entry table `LookupTable` folds tanh into) is a gather,
-  which TVM's pattern analysis calls opaque: its int32 index was computed by a kernel of its
-  own and written out, and its output dequantized by another.
+- a table lookup (`take` from the 256-entry table `LookupTable` folds tanh into, or from a
+  per-channel table a TFLite import computes at run time) is a gather, which TVM's pattern
+  analysis calls opaque: its int32 index was computed by a kernel of its own and written out,
+  and its output dequantized by another.
 
 Two passes, run before legalization (`compile.backend.schedules.fuse_kernels`), remove both:
 `per_consumer` gives each consumer of such a cheap elementwise op its own copy, so each fuses
 into its consumer and only the int8 codes are read; `injective_tables` writes a lookup from a
-constant 1-D table as a kernel marked injective (it is: output element i depends only on index
+1-D table as a kernel marked injective (it is: output element i depends only on index
 element i), so its index computation and its consumers fuse with it.
 """
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import tvm
 from tvm import relax, tirx
-from tvm.relax.dpl import is_const, is_op, wildcard
+from tvm.relax.dpl import is_op, wildcard
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from compile.backend.call_te import Emitted, call_te, rewrite_module
@@ -101,16 +102,21 @@ def _lookup(table: tvm.te.Tensor, index: tvm.te.Tensor) -> tvm.te.Tensor:
 
 
 def injective_tables() -> tvm.transform.Pass:
-    index = wildcard()
-    table = is_const()
+    index, table = wildcard(), wildcard()
     pattern = is_op("relax.take")(table, index)
 
     def rewrite(builder: relax.BlockBuilder, call: relax.Call, match: dict) -> relax.Expr:
         lut, idx = match[table], match[index]
-        if len(lut.ty.shape) != 1 or int(call.attrs.axis or 0) != 0 or call.attrs.mode != "clip":
+        if (not isinstance(lut.ty, relax.TensorType) or len(lut.ty.shape) != 1 or int(call.attrs.axis or 0) != 0
+                or call.attrs.mode != "clip"):
             return call
-        inputs = [Emitted(lut, [int(lut.ty.shape[0])], str(lut.ty.dtype)),
-                  Emitted(idx, [int(d) for d in idx.ty.shape], str(idx.ty.dtype))]
+        values = Emitted(lut, [int(lut.ty.shape[0])], str(lut.ty.dtype))
+        if not isinstance(lut, tvm.ir.expr.Constant):
+            # a table computed at run time ends its own kernel (a reduction to FuseOps): fused into
+            # the injective lookup, it would be computed again for every element looked up
+            values = call_te(builder, "table", lambda t: tvm.te.compute(t.shape, lambda i: t[i], name="table"),
+                             [values], op_pattern=COMM_REDUCE)
+        inputs = [values, Emitted(idx, [int(d) for d in idx.ty.shape], str(idx.ty.dtype))]
         return call_te(builder, "lookup", _lookup, inputs, op_pattern=INJECTIVE).expr
 
     @tvm.transform.module_pass(opt_level=0, name="QatieInjectiveTables")

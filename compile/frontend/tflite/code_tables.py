@@ -27,7 +27,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 ELEMENTWISE = frozenset({"relax.astype", "relax.add", "relax.subtract", "relax.multiply", "relax.right_shift",
                          "relax.bitwise_and", "relax.clip", "relax.minimum", "relax.maximum", "relax.take"})
-MIN_OPS = 8  # a lookup costs about what two or three integer ops do; shorter chains stay as they are
+MIN_OPS = 6  # two lookups in a row (tanh, then a requantize) become one; a lone lookup stays
 CODE_TYPES = ("int8", "uint8")
 
 
