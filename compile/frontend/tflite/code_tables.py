@@ -29,6 +29,7 @@ ELEMENTWISE = frozenset({"relax.astype", "relax.add", "relax.subtract", "relax.m
                          "relax.bitwise_and", "relax.clip", "relax.minimum", "relax.maximum", "relax.take"})
 MIN_OPS = 6  # two lookups in a row (tanh, then a requantize) become one; a lone lookup stays
 CODE_TYPES = ("int8", "uint8")
+RESULT_TYPES = (*CODE_TYPES, "float32")  # a chain may end dequantized (the model's output)
 
 
 def _shape(expr: relax.Expr) -> list[int] | None:
@@ -83,8 +84,8 @@ class Chains:
         return sources
 
     def tabulated(self) -> list[relax.Var]:
-        """The 8-bit values worth a table."""
-        return [v for v, n in self.ops.items() if n >= MIN_OPS and str(v.ty.dtype) in CODE_TYPES]
+        """The 8-bit (or dequantized) values worth a table."""
+        return [v for v, n in self.ops.items() if n >= MIN_OPS and str(v.ty.dtype) in RESULT_TYPES]
 
 
 @mutator
