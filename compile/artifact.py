@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
+import numpy as np
 from pydantic import AfterValidator, Field
 
 from compile.records import Record, read_record
@@ -82,6 +83,28 @@ class TensorInfo(Record):
             return 1 / 255
         scale = self.quant.scale
         return float(max(scale)) if isinstance(scale, list) else float(scale)
+
+    @property
+    def codes(self) -> bool:
+        """Whether the model takes or gives 8-bit codes here (a TFLite model with no QUANTIZE
+        or DEQUANTIZE at its boundary), which `to_real` and `from_real` convert."""
+        return self.dtype in ("int8", "uint8") and self.quant is not None and not isinstance(self.quant.scale, list)
+
+    def to_real(self, value: np.ndarray) -> np.ndarray:
+        """Real values of this tensor: codes dequantized, anything else as it is."""
+        if not self.codes:
+            return value
+        return ((value.astype(np.float64) - self.quant.zero_point) * self.quant.scale).astype(np.float32)
+
+    def from_real(self, value: np.ndarray) -> np.ndarray:
+        """A real-valued tensor as this tensor takes it: codes quantized (round half away from
+        zero, as TFLite's QUANTIZE), anything else cast."""
+        if not self.codes:
+            return value.astype(self.dtype)
+        info = np.iinfo(self.dtype)
+        scaled = value.astype(np.float32) / np.float32(self.quant.scale)
+        rounded = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
+        return np.clip(rounded + self.quant.zero_point, info.min, info.max).astype(self.dtype)
 
 
 class ModelInfo(Record):

@@ -12,6 +12,8 @@ from click.testing import CliRunner, Result
 
 from qatie.model import ModelConfig
 
+# The paper's own published int8 TFLite model (GenAI4E/QATIE, MIT), shipped for the benchmarks
+PAPER_MODEL = Path(__file__).resolve().parents[1] / "bench" / "anchors" / "qatie_c32_int8_100x100.tflite"
 FIRST_CONV = "fused_conv2d_add"  # the stem conv's fused kernel in every QATIE model
 # The tiny training run behind the session's checkpoint fixture (and the resume tests).
 TINY = dict(model=ModelConfig(width=4), patch=32, batch=2, fp32_steps=3, qat_steps=3, calib_batches=2, ckpt_every=2)

@@ -21,7 +21,7 @@ from compile.backend.tuning_db import RECORDS
 from compile.deploy.rpc import parse_tracker, request_device
 from qatie.references import WITHIN_ONE_STEP_REQUIRED
 from tests.conv_cases import INSTRUCTIONS, conv_case, conv_kernels, tile_kernels
-from tests.helpers import FIRST_CONV, assert_one_line_error, run_compile
+from tests.helpers import FIRST_CONV, PAPER_MODEL, assert_one_line_error, run_compile
 from tests.qdq_models import float_conv_net, ort_quantized
 from tests.rpc_cluster import free_port, start_cluster
 
@@ -94,6 +94,23 @@ def test_ort_quantized_net_on_emulated_fma_cpu_matches_onnxruntime(emulated, tmp
     assert result.returncode == 0, result.stderr
     agreement = json.loads((tmp_path / "bench.json").read_text())["devices"][0]["agreement"]["onnxruntime"]
     assert agreement["within_one_step"] >= WITHIN_ONE_STEP_REQUIRED, agreement
+
+
+@pytest.mark.long
+@pytest.mark.parametrize(("target", "key"), [("arm64-linux", A53_KEY), ("arm64-linux-dotprod", A76_KEY)])
+def test_the_papers_tflite_model_on_emulated_arm_equals_litert_reference_kernels(emulated, target, key, tmp_path):
+    """The paper's published int8 TFLite model, imported and built for the phone targets, run on
+    the emulated cores: its output equals LiteRT's reference kernels on the host, bit for bit,
+    every conv kernel on the target's dot product."""
+    built = run_compile("--target", target, PAPER_MODEL, "-o", tmp_path / "arm", "--emit-source", "--no-tuning")
+    assert built.returncode == 0, built.stderr
+    dot = "neon-smull" if target == "arm64-linux" else "sdot"
+    convs = conv_kernels(tmp_path / "arm")
+    assert len(convs) >= 35 and all(chosen == dot and INSTRUCTIONS[dot] in found for chosen, found in convs.values())
+    result = _bench(tmp_path / "arm", emulated, key, tmp_path)
+    assert result.returncode == 0, result.stderr
+    agreement = json.loads((tmp_path / "bench.json").read_text())["devices"][0]["agreement"]["litert-reference"]
+    assert agreement["max_steps"] == 0, agreement
 
 
 @pytest.mark.parametrize(("target", "key", "dot"), [("arm64-linux", A53_KEY, "neon-smull"),

@@ -22,9 +22,8 @@ from compile.frontend.tflite.fixed_point import (
 from compile.frontend.tflite.graph import read_graph
 from compile.frontend.tflite.importer import to_relax
 from qatie.references import litert_output, reference_input
-from tests.helpers import assert_one_line_error, compile_here, run_compile, run_library
+from tests.helpers import PAPER_MODEL, assert_one_line_error, compile_here, run_compile, run_library
 
-PAPER_MODEL = Path(__file__).resolve().parents[1] / "bench" / "anchors" / "qatie_c32_int8_100x100.tflite"
 pytestmark = pytest.mark.xdist_group("tflite")
 
 

@@ -55,8 +55,9 @@ def bench_on(device: Device, artifact: Artifact, x: np.ndarray, references: dict
     used_threads = set_threads(device, threads)
     vm = relax.VirtualMachine(executable, dev)
     inputs = tvm.runtime.tensor(x, dev)
-    got = vm["main"](inputs).numpy()
-    step = artifact.manifest.model.output_step
+    output = artifact.manifest.model.outputs[0]
+    got = output.to_real(vm["main"](inputs).numpy())
     seconds = time_model(vm, dev, timing, inputs)
     return {**info, "threads": used_threads, "latency": latency_stats(seconds),
-            "agreement": {name: agreement(got, want, step).as_dict() for name, want in references.items()}}
+            "agreement": {name: agreement(got, output.to_real(want), output.step).as_dict()
+                          for name, want in references.items()}}

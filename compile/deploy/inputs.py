@@ -22,5 +22,5 @@ def model_input(spec: TensorInfo, npy: Path | None) -> np.ndarray:
         if list(x.shape) != spec.shape:
             raise QatieError(f"--input {npy}: shape {list(x.shape)}, the model takes {spec.shape}")
         return x.astype(spec.dtype)
-    x = reference_input(*spec.image_size).astype(spec.dtype)  # NCHW
-    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if spec.layout == "NHWC" else x
+    x = reference_input(*spec.image_size)  # NCHW
+    return spec.from_real(np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if spec.layout == "NHWC" else x)

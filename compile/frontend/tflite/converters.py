@@ -132,10 +132,13 @@ def conv_2d(importer: Importer, op: Operator) -> None:
 # -- elementwise arithmetic of two 8-bit tensors -------------------------------------------------
 
 def _binary_layout(importer: Importer, op: Operator) -> tuple[tuple[int, ...], int]:
-    """The layout of a binary op's result: that of its highest-rank non-constant operand."""
+    """The layout of a binary op's result: channels-first if a full-rank operand is held so (the
+    backend's layout; a residual add of the NHWC input and a conv's output then transposes the
+    input, not the conv's output and the result), else that of its first full-rank operand."""
     rank = len(importer.tensor(op.outputs[0]).shape)
-    held = [i for i in op.inputs[:2] if importer.tensor(i).data is None and len(importer.tensor(i).shape) == rank]
-    return (importer.perm(held[0]) if held else identity(rank)), rank
+    perms = [importer.perm(i) for i in op.inputs[:2]
+             if importer.tensor(i).data is None and len(importer.tensor(i).shape) == rank]
+    return (NCHW if NCHW in perms else perms[0] if perms else identity(rank)), rank
 
 
 def _add_like(sign: int) -> Callable[[Importer, Operator], None]:
@@ -309,13 +312,14 @@ def quantize(importer: Importer, op: Operator) -> None:
         table_op(lambda im, o: tables.requantize(quant(im, o, x), quant(im, o, y), im.tensor(y).dtype))(importer, op)
         return
     scale, zero = quant(importer, op, y)
-    value = relax.op.divide(importer.value(x), relax.const(np.float32(scale), "float32"))
+    perm = NCHW if len(importer.tensor(x).shape) == 4 else importer.perm(x)  # an NHWC image: codes channels-first
+    value = relax.op.divide(importer.value(x, perm), relax.const(np.float32(scale), "float32"))
     whole = relax.op.trunc(value)
     tie = relax.op.greater_equal(relax.op.abs(relax.op.subtract(value, whole)), relax.const(0.5, "float32"))
     rounded = relax.op.add(whole, relax.op.where(tie, relax.op.sign(value), relax.const(0.0, "float32")))
     info = np.iinfo(importer.tensor(y).dtype)
     rounded = relax.op.clip(relax.op.add(rounded, relax.const(float(zero), "float32")), info.min, info.max)
-    importer.set(y, relax.op.astype(rounded, importer.tensor(y).dtype), importer.perm(x))
+    importer.set(y, relax.op.astype(rounded, importer.tensor(y).dtype), perm)
 
 
 def dequantize(importer: Importer, op: Operator) -> None:

@@ -10,6 +10,7 @@ DEQUANTIZE may touch float), asymmetric or per-channel activations.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from qatie.errors import QatieError
 
+INT32_MAX = 2**31 - 1
 NUMPY_TYPES = {"FLOAT32": np.float32, "INT8": np.int8, "UINT8": np.uint8, "INT32": np.int32, "INT64": np.int64,
                "INT16": np.int16, "BOOL": np.bool_, "FLOAT16": np.float16}
 
@@ -111,6 +113,10 @@ def read_graph(path: Path) -> Graph:
     for index in (*inputs, *outputs, *(i for op in operators for i in (*op.inputs, *op.outputs) if i >= 0)):
         if not 0 <= index < len(tensors):
             raise QatieError(f"{path}: tensor index {index} out of range ({len(tensors)} tensors); the file is damaged")
+    for tensor in tensors:
+        if math.prod(tensor.shape) > INT32_MAX or (tensor.data is None and min(tensor.shape, default=1) < 1):
+            raise QatieError(f"{path}: tensor {tensor.index} ({tensor.name}) has shape {list(tensor.shape)}: empty, "
+                             f"dynamic or beyond int32 indexing; qatie-compile needs static shapes that fit")
     return Graph(path, tensors, tuple(operators), inputs, outputs)
 
 

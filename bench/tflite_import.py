@@ -1,0 +1,188 @@
+"""Pre-quantized TFLite models compiled by qatie-compile against LiteRT, the runtime they were
+made for: latency of LiteRT (XNNPACK, its fastest CPU path) and of our builds (untuned, and tuned
+where `--tuning-log` is given), 1 thread and all cores, and each one's output against LiteRT's
+reference kernels (the only int8 TFLite kernels with a definition), in output steps.
+
+    python bench/tflite_import.py --tflite bench/anchors/qatie_c32_int8_100x100.tflite \\
+        --tflite bench/anchors/qatie_c32_int8_1920x1080.tflite --threads 1 --threads 0
+
+Writes `tflite_import.json` + `.md` + `.png`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+from host_latency import SWITCH_PAUSE_S, litert_interpreter, timed_rows, write_report
+
+LITERT = "LiteRT int8, XNNPACK"
+TVM_UNTUNED, TVM_TUNED = "TVM int8 untuned (default schedules)", "TVM int8 tuned (MetaSchedule)"
+
+
+@click.group(invoke_without_command=True)
+@click.option("--tflite", "tflites", multiple=True, required=True,
+              type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--threads", "thread_counts", multiple=True, type=int, default=(1, 0), help="0: all cores.")
+@click.option("--repeats", default=10, type=click.IntRange(min=10))
+@click.option("--tuning-log", type=click.Path(path_type=Path, file_okay=False),
+              help="A log tuned for these models (qatie-compile tune MODEL.tflite): adds the tuned rows.")
+@click.option("--work", default="out/bench/tflite-import", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--out", default="bench/results", type=click.Path(path_type=Path, file_okay=False))
+@click.pass_context
+def main(ctx: click.Context, tflites: tuple[Path, ...], thread_counts: tuple[int, ...], repeats: int,
+         tuning_log: Path | None, work: Path, out: Path) -> None:
+    if ctx.invoked_subcommand:
+        return
+    import tvm
+
+    from compile.backend.build import BuildOptions, build
+    from compile.backend.targets import get_target
+
+    command = "python bench/tflite_import.py " + shlex.join(sys.argv[1:])
+    out.mkdir(parents=True, exist_ok=True)
+    models = []
+    for tflite in tflites:
+        folder = work / tflite.stem
+        untuned = build(tflite, get_target("x86-host"), folder / "untuned", BuildOptions(use_tuning=False))
+        model = {"tflite": str(tflite), "kernels": untuned.tuning.kernels, "build_s": untuned.build_seconds}
+        if tuning_log:
+            tuned = build(tflite, get_target("x86-host"), folder / "tuned", BuildOptions(tuning_log=tuning_log))
+            model["kernels_tuned"] = tuned.tuning.kernels_tuned
+        model["fidelity"] = _fidelity(tflite, folder)
+        model["results"] = []
+        for threads in thread_counts:
+            measured = subprocess.run(
+                [sys.executable, __file__, "--tflite", str(tflite), "--work", str(work), "measure",
+                 "--threads", str(threads), "--repeats", str(repeats)],
+                check=True, capture_output=True, text=True)
+            model["results"].append(json.loads(measured.stdout.strip().splitlines()[-1]))
+            click.echo(f"measured {tflite.name} with {model['results'][-1]['threads']} thread(s)")
+        models.append(model)
+    report = {"command": command, "cpu": tvm.target.codegen.llvm_get_system_cpu(), "cores": os.cpu_count(),
+              "models": models}
+    write_report(out, "tflite_import", report, _markdown(report), _plot)
+
+
+def _fidelity(tflite: Path, folder: Path) -> dict:
+    """Our builds' and XNNPACK's output against LiteRT's reference kernels on the reference photo."""
+    import numpy as np
+    import tvm
+    from ai_edge_litert.interpreter import OpResolverType
+    from tvm import relax
+
+    from qatie.references import agreement, litert_output
+
+    interpreter = litert_interpreter(tflite, _photo(tflite), 1, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    x = interpreter.get_tensor(interpreter.get_input_details()[0]["index"])
+    reference = litert_output(tflite, x)
+    step = interpreter.get_output_details()[0]["quantization"][0] or _output_step(tflite)
+    outputs = {}
+    for name, build in ((TVM_UNTUNED, "untuned"), (TVM_TUNED, "tuned")):
+        if (folder / build).is_dir():
+            vm = relax.VirtualMachine(tvm.runtime.load_module(str(folder / build / "model.so")), tvm.cpu())
+            outputs[name] = vm["main"](tvm.runtime.tensor(x)).numpy()
+    xnnpack = litert_interpreter(tflite, _photo(tflite), 1)
+    xnnpack.invoke()
+    outputs[LITERT] = xnnpack.get_tensor(xnnpack.get_output_details()[0]["index"])
+    return {name: {**agreement(got, reference, step).as_dict(), "equal": float(np.mean(got == reference))}
+            for name, got in outputs.items()}
+
+
+def _output_step(tflite: Path) -> float:
+    """The output's quantization step: the DEQUANTIZE input's scale when the output is float."""
+    from compile.frontend.tflite.graph import read_graph
+
+    graph = read_graph(tflite)
+    made_by = next(op for op in graph.operators if graph.outputs[0] in op.outputs)
+    return graph.tensors[made_by.inputs[0]].quant.per_tensor[0]
+
+
+def _photo(tflite: Path):
+    from host_latency import tflite_size
+
+    from qatie.references import reference_input
+
+    return reference_input(*tflite_size(tflite))
+
+
+@main.command()
+@click.option("--threads", required=True, type=int)
+@click.option("--repeats", default=10, type=int)
+@click.pass_context
+def measure(ctx: click.Context, threads: int, repeats: int) -> None:
+    """One model, one thread count: LiteRT and our builds on the same input; one JSON line."""
+    threads = threads or os.cpu_count() or 1
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    import tvm
+    from tvm import relax
+
+    (tflite,) = ctx.parent.params["tflites"]
+    folder = ctx.parent.params["work"] / tflite.stem
+    interpreter = litert_interpreter(tflite, _photo(tflite), threads)
+    x = tvm.runtime.tensor(interpreter.get_tensor(interpreter.get_input_details()[0]["index"]))
+    runners = {LITERT: interpreter.invoke}
+    for name, build in ((TVM_UNTUNED, "untuned"), (TVM_TUNED, "tuned")):
+        if (folder / build).is_dir():
+            vm = relax.VirtualMachine(tvm.runtime.load_module(str(folder / build / "model.so")), tvm.cpu())
+            runners[name] = (lambda v: lambda: v["main"](x))(vm)
+    rows = timed_rows(runners, repeats, min_seconds=2.0, pause_s=SWITCH_PAUSE_S if threads > 1 else 0.0)
+    click.echo(json.dumps({"threads": threads, "rows": rows}))
+
+
+def _markdown(report: dict) -> str:
+    lines = [(f"Measured with `{report['command']}` on {report['cpu']} ({report['cores']} cores). Each table's "
+              "runtimes are timed in interleaved rounds on the reference photo; fidelity is against LiteRT's "
+              "reference kernels (`OpResolverType.BUILTIN_REF`) on the same photo, in output steps."), ""]
+    for model in report["models"]:
+        name = Path(model["tflite"]).name
+        lines += [f"### {name}", "", "| output vs LiteRT reference kernels | equal | within 1 step | max steps |",
+                  "|---|---|---|---|"]
+        lines += [f"| {row} | {100 * f['equal']:.3f} % | {100 * f['within_one_step']:.3f} % | {f['max_steps']:.0f} |"
+                  for row, f in model["fidelity"].items()]
+        for result in model["results"]:
+            litert = result["rows"][LITERT]["median_ms"]
+            lines += ["", f"| {name}, {result['threads']} thread(s) | median ms | min–max ms | runs | LiteRT / this |",
+                      "|---|---|---|---|---|"]
+            lines += [f"| {row} | {r['median_ms']:.2f} | {r['min_ms']:.2f}–{r['max_ms']:.2f} | {r['runs']} | "
+                      f"{litert / r['median_ms']:.2f}x |" for row, r in result["rows"].items()]
+        tuned = f", tuned build: {model['kernels_tuned']} of {model['kernels']} kernels from the log" \
+            if "kernels_tuned" in model else ""
+        lines += ["", f"Built in {model['build_s']} s{tuned}.", ""]
+    return "\n".join(lines)
+
+
+def _plot(report: dict, path: Path) -> None:
+    """Speed relative to LiteRT (XNNPACK) per model and thread count (> 1: faster)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings, ratios = [], {}
+    for model in report["models"]:
+        for result in model["results"]:
+            settings.append(f"{Path(model['tflite']).stem}\n{result['threads']} thread(s)")
+            litert = result["rows"][LITERT]["median_ms"]
+            for row, r in result["rows"].items():
+                ratios.setdefault(row, []).append(litert / r["median_ms"])
+    figure, axis = plt.subplots(figsize=(9, 4))
+    width = 0.8 / len(ratios)
+    for k, (row, values) in enumerate(ratios.items()):
+        axis.bar([i + k * width for i in range(len(values))], values, width, label=row)
+    axis.axhline(1.0, color="black", linewidth=0.8)
+    axis.set_xticks([i + 0.4 - width / 2 for i in range(len(settings))], settings, fontsize=7)
+    axis.set_ylabel("speed vs LiteRT XNNPACK (median)")
+    axis.set_title(f"TFLite models compiled by qatie-compile, {report['cpu']}: higher is faster")
+    axis.legend(fontsize=7, loc="upper left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
