@@ -11,6 +11,7 @@ Writes `tflite_import.json` + `.md` + `.png`.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -80,8 +81,13 @@ def _fidelity(tflite: Path, folder: Path) -> dict:
 
     interpreter = litert_interpreter(tflite, _photo(tflite), 1, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
     x = interpreter.get_tensor(interpreter.get_input_details()[0]["index"])
-    reference = litert_output(tflite, x)
-    step = interpreter.get_output_details()[0]["quantization"][0] or _output_step(tflite)
+    detail = interpreter.get_output_details()[0]
+    scale, zero = detail["quantization"]
+    if scale:  # the model gives codes: compare real values, one code = one step
+        real = lambda codes: (codes.astype(np.float64) - zero) * scale  # noqa: E731
+    else:
+        scale, real = _output_step(tflite), lambda values: values  # noqa: E731
+    reference = real(litert_output(tflite, x))
     outputs = {}
     for name, build in ((TVM_UNTUNED, "untuned"), (TVM_TUNED, "tuned")):
         if (folder / build).is_dir():
@@ -90,7 +96,7 @@ def _fidelity(tflite: Path, folder: Path) -> dict:
     xnnpack = litert_interpreter(tflite, _photo(tflite), 1)
     xnnpack.invoke()
     outputs[LITERT] = xnnpack.get_tensor(xnnpack.get_output_details()[0]["index"])
-    return {name: {**agreement(got, reference, step).as_dict(), "equal": float(np.mean(got == reference))}
+    return {name: {**agreement(real(got), reference, scale).as_dict(), "equal": float(np.mean(real(got) == reference))}
             for name, got in outputs.items()}
 
 
@@ -130,7 +136,7 @@ def measure(ctx: click.Context, threads: int, repeats: int) -> None:
     for name, build in ((TVM_UNTUNED, "untuned"), (TVM_TUNED, "tuned")):
         if (folder / build).is_dir():
             vm = relax.VirtualMachine(tvm.runtime.load_module(str(folder / build / "model.so")), tvm.cpu())
-            runners[name] = (lambda v: lambda: v["main"](x))(vm)
+            runners[name] = functools.partial(vm["main"], x)
     rows = timed_rows(runners, repeats, min_seconds=2.0, pause_s=SWITCH_PAUSE_S if threads > 1 else 0.0)
     click.echo(json.dumps({"threads": threads, "rows": rows}))
 

@@ -22,7 +22,13 @@ from compile.frontend.tflite.fixed_point import (
 from compile.frontend.tflite.graph import read_graph
 from compile.frontend.tflite.importer import to_relax
 from qatie.references import litert_output, reference_input
-from tests.helpers import PAPER_MODEL, assert_one_line_error, compile_here, run_compile, run_library
+from tests.helpers import (
+    PAPER_MODEL,
+    assert_one_line_error,
+    compile_here,
+    run_compile,
+    run_library,
+)
 
 pytestmark = pytest.mark.xdist_group("tflite")
 

@@ -23,11 +23,15 @@ from qatie.references import agreement, litert_output, ort_output
 SOURCE_REFERENCES = {".onnx": ("onnxruntime", ort_output), ".tflite": ("litert-reference", litert_output)}
 
 
+def reference_output(model: Path, x: np.ndarray) -> dict[str, np.ndarray]:
+    """{name: output} of the runtime that defines `model`'s format, on `x`."""
+    name, output = SOURCE_REFERENCES[model.suffix.lower()]
+    return {name: output(model, x)}
+
+
 def source_reference(artifact: Artifact, model_path: Path | None, x: np.ndarray) -> dict[str, np.ndarray]:
     """The defining runtime's output on the very model file the artifact was built from."""
-    path = artifact.source_model(model_path)
-    name, output = SOURCE_REFERENCES[path.suffix.lower()]
-    return {name: output(path, x)}
+    return reference_output(artifact.source_model(model_path), x)
 
 
 def pytorch_reference(checkpoint: Path, x: np.ndarray) -> np.ndarray:

@@ -35,7 +35,7 @@ from compile.offline.opencl_check import (
 )
 from compile.tvm_private import link_vm_without_tir
 from qatie.errors import QatieError
-from qatie.references import Agreement, agreement, ort_output
+from qatie.references import Agreement, agreement
 
 LAUNCH_OP = "tirx.call_ffi_kernel"
 FUSED_BEFORE_SCHEDULING = "FuseTIR"
@@ -271,6 +271,7 @@ def check_model_on_opencl(onnx_path, specs: list, input_shapes: dict | None,
     build of the same model, in output quantization steps. The references and the CPU kernels
     are computed once for all targets."""
     from compile.backend.schedules import build_with_default_schedules
+    from compile.deploy.bench import reference_output
     from compile.deploy.inputs import model_input
     from compile.frontend import load_and_fold
 
@@ -282,10 +283,10 @@ def check_model_on_opencl(onnx_path, specs: list, input_shapes: dict | None,
     if any(result.run.output is not None for result in runs):
         cpu_mod = load_and_fold(onnx_path, input_shapes).mod  # a fresh module: builds schedule functions in place
         cpu_vm = relax.VirtualMachine(build_with_default_schedules(cpu_mod, tvm.target.Target("llvm")), tvm.cpu())
-        references = {"onnxruntime": ort_output(onnx_path, x),
-                      "cpu build": cpu_vm["main"](tvm.runtime.tensor(x)).numpy()}
+        references = {**reference_output(onnx_path, x), "cpu build": cpu_vm["main"](tvm.runtime.tensor(x)).numpy()}
         for result in runs:
             if result.run.output is not None:
-                result.agreement = {name: agreement(result.run.output, want, imported.outputs[0].step)
+                output = imported.outputs[0]
+                result.agreement = {name: agreement(output.to_real(result.run.output), output.to_real(want), output.step)
                                     for name, want in references.items()}
     return runs

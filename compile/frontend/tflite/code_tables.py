@@ -28,6 +28,10 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 ELEMENTWISE = frozenset({"relax.astype", "relax.add", "relax.subtract", "relax.multiply", "relax.right_shift",
                          "relax.bitwise_and", "relax.clip", "relax.minimum", "relax.maximum", "relax.take"})
 MIN_OPS = 6  # two lookups in a row (tanh, then a requantize) become one; a lone lookup stays
+# a per-channel table evaluates the chain 256 times per channel: worth it where a channel has
+# more pixels than that, with a margin for building it (the paper's model at 100x100: its 12x12
+# InstanceNorm stays elementwise, its 25x25 and 50x50 ones become tables)
+MIN_PIXELS = 512
 CODE_TYPES = ("int8", "uint8")
 RESULT_TYPES = (*CODE_TYPES, "float32")  # a chain may end dequantized (the model's output)
 
@@ -85,7 +89,8 @@ class Chains:
 
     def tabulated(self) -> list[relax.Var]:
         """The 8-bit (or dequantized) values worth a table."""
-        return [v for v, n in self.ops.items() if n >= MIN_OPS and str(v.ty.dtype) in RESULT_TYPES]
+        return [v for v, n in self.ops.items() if n >= MIN_OPS and str(v.ty.dtype) in RESULT_TYPES
+                and math.prod(_shape(v)[2:]) >= MIN_PIXELS]
 
 
 @mutator
