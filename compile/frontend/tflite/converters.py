@@ -25,7 +25,7 @@ from compile.frontend.tflite.fixed_point import (
     tflite_round,
 )
 from compile.frontend.tflite.graph import Operator
-from compile.frontend.tflite.importer import NCHW, Importer, identity
+from compile.frontend.tflite.importer import NCHW, Importer, Value, identity
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 # tflite.ActivationFunctionType -> the real interval it clamps to (None: no bound)
@@ -50,7 +50,10 @@ def activation_range(importer: Importer, op: Operator, activation: int, output: 
     scale, zero = quant(importer, op, output)
     info = np.iinfo(importer.tensor(output).dtype)
     low, high = ACTIVATIONS[activation]
-    code = lambda real: zero + tflite_round(float(np.float32(real) / np.float32(scale)))
+
+    def code(real: float) -> int:
+        return zero + tflite_round(float(np.float32(real) / np.float32(scale)))
+
     return (info.min if low is None else max(info.min, code(low)),
             info.max if high is None else min(info.max, code(high)))
 
@@ -198,14 +201,16 @@ def minimum_maximum(function) -> Callable[[Importer, Operator], None]:
 # -- ops of one 8-bit input: tables --------------------------------------------------------------
 
 def table_op(build: Callable) -> Callable[[Importer, Operator], None]:
-    """An op whose output code depends on one input code only: `take` from the table that
-    `build(importer, op)` makes (256 output values, indexed by code - min code)."""
+    """An op whose output depends on one input code only: `take` from the table that
+    `build(x: Codes, y: Codes | None, options)` makes (an output per code, in code order)."""
 
     def convert(importer: Importer, op: Operator) -> None:
         x, y = op.inputs[0], op.outputs[0]
-        table = build(importer, op)
-        info = np.iinfo(importer.tensor(x).dtype)
-        index = relax.op.subtract(relax.op.astype(importer.value(x), "int32"), relax.const(int(info.min), "int32"))
+        sides = [tables.Codes(importer.tensor(i).dtype, *quant(importer, op, i))
+                 if importer.tensor(i).dtype in ("int8", "uint8") else None for i in (x, y)]
+        table = build(*sides, op.options)
+        first = int(np.iinfo(importer.tensor(x).dtype).min)
+        index = relax.op.subtract(relax.op.astype(importer.value(x), "int32"), relax.const(first, "int32"))
         importer.set(y, relax.op.take(relax.const(table), index, axis=0, mode="clip"), importer.perm(x))
 
     return convert
@@ -218,8 +223,11 @@ def transpose(importer: Importer, op: Operator) -> None:
     x, y = op.inputs[0], op.outputs[0]
     order = [int(a) for a in importer.constant(op, op.inputs[1])]
     inverse = [order.index(a) for a in range(len(order))]
+    if importer.tensor(x).data is not None:
+        importer.set(y, relax.const(np.ascontiguousarray(importer.tensor(x).data.transpose(order)), importer.tensor(x).dtype))
+        return
     held = importer.values[x]
-    importer.values[y] = type(held)(held.expr, tuple(inverse[a] for a in held.perm))
+    importer.values[y] = Value(held.expr, tuple(inverse[a] for a in held.perm))
 
 
 def concatenation(importer: Importer, op: Operator) -> None:
@@ -309,7 +317,7 @@ def quantize(importer: Importer, op: Operator) -> None:
     8-bit -> 8-bit: a requantize table."""
     x, y = op.inputs[0], op.outputs[0]
     if importer.tensor(x).dtype != "float32":
-        table_op(lambda im, o: tables.requantize(quant(im, o, x), quant(im, o, y), im.tensor(y).dtype))(importer, op)
+        table_op(tables.requantize)(importer, op)
         return
     scale, zero = quant(importer, op, y)
     perm = NCHW if len(importer.tensor(x).shape) == 4 else importer.perm(x)  # an NHWC image: codes channels-first
@@ -320,10 +328,6 @@ def quantize(importer: Importer, op: Operator) -> None:
     info = np.iinfo(importer.tensor(y).dtype)
     rounded = relax.op.clip(relax.op.add(rounded, relax.const(float(zero), "float32")), info.min, info.max)
     importer.set(y, relax.op.astype(rounded, importer.tensor(y).dtype), perm)
-
-
-def dequantize(importer: Importer, op: Operator) -> None:
-    table_op(lambda im, o: tables.dequantize(quant(im, o, o.inputs[0]), im.tensor(o.inputs[0]).dtype))(importer, op)
 
 
 CONVERTERS: dict[str, Callable[[Importer, Operator], None]] = {
@@ -341,7 +345,7 @@ CONVERTERS: dict[str, Callable[[Importer, Operator], None]] = {
     "LEAKY_RELU": table_op(tables.leaky_relu),
     "RELU": table_op(tables.relu),
     "QUANTIZE": quantize,
-    "DEQUANTIZE": dequantize,
+    "DEQUANTIZE": table_op(tables.dequantize),
     "TRANSPOSE": transpose,
     "CONCATENATION": concatenation,
     "PAD": pad,

@@ -114,7 +114,7 @@ def to_relax(graph: Graph, operators: tuple[int, ...] | None = None, outputs: tu
     importer = Importer(graph, builder)
     with builder.function("main", params, {"num_input": len(params)}):
         with builder.dataflow():
-            for index, param in zip(inputs, params):
+            for index, param in zip(inputs, params, strict=True):
                 importer.values[index] = Value(param, identity(len(graph.tensors[index].shape)))
             for op in ops:
                 CONVERTERS[op.code](importer, op)

@@ -6,6 +6,8 @@ ones (tanh, logistic: `LUTPopulate`) in float32 with the kernel's order of opera
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from compile.frontend.tflite.fixed_point import (
@@ -15,17 +17,26 @@ from compile.frontend.tflite.fixed_point import (
     quantize_multiplier,
 )
 
-QuantPair = tuple[float, int]  # (scale, zero point)
 
+@dataclass(frozen=True)
+class Codes:
+    """One side of an op of one 8-bit input: its 8-bit type and quantization."""
 
-def _codes(dtype: str) -> np.ndarray:
-    info = np.iinfo(dtype)
-    return np.arange(info.min, info.max + 1, dtype=np.int64)
+    dtype: str
+    scale: float
+    zero: int
 
+    def all(self) -> np.ndarray:
+        """Every code of the type, in order: a table's index is code - its first."""
+        info = np.iinfo(self.dtype)
+        return np.arange(info.min, info.max + 1, dtype=np.int64)
 
-def _clamp(values: np.ndarray, dtype: str, low: int | None = None) -> np.ndarray:
-    info = np.iinfo(dtype)
-    return np.clip(values, info.min if low is None else low, info.max).astype(dtype)
+    def centered(self) -> np.ndarray:
+        return self.all() - self.zero
+
+    def clamp(self, values: np.ndarray, low: int | None = None) -> np.ndarray:
+        info = np.iinfo(self.dtype)
+        return np.clip(values, info.min if low is None else low, info.max).astype(self.dtype)
 
 
 def _round(values: np.ndarray) -> np.ndarray:
@@ -33,96 +44,69 @@ def _round(values: np.ndarray) -> np.ndarray:
     return np.sign(values) * np.floor(np.abs(values).astype(np.float64) + 0.5)
 
 
-def _float_lut(function, x: QuantPair, y: QuantPair, dtype: str) -> np.ndarray:
+def _float_lut(function, x: Codes, y: Codes) -> np.ndarray:
     """`LUTPopulate`: dequantize in float32, transform, multiply by 1 / output scale, round,
     add the zero point in float, clamp."""
-    (s_x, z_x), (s_y, z_y) = x, y
-    real = (np.float32(s_x) * (_codes(dtype) - z_x).astype(np.float32)).astype(np.float32)
+    real = (np.float32(x.scale) * x.centered().astype(np.float32)).astype(np.float32)
     transformed = function(real.astype(np.float64)).astype(np.float32)  # correctly rounded float32
-    rescaled = _round((transformed * (np.float32(1) / np.float32(s_y))).astype(np.float32)).astype(np.float32)
-    return _clamp((rescaled + np.float32(z_y)).astype(np.int64), dtype)
+    rescaled = _round((transformed * (np.float32(1) / np.float32(y.scale))).astype(np.float32)).astype(np.float32)
+    return y.clamp((rescaled + np.float32(y.zero)).astype(np.int64))
 
 
-def tanh(importer, op) -> np.ndarray:
-    from compile.frontend.tflite.converters import quant
-
-    x, y = op.inputs[0], op.outputs[0]
-    return _float_lut(np.tanh, quant(importer, op, x), quant(importer, op, y), importer.tensor(y).dtype)
+def tanh(x: Codes, y: Codes, _options) -> np.ndarray:
+    return _float_lut(np.tanh, x, y)
 
 
-def logistic(importer, op) -> np.ndarray:
-    from compile.frontend.tflite.converters import quant
-
-    x, y = op.inputs[0], op.outputs[0]
-    return _float_lut(lambda v: 1.0 / (1.0 + np.exp(-v)), quant(importer, op, x), quant(importer, op, y),
-                      importer.tensor(y).dtype)
+def logistic(x: Codes, y: Codes, _options) -> np.ndarray:
+    return _float_lut(lambda v: 1.0 / (1.0 + np.exp(-v)), x, y)
 
 
-def rsqrt(importer, op) -> np.ndarray:
+def rsqrt(x: Codes, y: Codes, _options) -> np.ndarray:
     """RSQRT (int8) is integer arithmetic at run time in the kernel (gemmlowp fixed point,
     Newton-Raphson in `GetInvSqrtQuantizedMultiplierExp`), of one input code: evaluated here
     for every code, in int32 as the kernel does (`fixed_point.inverse_sqrt`). The multiplier
     is 1 / (sqrtf(s_x) * s_y) with the product in float32, as its Prepare. Codes below the
     zero point (a negative real, which the kernel refuses at run time) and the zero point
     itself give the largest code, as the kernel gives for 0."""
-    from compile.frontend.tflite.converters import quant
-
-    x, y = op.inputs[0], op.outputs[0]
-    (s_x, z_x), (s_y, z_y) = quant(importer, op, x), quant(importer, op, y)
-    dtype = importer.tensor(y).dtype
-    multiplier, shift = quantize_multiplier(1.0 / float(np.float32(np.sqrt(np.float32(s_x)) * np.float32(s_y))))
-    shift_20 = 20
+    multiplier, shift = quantize_multiplier(1.0 / float(np.float32(np.sqrt(np.float32(x.scale)) * np.float32(y.scale))))
+    kernel_shift = 20  # the kernel's kShift, which keeps the intermediate an integer
     out = []
-    for code in _codes(importer.tensor(x).dtype):
-        value = int(code) - z_x
+    for value in x.centered():
         if value <= 0:
-            out.append(np.iinfo(dtype).max)
+            out.append(np.iinfo(y.dtype).max)
             continue
-        inverse, inverse_shift = inverse_sqrt(value)
-        data = multiply_by_quantized_multiplier(1, inverse, inverse_shift + shift_20)
-        out.append(multiply_by_quantized_multiplier(data, multiplier, shift - shift_20) + z_y)
-    return _clamp(np.array(out, np.int64), dtype)
+        inverse, inverse_shift = inverse_sqrt(int(value))
+        data = multiply_by_quantized_multiplier(1, inverse, inverse_shift + kernel_shift)
+        out.append(multiply_by_quantized_multiplier(data, multiplier, shift - kernel_shift) + y.zero)
+    return y.clamp(np.array(out, np.int64))
 
 
-def leaky_relu(importer, op) -> np.ndarray:
+def leaky_relu(x: Codes, y: Codes, options) -> np.ndarray:
     """`QuantizeLeakyRelu`: two multipliers, input scale / output scale with and without alpha,
-    each computed in float32 before `QuantizeMultiplier` widens it."""
-    from compile.frontend.tflite.converters import quant
-
-    x, y = op.inputs[0], op.outputs[0]
-    (s_x, z_x), (s_y, z_y) = quant(importer, op, x), quant(importer, op, y)
-    alpha = np.float32(op.options.Alpha())
-    identity = Multiplier.of(np.float64(np.float32(s_x) / np.float32(s_y)))
-    real = np.float64(np.float32(np.float32(s_x) * alpha) / np.float32(s_y))
-    negative = Multiplier.of(abs(real))  # a negative alpha: the negated product with -alpha (LiteRT's kernel)
-    centered = _codes(importer.tensor(x).dtype) - z_x
-    below = negative.apply(centered) * (1 if real >= 0 else -1)
-    out = np.where(centered >= 0, identity.apply(centered), below) + z_y
-    return _clamp(out, importer.tensor(y).dtype)
+    each computed in float32 before `QuantizeMultiplier` widens it; a negative alpha is the
+    negated product with -alpha (LiteRT's kernel)."""
+    alpha = np.float32(options.Alpha())
+    identity = Multiplier.of(np.float64(np.float32(x.scale) / np.float32(y.scale)))
+    real = np.float64(np.float32(np.float32(x.scale) * alpha) / np.float32(y.scale))
+    below = Multiplier.of(abs(real)).apply(x.centered()) * (1 if real >= 0 else -1)
+    return y.clamp(np.where(x.centered() >= 0, identity.apply(x.centered()), below) + y.zero)
 
 
-def relu(importer, op) -> np.ndarray:
+def relu(x: Codes, y: Codes, _options) -> np.ndarray:
     """`ReluX` on codes: requantize by input / output scale (float32), clamp below at the
     output zero point."""
-    from compile.frontend.tflite.converters import quant
-
-    x, y = op.inputs[0], op.outputs[0]
-    (s_x, z_x), (s_y, z_y) = quant(importer, op, x), quant(importer, op, y)
-    out = Multiplier.of(np.float64(np.float32(s_x) / np.float32(s_y))).apply(_codes(importer.tensor(x).dtype) - z_x)
-    return _clamp(out + z_y, importer.tensor(y).dtype, low=max(z_y, np.iinfo(importer.tensor(y).dtype).min))
+    out = Multiplier.of(np.float64(np.float32(x.scale) / np.float32(y.scale))).apply(x.centered())
+    return y.clamp(out + y.zero, low=max(y.zero, np.iinfo(y.dtype).min))
 
 
-def requantize(x: QuantPair, y: QuantPair, dtype: str) -> np.ndarray:
+def requantize(x: Codes, y: Codes, _options) -> np.ndarray:
     """QUANTIZE of 8-bit codes (`Requantize`): (code - z_x) times s_x / s_y (double), + z_y."""
-    (s_x, z_x), (s_y, z_y) = x, y
-    out = Multiplier.of(np.float64(s_x) / np.float64(s_y)).apply(_codes(dtype) - z_x) + z_y
-    return _clamp(out, dtype)
+    return y.clamp(Multiplier.of(np.float64(x.scale) / np.float64(y.scale)).apply(x.centered()) + y.zero)
 
 
-def dequantize(x: QuantPair, dtype: str) -> np.ndarray:
+def dequantize(x: Codes, _y, _options) -> np.ndarray:
     """DEQUANTIZE: scale * (code - zero point), one float32 rounding."""
-    scale, zero = x
-    return (np.float64(scale) * (_codes(dtype) - zero)).astype(np.float32)
+    return (np.float64(x.scale) * x.centered()).astype(np.float32)
 
 
 def nearest_indices(size: int, out: int, align_corners: bool, half_pixel: bool) -> np.ndarray:
