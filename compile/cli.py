@@ -443,6 +443,11 @@ def estimate(artifact: Path, core_names: tuple[str, ...], clock_ghz: float | Non
     loaded = load_artifact(artifact)
     cores = cores_for(loaded, core_names)
     models = [loaded.source_model(onnx_path), *ort_models] if with_ort else []
+    for model in models:
+        if model.suffix.lower() != ".onnx":
+            raise QatieError(f"{model}: --onnxruntime runs ONNX Runtime on the ONNX file the artifact was built from, "
+                             f"and this artifact was built from a {model.suffix} file (an estimate of LiteRT's "
+                             f"aarch64 runtime is not implemented); estimate without --onnxruntime")
     for model in ort_models:
         check_interface(model, loaded.manifest.model)
     estimates = estimate_here(loaded, model_input(loaded.manifest.model.inputs[0], input_npy), cores, clock_ghz,
