@@ -18,7 +18,7 @@ from tvm import relax
 
 from compile.frontend.rewrite import INT8_TYPES
 
-INTEGER_TYPES = (*INT8_TYPES, "int32")
+INTEGER_TYPES = (*INT8_TYPES, "int32", "int64")  # int64: TFLite's requantize multiplies
 BOUNDARY_OPS = ("relax.quantize", "relax.dequantize")
 
 
