@@ -442,12 +442,12 @@ def estimate(artifact: Path, core_names: tuple[str, ...], clock_ghz: float | Non
         raise QatieError("--onnx names the file ONNX Runtime runs; add --onnxruntime")
     loaded = load_artifact(artifact)
     cores = cores_for(loaded, core_names)
+    source = Path(loaded.manifest.model.path)
+    if with_ort and source.suffix.lower() == ".tflite":
+        raise QatieError(f"{artifact}: built from {source.name}, a TFLite model; --onnxruntime runs ONNX Runtime on "
+                         f"the artifact's ONNX file (an estimate of LiteRT's aarch64 runtime is not implemented); "
+                         f"estimate without --onnxruntime")
     models = [loaded.source_model(onnx_path), *ort_models] if with_ort else []
-    for model in models:
-        if model.suffix.lower() != ".onnx":
-            raise QatieError(f"{model}: --onnxruntime runs ONNX Runtime on the ONNX file the artifact was built from, "
-                             f"and this artifact was built from a {model.suffix} file (an estimate of LiteRT's "
-                             f"aarch64 runtime is not implemented); estimate without --onnxruntime")
     for model in ort_models:
         check_interface(model, loaded.manifest.model)
     estimates = estimate_here(loaded, model_input(loaded.manifest.model.inputs[0], input_npy), cores, clock_ghz,
