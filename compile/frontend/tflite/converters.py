@@ -98,38 +98,111 @@ def _same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[i
     return total // 2, total - total // 2
 
 
-def conv_2d(importer: Importer, op: Operator) -> None:
+def _integer_conv(importer: Importer, op: Operator, data: relax.Expr, weight: np.ndarray, groups: int,
+                  strides=(1, 1), dilation=(1, 1), padding=(0, 0, 0, 0), activation: int = 0) -> relax.Expr:
+    """The reference kernels' int8 conv (`ConvPerChannel`, `DepthwiseConvPerChannel`,
+    `FullyConnected`): int8 x int8 -> int32 over NCHW codes padded with the input zero point
+    (the kernels skip the taps outside, which is the same sum), bias and zero-point correction as
+    one int32 per output channel, then the per-channel requantize by double(s_x) *
+    double(s_w[c]) / double(s_y). `weight` is OIHW."""
     x, w, y = op.inputs[0], op.inputs[1], op.outputs[0]
-    options = op.options
-    weight = importer.constant(op, w)  # [O, KH, KW, I]
     w_quant = importer.tensor(w).quant
     if weight.dtype != np.int8 or w_quant is None or np.any(w_quant.zero_point != 0):
         raise importer.fail(op, "weights must be int8 with zero points 0 (symmetric)")
-    s_x, z_x = quant(importer, op, x)
-    s_y, _ = quant(importer, op, y)
-    out_channels, kh, kw, per_group = weight.shape
-    channels = importer.tensor(x).shape[3]
-    strides = (options.StrideH(), options.StrideW())
-    dilation = (options.DilationHFactor(), options.DilationWFactor())
-    data = importer.value(x, NCHW)
-    if options.Padding() == 0:  # SAME
-        (top, bottom), (left, right) = (_same_padding(importer.tensor(x).shape[1 + a], (kh, kw)[a], strides[a],
-                                                      dilation[a]) for a in (0, 1))
-        if top or bottom or left or right:
-            data = relax.op.nn.pad(data, [0, 0, 0, 0, top, bottom, left, right], pad_value=float(z_x))
-    bias = importer.constant(op, op.inputs[2]).astype(np.int64) if len(op.inputs) > 2 and op.inputs[2] >= 0 \
-        else np.zeros(out_channels, np.int64)
+    (s_x, z_x), (s_y, _) = quant(importer, op, x), quant(importer, op, y)
+    out_channels = weight.shape[0]
+    top, left, bottom, right = padding
+    if top or bottom or left or right:
+        data = relax.op.nn.pad(data, [0, 0, 0, 0, top, bottom, left, right], pad_value=float(z_x))
+    bias = importer.constant(op, op.inputs[2]).astype(np.int64).reshape(-1) if len(op.inputs) > 2 \
+        and op.inputs[2] >= 0 else np.zeros(out_channels, np.int64)
     offset = bias - z_x * weight.astype(np.int64).sum(axis=(1, 2, 3))
     if offset.min() < INT32_MIN or offset.max() > INT32_MAX:
         raise importer.fail(op, "bias does not fit the int32 accumulator")
-    acc = relax.op.nn.conv2d(data, relax.const(np.ascontiguousarray(weight.transpose(0, 3, 1, 2)), "int8"),
-                             strides=strides, dilation=dilation, groups=channels // per_group, out_dtype="int32")
+    acc = relax.op.nn.conv2d(data, relax.const(np.ascontiguousarray(weight), "int8"), strides=strides,
+                             dilation=dilation, groups=groups, out_dtype="int32")
     channel = (1, out_channels, 1, 1)
     acc = relax.op.add(acc, relax.const(offset.astype(np.int32).reshape(channel), "int32"))
     s_w = np.broadcast_to(w_quant.scale, (out_channels,))
     multiplier = Multiplier.of([np.float64(s_x) * np.float64(s) / np.float64(s_y) for s in s_w])
+    low, high = activation_range(importer, op, activation, y)
+    return requantize(importer, op, multiplier, low, high).emit(_int64(acc), channel)
+
+
+def _window_padding(importer: Importer, op: Operator, kernel: tuple[int, int], dilation=(1, 1)) -> tuple[int, ...]:
+    """(top, left, bottom, right) of a conv or pool: TFLite's SAME, or none for VALID."""
+    options, shape = op.options, importer.tensor(op.inputs[0]).shape
+    if options.Padding() != 0:
+        return (0, 0, 0, 0)
+    (top, bottom), (left, right) = (_same_padding(shape[1 + a], kernel[a], (options.StrideH(), options.StrideW())[a],
+                                                  dilation[a]) for a in (0, 1))
+    return (top, left, bottom, right)
+
+
+def conv_2d(importer: Importer, op: Operator) -> None:
+    options, weight = op.options, importer.constant(op, op.inputs[1])  # [O, KH, KW, I]
+    dilation = (options.DilationHFactor(), options.DilationWFactor())
+    importer.set(op.outputs[0], _integer_conv(
+        importer, op, importer.value(op.inputs[0], NCHW), weight.transpose(0, 3, 1, 2),
+        importer.tensor(op.inputs[0]).shape[3] // weight.shape[3], (options.StrideH(), options.StrideW()), dilation,
+        _window_padding(importer, op, weight.shape[1:3], dilation), options.FusedActivationFunction()), NCHW)
+
+
+def depthwise_conv_2d(importer: Importer, op: Operator) -> None:
+    """Weights [1, KH, KW, C * M]: output channel c * M + m reads input channel c, a grouped
+    conv with C groups (the backend packs it when M = 1)."""
+    options, weight = op.options, importer.constant(op, op.inputs[1])
+    dilation = (options.DilationHFactor(), options.DilationWFactor())
+    importer.set(op.outputs[0], _integer_conv(
+        importer, op, importer.value(op.inputs[0], NCHW), weight[0].transpose(2, 0, 1)[:, None],
+        importer.tensor(op.inputs[0]).shape[3], (options.StrideH(), options.StrideW()), dilation,
+        _window_padding(importer, op, weight.shape[1:3], dilation), options.FusedActivationFunction()), NCHW)
+
+
+def fully_connected(importer: Importer, op: Operator) -> None:
+    """Weights [O, K] on the input flattened to [N, K]: a 1x1 conv on [N, K, 1, 1], which the
+    backend packs onto the dot product like any conv."""
+    x, y = op.inputs[0], op.outputs[0]
+    weight = importer.constant(op, op.inputs[1])
+    if weight.ndim != 2 or importer.tensor(x).shape[-1] != weight.shape[1]:
+        raise importer.fail(op, f"weights of shape {list(weight.shape)} for an input of shape "
+                                f"{list(importer.tensor(x).shape)}")
+    rows = int(np.prod(importer.tensor(x).shape)) // weight.shape[1]
+    data = relax.op.reshape(importer.value(x, identity(len(importer.tensor(x).shape))), (rows, weight.shape[1], 1, 1))
+    out = _integer_conv(importer, op, data, weight[:, :, None, None], 1,
+                        activation=op.options.FusedActivationFunction())
+    importer.set(y, relax.op.reshape(out, importer.tensor(y).shape))
+
+
+def average_pool_2d(importer: Importer, op: Operator) -> None:
+    """`reference_integer_ops::AveragePool`: the sum of the codes in the window (clamped to the
+    image) divided by their count, rounding half away from zero, clamped; no requantize. The
+    sum is a grouped conv with weights of one (padding adds zeros), the counts are constants."""
+    x, y = op.inputs[0], op.outputs[0]
+    options = op.options
+    _, height, width, channels = importer.tensor(x).shape
+    kernel, strides = (options.FilterHeight(), options.FilterWidth()), (options.StrideH(), options.StrideW())
+    top, left, bottom, right = _window_padding(importer, op, kernel)
+    data = relax.op.nn.pad(importer.value(x, NCHW), [0, 0, 0, 0, top, bottom, left, right]) \
+        if top or left or bottom or right else importer.value(x, NCHW)
+    total = relax.op.nn.conv2d(data, relax.const(np.ones((channels, 1, *kernel), np.int8), "int8"), strides=strides,
+                               groups=channels, out_dtype="int32")
+    inside = np.pad(np.ones((height, width), np.int64), ((top, bottom), (left, right)))
+    counts = np.lib.stride_tricks.sliding_window_view(inside, kernel)[::strides[0], ::strides[1]].sum(axis=(2, 3))
+    count = relax.const(counts.reshape(1, 1, *counts.shape).astype(np.int32), "int32")
+    half = relax.const((counts // 2).reshape(1, 1, *counts.shape).astype(np.int32), "int32")
+    above = relax.op.floor_divide(relax.op.add(total, half), count)
+    below = relax.op.negative(relax.op.floor_divide(relax.op.subtract(half, total), count))  # C++ truncation
     low, high = activation_range(importer, op, options.FusedActivationFunction(), y)
-    importer.set(y, requantize(importer, op, multiplier, low, high).emit(_int64(acc), channel), NCHW)
+    rounded = relax.op.where(relax.op.greater(total, relax.const(0, "int32")), above, below)
+    importer.set(y, relax.op.astype(relax.op.clip(rounded, low, high), importer.tensor(y).dtype), NCHW)
+
+
+def reshape(importer: Importer, op: Operator) -> None:
+    """On the logical (TFLite) layout: the output tensor's static shape."""
+    x, y = op.inputs[0], op.outputs[0]
+    importer.set(y, relax.op.reshape(importer.value(x, identity(len(importer.tensor(x).shape))),
+                                     importer.tensor(y).shape))
 
 
 # -- elementwise arithmetic of two 8-bit tensors -------------------------------------------------
@@ -272,21 +345,14 @@ def mean(importer: Importer, op: Operator) -> None:
     importer.set(y, requantize(importer, op, folded).emit(centered, ()), NCHW)
 
 
-def _pool_padding(importer: Importer, op: Operator, x: int) -> list[int]:
-    options = op.options
-    if options.Padding() != 0:
-        return [0, 0, 0, 0]
-    (top, bottom), (left, right) = (_same_padding(importer.tensor(x).shape[1 + a], k, s, 1) for a, k, s in (
-        (0, options.FilterHeight(), options.StrideH()), (1, options.FilterWidth(), options.StrideW())))
-    return [top, left, bottom, right]
-
-
 def max_pool_2d(importer: Importer, op: Operator) -> None:
     x, y = op.inputs[0], op.outputs[0]
     options = op.options
     low, high = activation_range(importer, op, options.FusedActivationFunction(), y)  # codes are not requantized
-    pooled = relax.op.nn.max_pool2d(importer.value(x, NCHW), (options.FilterHeight(), options.FilterWidth()),
-                                    (options.StrideH(), options.StrideW()), _pool_padding(importer, op, x))
+    kernel = (options.FilterHeight(), options.FilterWidth())
+    top, left, bottom, right = _window_padding(importer, op, kernel)
+    pooled = relax.op.nn.max_pool2d(importer.value(x, NCHW), kernel, (options.StrideH(), options.StrideW()),
+                                    [top, left, bottom, right])
     info = np.iinfo(importer.tensor(y).dtype)
     if (low, high) != (info.min, info.max):
         pooled = relax.op.clip(pooled, low, high)
@@ -332,6 +398,10 @@ def quantize(importer: Importer, op: Operator) -> None:
 
 CONVERTERS: dict[str, Callable[[Importer, Operator], None]] = {
     "CONV_2D": conv_2d,
+    "DEPTHWISE_CONV_2D": depthwise_conv_2d,
+    "FULLY_CONNECTED": fully_connected,
+    "AVERAGE_POOL_2D": average_pool_2d,
+    "RESHAPE": reshape,
     "ADD": _add_like(1),
     "SUB": _add_like(-1),
     "MUL": mul,
