@@ -240,11 +240,14 @@ def check_opencl_command(model: Path, target_names: tuple[str, ...], run_kernels
     from compile.frontend import load_and_fold
     from compile.offline.opencl_check import check_opencl, opencl_source
 
+    from compile.frontend import check_gpu_import
+
     specs = [get_target(name) for name in target_names]
     for spec in specs:
         if not spec.is_gpu:
             raise QatieError(f"target {spec.name} is not an OpenCL target")
         spec.check_buildable()
+        check_gpu_import(model, spec.name)
     if run_kernels:
         from compile.offline.opencl_run import check_model_on_opencl
 

@@ -149,6 +149,11 @@ def test_a_tflite_model_that_cannot_be_imported_is_a_one_line_error(tmp_path):
         assert not (tmp_path / "out").exists()
     result = compile_here("inspect", unsupported)
     assert_one_line_error(result.stderr, result.returncode, "GELU")
+    # OpenCL: TVM's GPU schedule rules assert on these kernels, so the build says so first
+    for args in (("--target", "mali-opencl", PAPER_MODEL, "-o", tmp_path / "out"), ("check-opencl", PAPER_MODEL)):
+        result = compile_here(*args)
+        assert_one_line_error(result.stderr, result.returncode, "TFLite imports do not build for OpenCL targets")
+    assert not (tmp_path / "out").exists()
 
 
 def _with_operator_renamed(data: bytes, old: str, new: str) -> bytes:

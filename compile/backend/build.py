@@ -46,7 +46,7 @@ from compile.backend.tuning_db import (
     foreign_dot_products,
     open_database,
 )
-from compile.frontend import load_and_fold
+from compile.frontend import check_gpu_import, load_and_fold
 from compile.frontend.inspect import integer_ops
 from qatie.errors import QatieError, last_line
 
@@ -150,6 +150,8 @@ def build(model_path: Path, spec: TargetSpec, out: Path, options: BuildOptions =
     started = time.time()
     check_output(out)
     spec.check_buildable()
+    if spec.is_gpu:
+        check_gpu_import(model_path, spec.name)
     target = spec.tvm_target()
     target_json = json.loads(str(target))  # recorded in the manifest; tuning records are checked against it
     compiler = spec.compiler()  # a missing cross compiler: an error before the import

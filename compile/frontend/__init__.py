@@ -50,6 +50,17 @@ def _tflite(path: Path, input_shapes: dict) -> Imported:
 
 
 FRONTENDS: dict[str, Callable[[Path, dict], Imported]] = {".onnx": _onnx, ".tflite": _tflite}
+# formats whose integer kernels the OpenCL (dlight GPU) schedules do not take yet: TVM's GPU
+# rules assert on the TFLite import's int64 requantize and per-channel table kernels
+CPU_ONLY = {".tflite": "TFLite imports"}
+
+
+def check_gpu_import(path: Path, target_name: str) -> None:
+    """A one-line refusal of a model format an OpenCL build cannot take yet."""
+    what = CPU_ONLY.get(path.suffix.lower())
+    if what is not None:
+        raise QatieError(f"{path}: {what} do not build for OpenCL targets ({target_name}) yet; build for a CPU target "
+                         f"(`qatie-compile targets` lists them)")
 
 
 def load_and_fold(path: Path, input_shapes: dict | None = None) -> Imported:
@@ -61,4 +72,4 @@ def load_and_fold(path: Path, input_shapes: dict | None = None) -> Imported:
     return frontend(path, input_shapes or {})
 
 
-__all__ = ["FRONTENDS", "FoldLog", "Imported", "LoadedModel", "fold_qdq", "load_and_fold", "load_onnx", "to_relax"]
+__all__ = ["CPU_ONLY", "FRONTENDS", "check_gpu_import", "FoldLog", "Imported", "LoadedModel", "fold_qdq", "load_and_fold", "load_onnx", "to_relax"]
