@@ -79,6 +79,16 @@ def test_onnx_loader_fuzz(tiny_onnx, tmp_path):
     assert refused > BINARY_CASES // 2
 
 
+def test_tflite_import_fuzz(tmp_path):
+    """A damaged int8 TFLite file is refused in one line, at reading or at importing an operator."""
+    from compile.frontend.tflite import import_tflite
+    from tests.tflite_models import mobile_block
+
+    refused = _check_reader(lambda path: import_tflite(path, {}), tmp_path / "m.tflite",
+                            _mutations(mobile_block(), random.Random(2), BINARY_CASES))
+    assert refused > BINARY_CASES // 2
+
+
 def test_checkpoint_loader_fuzz(tiny_ckpt, tmp_path):
     data = tiny_ckpt.read_bytes()
     refused = _check_reader(load_checkpoint, tmp_path / "c.pt", _mutations(data, random.Random(2), BINARY_CASES))

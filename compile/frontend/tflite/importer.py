@@ -21,7 +21,7 @@ import numpy as np
 from tvm import relax
 
 from compile.frontend.tflite.graph import Graph, Operator, Tensor
-from qatie.errors import QatieError
+from qatie.errors import QatieError, last_line
 
 NCHW = (0, 3, 1, 2)  # an NHWC tensor stored channels-first
 
@@ -117,7 +117,12 @@ def to_relax(graph: Graph, operators: tuple[int, ...] | None = None, outputs: tu
             for index, param in zip(inputs, params, strict=True):
                 importer.values[index] = Value(param, identity(len(graph.tensors[index].shape)))
             for op in ops:
-                CONVERTERS[op.code](importer, op)
+                try:
+                    CONVERTERS[op.code](importer, op)
+                except QatieError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - TVM's shape checks and numpy raise many types
+                    raise importer.fail(op, f"cannot be imported: {last_line(exc)}") from None
             results = [importer.value(i, identity(len(graph.tensors[i].shape))) for i in outputs]
             out = builder.emit_output(results[0] if len(results) == 1 else relax.Tuple(results))
         builder.emit_func_output(out)
