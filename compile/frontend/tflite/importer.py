@@ -121,7 +121,7 @@ def to_relax(graph: Graph, operators: tuple[int, ...] | None = None, outputs: tu
                     CONVERTERS[op.code](importer, op)
                 except QatieError:
                     raise
-                except Exception as exc:  # noqa: BLE001 - TVM's shape checks and numpy raise many types
+                except Exception as exc:  # TVM's shape checks and numpy raise many types
                     raise importer.fail(op, f"cannot be imported: {last_line(exc)}") from None
             results = [importer.value(i, identity(len(graph.tensors[i].shape))) for i in outputs]
             out = builder.emit_output(results[0] if len(results) == 1 else relax.Tuple(results))
