@@ -237,10 +237,8 @@ def check_opencl_command(model: Path, target_names: tuple[str, ...], run_kernels
     from compile.backend.pass_config import pass_config
     from compile.backend.schedules import build_with_default_schedules
     from compile.backend.targets import get_target
-    from compile.frontend import load_and_fold
+    from compile.frontend import check_gpu_import, load_and_fold
     from compile.offline.opencl_check import check_opencl, opencl_source
-
-    from compile.frontend import check_gpu_import
 
     specs = [get_target(name) for name in target_names]
     for spec in specs:

@@ -72,4 +72,5 @@ def load_and_fold(path: Path, input_shapes: dict | None = None) -> Imported:
     return frontend(path, input_shapes or {})
 
 
-__all__ = ["CPU_ONLY", "FRONTENDS", "check_gpu_import", "FoldLog", "Imported", "LoadedModel", "fold_qdq", "load_and_fold", "load_onnx", "to_relax"]
+__all__ = ["CPU_ONLY", "FRONTENDS", "FoldLog", "Imported", "LoadedModel", "check_gpu_import", "fold_qdq",
+           "load_and_fold", "load_onnx", "to_relax"]
