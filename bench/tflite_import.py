@@ -35,9 +35,12 @@ TVM_UNTUNED, TVM_TUNED = "TVM int8 untuned (default schedules)", "TVM int8 tuned
               help="A log tuned for these models (qatie-compile tune MODEL.tflite): adds the tuned rows.")
 @click.option("--work", default="out/bench/tflite-import", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--out", default="bench/results", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--pause-s", type=click.FloatRange(min=0), default=SWITCH_PAUSE_S, show_default=True,
+              help="Pause before each timed run with several threads (host_latency.timed_rows); 0: back to "
+                   "back, each runtime's threads still awake from its previous run.")
 @click.pass_context
 def main(ctx: click.Context, tflites: tuple[Path, ...], thread_counts: tuple[int, ...], repeats: int,
-         tuning_log: Path | None, work: Path, out: Path) -> None:
+         tuning_log: Path | None, work: Path, out: Path, pause_s: float) -> None:
     if ctx.invoked_subcommand:
         return
     import tvm
@@ -59,7 +62,7 @@ def main(ctx: click.Context, tflites: tuple[Path, ...], thread_counts: tuple[int
         model["results"] = []
         for threads in thread_counts:
             measured = subprocess.run(
-                [sys.executable, __file__, "--tflite", str(tflite), "--work", str(work), "measure",
+                [sys.executable, __file__, "--tflite", str(tflite), "--work", str(work), "--pause-s", str(pause_s), "measure",
                  "--threads", str(threads), "--repeats", str(repeats)],
                 check=True, capture_output=True, text=True)
             model["results"].append(json.loads(measured.stdout.strip().splitlines()[-1]))
@@ -137,7 +140,7 @@ def measure(ctx: click.Context, threads: int, repeats: int) -> None:
         if (folder / build).is_dir():
             vm = relax.VirtualMachine(tvm.runtime.load_module(str(folder / build / "model.so")), tvm.cpu())
             runners[name] = functools.partial(vm["main"], x)
-    rows = timed_rows(runners, repeats, min_seconds=2.0, pause_s=SWITCH_PAUSE_S if threads > 1 else 0.0)
+    rows = timed_rows(runners, repeats, min_seconds=2.0, pause_s=ctx.parent.params["pause_s"] if threads > 1 else 0.0)
     click.echo(json.dumps({"threads": threads, "rows": rows}))
 
 
