@@ -261,7 +261,7 @@ class FixedPointEpilogue:
     def emit(self, acc: relax.Expr, match: dict, out_channels: int, lanes: int, shape) -> relax.Expr:
         found = self.pattern.requantize(match)
         blocked = dataclasses.replace(found, multiplier=found.multiplier.blocked(out_channels, lanes))
-        return blocked.emit(relax.op.astype(acc, "int64"), shape)
+        return blocked.emit(relax.op.astype(acc, "int64"), shape, narrow=True)
 
 
 EPILOGUES = (FloatEpilogue, FixedPointEpilogue)

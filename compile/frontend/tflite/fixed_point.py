@@ -131,21 +131,26 @@ class Multiplier:
         half = (np.int64(1) << self.right) >> 1
         return (high + half + np.where((high < 0) & (self.right > 0), -1, 0)) >> self.right
 
-    def emit(self, x: relax.Expr, shape: tuple[int, ...]) -> relax.Expr:
+    def emit(self, x: relax.Expr, shape: tuple[int, ...], narrow: bool = False) -> relax.Expr:
         """Relax: the same on int64 `x`; per-channel constants reshaped to `shape` (broadcasting
-        like the channel axis of `x`), a single multiplier as scalars."""
+        like the channel axis of `x`), a single multiplier as scalars. `narrow`: the rounding
+        shift on the int32 high half (as the kernel computes it), twice the lanes per vector;
+        the backend's packed convs use it (their epilogue runs once per output)."""
+        dtype = "int32" if narrow else "int64"
 
-        def const(values: np.ndarray) -> relax.Expr:
+        def const(values: np.ndarray, kind: str = dtype) -> relax.Expr:
             if values.size == 1:
-                return relax.const(int(values[0]), "int64")
-            return relax.const(values.reshape(shape), "int64")
+                return relax.const(int(values[0]), kind)
+            return relax.const(values.reshape(shape).astype(kind), kind)
 
-        high = relax.op.right_shift(relax.op.add(relax.op.multiply(x, const(self.multiplier)),
+        high = relax.op.right_shift(relax.op.add(relax.op.multiply(x, const(self.multiplier, "int64")),
                                                  relax.const(1 << 30, "int64")), relax.const(31, "int64"))
+        if narrow:
+            high = relax.op.astype(high, "int32")
         half = (np.int64(1) << self.right) >> 1
-        # (high >> 63) is -1 for a negative value: the -1 that RoundingDivideByPOT's threshold adds
-        negative = relax.op.bitwise_and(relax.op.right_shift(high, relax.const(63, "int64")),
-                                        const(np.where(self.right > 0, -1, 0).astype(np.int64)))
+        # (high >> bits - 1) is -1 for a negative value: the -1 that RoundingDivideByPOT's threshold adds
+        negative = relax.op.bitwise_and(relax.op.right_shift(high, relax.const(31 if narrow else 63, dtype)),
+                                        const(np.where(self.right > 0, -1, 0)))
         rounded = relax.op.add(relax.op.add(high, const(half)), negative)
         return relax.op.right_shift(rounded, const(self.right))
 
@@ -171,9 +176,11 @@ class Requantize:
     high: int
     dtype: str
 
-    def emit(self, value: relax.Expr, shape: tuple[int, ...]) -> relax.Expr:
-        """Codes from an int64 `value` (per-channel constants reshaped to `shape`)."""
-        value = relax.op.add(self.multiplier.emit(value, shape), relax.const(self.zero, "int64"))
+    def emit(self, value: relax.Expr, shape: tuple[int, ...], narrow: bool = False) -> relax.Expr:
+        """Codes from an int64 `value` (per-channel constants reshaped to `shape`; `narrow`:
+        see `Multiplier.emit`)."""
+        value = relax.op.add(self.multiplier.emit(value, shape, narrow),
+                             relax.const(self.zero, "int32" if narrow else "int64"))
         return relax.op.astype(relax.op.clip(value, self.low, self.high), self.dtype)
 
 
