@@ -217,21 +217,34 @@ def _binary_layout(importer: Importer, op: Operator) -> tuple[tuple[int, ...], i
     return (NCHW if NCHW in perms else perms[0] if perms else identity(rank)), rank
 
 
+def _fused_activation(op: Operator) -> int:
+    return op.options.FusedActivationFunction() if op.options else 0
+
+
+def _shared_scale(importer: Importer, op: Operator, perm, rank: int,
+                  left: int) -> tuple[list[relax.Expr], np.float64, np.float64]:
+    """Both inputs as ADD, SUB and SQUARED_DIFFERENCE's Prepare rescale them: (code - zero
+    point) * 2^left times the input's share of twice the larger input scale. Returns the two
+    scaled operands (int64), twice the larger scale, and the output scale."""
+    a, b, y = op.inputs[0], op.inputs[1], op.outputs[0]
+    (s_a, _), (s_b, _), (s_y, _) = (quant(importer, op, i) for i in (a, b, y))
+    twice = 2 * max(np.float64(s_a), np.float64(s_b))
+    scaled = [_scaled(importer, op, i, perm, rank, left, Multiplier.of(np.float64(s) / twice))
+              for i, s in ((a, s_a), (b, s_b))]
+    return scaled, twice, np.float64(s_y)
+
+
 def _add_like(sign: int) -> Callable[[Importer, Operator], None]:
     """ADD (sign 1) and SUB (-1): each input scaled by 2^20 and by its share of twice the larger
     input scale, summed, then requantized (`reference_integer_ops::Add`, `reference_ops::Sub`)."""
 
     def convert(importer: Importer, op: Operator) -> None:
-        a, b, y = op.inputs[0], op.inputs[1], op.outputs[0]
         perm, rank = _binary_layout(importer, op)
-        (s_a, _), (s_b, _), (s_y, _) = (quant(importer, op, i) for i in (a, b, y))
-        twice = 2 * max(np.float64(s_a), np.float64(s_b))
-        scaled = [_scaled(importer, op, i, perm, rank, 20, Multiplier.of(np.float64(s) / twice))
-                  for i, s in ((a, s_a), (b, s_b))]
+        scaled, twice, s_y = _shared_scale(importer, op, perm, rank, 20)
         raw = relax.op.add(*scaled) if sign > 0 else relax.op.subtract(*scaled)
-        low, high = activation_range(importer, op, op.options.FusedActivationFunction() if op.options else 0, y)
-        out = Multiplier.of(twice / ((1 << 20) * np.float64(s_y)))
-        importer.set(y, requantize(importer, op, out, low, high).emit(raw, ()), perm)
+        low, high = activation_range(importer, op, _fused_activation(op), op.outputs[0])
+        out = Multiplier.of(twice / ((1 << 20) * s_y))
+        importer.set(op.outputs[0], requantize(importer, op, out, low, high).emit(raw, ()), perm)
 
     return convert
 
@@ -242,22 +255,18 @@ def mul(importer: Importer, op: Operator) -> None:
     (s_a, _), (s_b, _), (s_y, _) = (quant(importer, op, i) for i in (a, b, y))
     product = relax.op.multiply(_scaled(importer, op, a, perm, rank), _scaled(importer, op, b, perm, rank))
     real = np.float32(np.float32(s_a) * np.float32(s_b)) / np.float32(s_y)  # float32, as the kernel's Prepare
-    low, high = activation_range(importer, op, op.options.FusedActivationFunction() if op.options else 0, y)
+    low, high = activation_range(importer, op, _fused_activation(op), y)
     importer.set(y, requantize(importer, op, Multiplier.of(np.float64(real)), low, high).emit(product, ()), perm)
 
 
 def squared_difference(importer: Importer, op: Operator) -> None:
     """Both inputs scaled by 2^7 and their share of twice the larger scale, the difference
     squared, requantized (`squared_difference.cc`, int8)."""
-    a, b, y = op.inputs[0], op.inputs[1], op.outputs[0]
     perm, rank = _binary_layout(importer, op)
-    (s_a, _), (s_b, _), (s_y, _) = (quant(importer, op, i) for i in (a, b, y))
-    twice = 2 * max(np.float64(s_a), np.float64(s_b))
-    scaled = [_scaled(importer, op, i, perm, rank, 7, Multiplier.of(np.float64(s) / twice))
-              for i, s in ((a, s_a), (b, s_b))]
+    scaled, twice, s_y = _shared_scale(importer, op, perm, rank, 7)
     diff = relax.op.subtract(*scaled)
-    out = Multiplier.of(twice * twice / ((1 << 14) * np.float64(s_y)))
-    importer.set(y, requantize(importer, op, out).emit(relax.op.multiply(diff, diff), ()), perm)
+    out = Multiplier.of(twice * twice / ((1 << 14) * s_y))
+    importer.set(op.outputs[0], requantize(importer, op, out).emit(relax.op.multiply(diff, diff), ()), perm)
 
 
 def minimum_maximum(function) -> Callable[[Importer, Operator], None]:
