@@ -258,30 +258,36 @@ def _markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(report: dict, path: Path) -> None:
-    """Each row's speed relative to the fastest peer, per size and thread count (> 1: faster)."""
+def speed_bars(path: Path, settings: list[str], series: dict[str, list[float]], ylabel: str, title: str,
+               size=(10, 4.5), fontsize: int = 8) -> None:
+    """Grouped bars, one group per setting, one bar per series (its speed ratio there), and a
+    line at 1: the figure of the benches that compare runtimes (> 1: faster)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    settings = [f"{r['size']}\n{r['threads']} thread(s)" for r in report["results"]]
-    names = list(dict.fromkeys(name for r in report["results"] for name in r["rows"]))
-    figure, axis = plt.subplots(figsize=(10, 4.5))
-    width = 0.8 / len(names)
-    for k, name in enumerate(names):
-        ratios = []
-        for result in report["results"]:
-            row = result["rows"].get(name)
-            ratios.append(_fastest_peer(result)[1] / row["median_ms"] if row else 0.0)
-        axis.bar([i + k * width for i in range(len(settings))], ratios, width, label=name)
+    figure, axis = plt.subplots(figsize=size)
+    width = 0.8 / len(series)
+    for k, (name, ratios) in enumerate(series.items()):
+        axis.bar([i + k * width for i in range(len(ratios))], ratios, width, label=name)
     axis.axhline(1.0, color="black", linewidth=0.8)
-    axis.set_xticks([i + 0.4 - width / 2 for i in range(len(settings))], settings, fontsize=8)
-    axis.set_ylabel("speed vs fastest peer (median)")
-    axis.set_title(f"QATIE c=32 on {report['cpu']}: higher is faster")
-    axis.legend(fontsize=6, loc="upper left")
+    axis.set_xticks([i + 0.4 - width / 2 for i in range(len(settings))], settings, fontsize=fontsize)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.legend(fontsize=fontsize - 2, loc="upper left")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
+
+
+def plot(report: dict, path: Path) -> None:
+    """Each row's speed relative to the fastest peer, per size and thread count (> 1: faster)."""
+    settings = [f"{r['size']}\n{r['threads']} thread(s)" for r in report["results"]]
+    names = list(dict.fromkeys(name for r in report["results"] for name in r["rows"]))
+    series = {name: [_fastest_peer(result)[1] / result["rows"][name]["median_ms"] if name in result["rows"] else 0.0
+                     for result in report["results"]] for name in names}
+    speed_bars(path, settings, series, "speed vs fastest peer (median)",
+               f"QATIE c=32 on {report['cpu']}: higher is faster")
 
 
 def _write_curves(paths: tuple[Path, ...], out: Path) -> str:

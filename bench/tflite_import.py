@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import click
-from host_latency import SWITCH_PAUSE_S, litert_interpreter, timed_rows, write_report
+from host_latency import SWITCH_PAUSE_S, litert_interpreter, speed_bars, timed_rows, write_report
 
 LITERT = "LiteRT int8, XNNPACK"
 TVM_UNTUNED, TVM_TUNED = "TVM int8 untuned (default schedules)", "TVM int8 tuned (MetaSchedule)"
@@ -168,11 +168,6 @@ def _markdown(report: dict) -> str:
 
 def _plot(report: dict, path: Path) -> None:
     """Speed relative to LiteRT (XNNPACK) per model and thread count (> 1: faster)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     settings, ratios = [], {}
     for model in report["models"]:
         for result in model["results"]:
@@ -180,17 +175,8 @@ def _plot(report: dict, path: Path) -> None:
             litert = result["rows"][LITERT]["median_ms"]
             for row, r in result["rows"].items():
                 ratios.setdefault(row, []).append(litert / r["median_ms"])
-    figure, axis = plt.subplots(figsize=(9, 4))
-    width = 0.8 / len(ratios)
-    for k, (row, values) in enumerate(ratios.items()):
-        axis.bar([i + k * width for i in range(len(values))], values, width, label=row)
-    axis.axhline(1.0, color="black", linewidth=0.8)
-    axis.set_xticks([i + 0.4 - width / 2 for i in range(len(settings))], settings, fontsize=7)
-    axis.set_ylabel("speed vs LiteRT XNNPACK (median)")
-    axis.set_title(f"TFLite models compiled by qatie-compile, {report['cpu']}: higher is faster")
-    axis.legend(fontsize=7, loc="upper left")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    speed_bars(path, settings, ratios, "speed vs LiteRT XNNPACK (median)",
+               f"TFLite models compiled by qatie-compile, {report['cpu']}: higher is faster", size=(9, 4), fontsize=7)
 
 
 if __name__ == "__main__":
