@@ -102,8 +102,8 @@ class TensorInfo(Record):
         if not self.codes:
             return value.astype(self.dtype)
         info = np.iinfo(self.dtype)
-        scaled = value.astype(np.float32) / np.float32(self.quant.scale)
-        rounded = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
+        scaled = value.astype(np.float32) / np.float32(self.quant.scale)  # the kernel's float32 division
+        rounded = np.sign(scaled) * np.floor(np.abs(scaled).astype(np.float64) + 0.5)  # + 0.5 exact in float64
         return np.clip(rounded + self.quant.zero_point, info.min, info.max).astype(self.dtype)
 
 
