@@ -117,14 +117,18 @@ class _Tabulate(PyExprMutator):
 
     def _rebuild(self, expr: relax.Expr, source: relax.Var, grid: relax.Expr, done: dict) -> relax.Expr:
         """The chain that made `expr`, on `grid` in place of `source`."""
-        if isinstance(expr, relax.Var) and expr.same_as(source):
+        if not isinstance(expr, relax.Var):
+            return self.visit_expr(expr)  # a constant
+        if expr.same_as(source):
             return grid
-        origin = self.chains.source.get(expr) if isinstance(expr, relax.Var) else None
-        if origin is not None and origin.same_as(source) and expr not in done:
+        origin = self.chains.source.get(expr)
+        if origin is None or not origin.same_as(source):
+            return self.visit_expr(expr)  # a per-channel value, as the function now computes it
+        if expr not in done:
             value = self.chains.value[expr]
             args = [self._rebuild(a, source, grid, done) for a in value.args]
             done[expr] = self.builder_.emit(relax.Call(value.op, args, value.attrs, value.ty_args))
-        return done.get(expr, expr) if isinstance(expr, relax.Var) and expr in done else self.visit_expr(expr)
+        return done[expr]
 
 
 def tabulate(mod: tvm.IRModule) -> tvm.IRModule:
