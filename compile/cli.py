@@ -305,23 +305,20 @@ def devices(tracker: str) -> None:
         click.echo(f"  {key:24s} {registered} registered, {free} free")
 
 
-def _estimates_if_emulated(artifact, x, rows: list[dict], onnx_path: Path | None) -> dict:
+def _estimates_if_emulated(artifact, x, rows: list[dict], model_path: Path | None) -> dict:
     """Emulator timings say nothing of a phone; the instructions it ran do. With an emulated
     device among `rows`: {"estimates": each core's estimate of one inference on this host, with
-    ONNX Runtime's aarch64 estimate on the artifact's ONNX file beside it when that file is there}."""
+    the aarch64 estimate of the runtime the artifact's model format ships with (ONNX Runtime,
+    LiteRT) on the artifact's model file beside it when that file is there}."""
     if not any(row["emulated"] for row in rows):
         return {}
     from compile.offline.estimate import cores_for, estimate_here
 
     try:
-        models = [artifact.source_model(onnx_path)]
+        models = [artifact.source_model(model_path)]
     except QatieError as exc:
         models = []
-        _echo_err(f"note: no ONNX Runtime estimate beside ours: {exc}")
-    if models and models[0].suffix.lower() != ".onnx":
-        _echo_err(f"note: no peer estimate beside ours: {models[0]} is not an ONNX file (LiteRT's aarch64 "
-                  f"estimate is not implemented)")
-        models = []
+        _echo_err(f"note: no peer runtime's estimate beside ours: {exc}")
     return {"estimates": estimate_here(artifact, x, cores_for(artifact, ()), None, _echo_err, models)}
 
 
@@ -385,7 +382,8 @@ def bench(artifact: Path, tracker: str | None, key: str | None, local: bool, dev
 @main.command()
 @_placement_options
 @click.option("--model", "--onnx", "onnx_path", type=click.Path(path_type=Path, dir_okay=False),
-              help="The artifact's model file, for ONNX Runtime's estimate on an emulated device (default: the manifest's path).")
+              help="The artifact's model file, for its peer runtime's estimate (ONNX Runtime, LiteRT) on an emulated "
+                   "device (default: the manifest's path).")
 def profile(artifact: Path, tracker: str | None, key: str | None, local: bool, device_timeout: float,
             session_timeout: float, repeats: int, warmup: int, min_ms: int, threads: int | None,
             input_npy: Path | None, out: Path | None, onnx_path: Path | None) -> None:
@@ -416,39 +414,39 @@ def profile(artifact: Path, tracker: str | None, key: str | None, local: bool, d
 @click.option("--clock-ghz", type=click.FloatRange(min=0.1, max=10), help="Clock for the milliseconds (default: each core's stated typical clock).")
 @click.option("--input", "input_npy", type=click.Path(path_type=Path, dir_okay=False),
               help="Input .npy (default: the reference photo at the model's size).")
-@click.option("--onnxruntime", "with_ort", is_flag=True,
-              help="Also estimate ONNX Runtime's aarch64 runtime on the same ONNX file, under the same plugin.")
-@click.option("--onnx", "onnx_path", type=click.Path(path_type=Path, dir_okay=False),
-              help="The ONNX file the artifact was built from (default: the path its manifest names).")
+@click.option("--peer", "--onnxruntime", "with_peer", is_flag=True,
+              help="Also estimate the runtime the artifact's model format ships with, on the same file under the "
+                   "same plugin: ONNX Runtime for a QDQ ONNX model, LiteRT (XNNPACK) for a TFLite one.")
+@click.option("--model", "--onnx", "model_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="The model file the artifact was built from (default: the path its manifest names).")
 @click.option("--onnxruntime-model", "ort_models", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
               help="Another export of the same network to estimate in ONNX Runtime (e.g. `qatie export --fp32`, "
-                   "or a uint8-activation model from its quantize_static); repeatable, implies --onnxruntime.")
+                   "or a uint8-activation model from its quantize_static); repeatable, implies --peer.")
 @click.option("-o", "--out", type=click.Path(path_type=Path, file_okay=False), help="Write estimate.json here.")
 def estimate(artifact: Path, core_names: tuple[str, ...], clock_ghz: float | None, input_npy: Path | None,
-             with_ort: bool, onnx_path: Path | None, ort_models: tuple[Path, ...], out: Path | None) -> None:
+             with_peer: bool, model_path: Path | None, ort_models: tuple[Path, ...], out: Path | None) -> None:
     """Estimated cycles per kernel of an aarch64 ARTIFACT on ARM cores (qemu block counts, llvm-mca)."""
     import json
 
     from compile.artifact import load_artifact
     from compile.deploy.inputs import model_input
     from compile.deploy.reports import estimate_table
+    from compile.offline.arm64_peers import check_interface
     from compile.offline.estimate import cores_for, estimate_here
-    from compile.offline.ort_arm64 import check_interface
     from qatie.atomic import write_text_atomic
 
     if out:
         check_writable_folder(out)
-    with_ort = with_ort or bool(ort_models)
-    if onnx_path and not with_ort:
-        raise QatieError("--onnx names the file ONNX Runtime runs; add --onnxruntime")
+    with_peer = with_peer or bool(ort_models)
+    if model_path and not with_peer:
+        raise QatieError("--model names the file the peer runtime runs; add --peer")
     loaded = load_artifact(artifact)
     cores = cores_for(loaded, core_names)
     source = Path(loaded.manifest.model.path)
-    if with_ort and source.suffix.lower() == ".tflite":
-        raise QatieError(f"{artifact}: built from {source.name}, a TFLite model; --onnxruntime runs ONNX Runtime on "
-                         f"the artifact's ONNX file (an estimate of LiteRT's aarch64 runtime is not implemented); "
-                         f"estimate without --onnxruntime")
-    models = [loaded.source_model(onnx_path), *ort_models] if with_ort else []
+    if ort_models and source.suffix.lower() != ".onnx":
+        raise QatieError(f"--onnxruntime-model: {artifact} is built from {source.name}, not an ONNX model; "
+                         f"other exports are compared in ONNX Runtime with an ONNX build (--peer alone runs LiteRT)")
+    models = [loaded.source_model(model_path), *ort_models] if with_peer else []
     for model in ort_models:
         check_interface(model, loaded.manifest.model)
     estimates = estimate_here(loaded, model_input(loaded.manifest.model.inputs[0], input_npy), cores, clock_ghz,

@@ -107,10 +107,20 @@ def ort_output(model: Path | bytes, x: np.ndarray, mode: OrtMode = OrtMode.SPEC)
     return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
-def litert_output(model: Path, x: np.ndarray) -> np.ndarray:
-    """The first output of an int8 TFLite `model` on `x` under LiteRT's reference kernels
-    (`OpResolverType.BUILTIN_REF`): the one family of TFLite int8 kernels with a definition
-    (XNNPACK and the optimized kernels round differently from it and from each other)."""
+class LiteRtKernels(Enum):
+    """Which of LiteRT's int8 kernels run a TFLite model (`OpResolverType` names).
+
+    REFERENCE: the reference kernels (`BUILTIN_REF`), the one family with a definition: the
+    reference for our builds. XNNPACK: LiteRT's default (`AUTO`: the builtin kernels with the
+    XNNPACK delegate), what an app ships; it rounds differently from the reference."""
+
+    REFERENCE = "BUILTIN_REF"
+    XNNPACK = "AUTO"
+
+
+def litert_output(model: Path, x: np.ndarray, kernels: LiteRtKernels = LiteRtKernels.REFERENCE) -> np.ndarray:
+    """The first output of an int8 TFLite `model` on `x` (its own input layout and type) under
+    LiteRT's `kernels`, 1 thread."""
     try:
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
     except ImportError:
@@ -118,7 +128,7 @@ def litert_output(model: Path, x: np.ndarray) -> np.ndarray:
 
         raise QatieError(f"{model}: comparing with the TFLite reference needs LiteRT: pip install "
                          f"'qatie[peers]' (ai-edge-litert)") from None
-    interpreter = Interpreter(str(model), experimental_op_resolver_type=OpResolverType.BUILTIN_REF, num_threads=1)
+    interpreter = Interpreter(str(model), experimental_op_resolver_type=OpResolverType[kernels.value], num_threads=1)
     interpreter.allocate_tensors()
     interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
     interpreter.invoke()

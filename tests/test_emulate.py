@@ -15,11 +15,14 @@ import pytest
 import tvm
 from tvm.support import cc
 
+from compile.artifact import load_artifact
 from compile.backend.dot_products import candidates
 from compile.backend.targets import get_target
 from compile.backend.tuning_db import RECORDS
+from compile.deploy.inputs import model_input
 from compile.deploy.rpc import parse_tracker, request_device
-from qatie.references import WITHIN_ONE_STEP_REQUIRED
+from qatie.references import WITHIN_ONE_STEP_REQUIRED, LiteRtKernels, litert_output
+from qatie.references import agreement as agreement_of
 from tests.conv_cases import INSTRUCTIONS, conv_case, conv_kernels, tile_kernels
 from tests.helpers import FIRST_CONV, PAPER_MODEL, assert_one_line_error, run_compile
 from tests.qdq_models import float_conv_net, ort_quantized
@@ -57,7 +60,7 @@ def test_emulated_arm_device_matches_onnxruntime(tiny_arm, emulated, target, key
     estimates = json.loads((tmp_path / "bench.json").read_text())["estimates"]
     assert [e["core"] for e in estimates] == (["cortex-a53"] if target == "arm64-linux" else []) + ["cortex-a55", "cortex-a76"]
     assert all(e["cycles"] > 0 and e["label"].startswith("estimated (llvm-mca") for e in estimates)
-    assert all(e["onnxruntime"][0]["cycles"] > 0 for e in estimates)  # the runtime a user would otherwise ship
+    assert all(e["peers"][0]["cycles"] > 0 for e in estimates)  # the runtime a user would otherwise ship
     assert "estimated (llvm-mca" in (tmp_path / "bench.md").read_text()
 
 
@@ -75,7 +78,7 @@ def test_profile_on_an_emulated_device_adds_estimated_cycles(tiny_arm, emulated,
     for estimate in report["estimates"]:
         assert {k["name"] for k in estimate["kernels"]} == names
         assert all(k["cycles"] > 0 for k in estimate["kernels"])
-        assert estimate["onnxruntime"][0]["speedup"] > 0  # ONNX Runtime's aarch64 estimate, the same run
+        assert estimate["peers"][0]["speedup"] > 0  # ONNX Runtime's aarch64 estimate, the same run
     assert "estimated (llvm-mca" in result.stdout and "not device latencies" in result.stdout
     assert "ONNX Runtime" in result.stdout
     assert "Mcycles" in (tmp_path / "profile.md").read_text()
@@ -101,7 +104,8 @@ def test_ort_quantized_net_on_emulated_fma_cpu_matches_onnxruntime(emulated, tmp
 def test_the_papers_tflite_model_on_emulated_arm_equals_litert_reference_kernels(emulated, target, key, tmp_path):
     """The paper's published int8 TFLite model, imported and built for the phone targets, run on
     the emulated cores: its output equals LiteRT's reference kernels on the host, bit for bit,
-    every conv kernel on the target's dot product."""
+    every conv kernel on the target's dot product. Beside each core's estimate: LiteRT's own
+    aarch64 runtime (XNNPACK) on the same file, which computes what the host's XNNPACK does."""
     built = run_compile("--target", target, PAPER_MODEL, "-o", tmp_path / "arm", "--emit-source", "--no-tuning")
     assert built.returncode == 0, built.stderr
     dot = "neon-smull" if target == "arm64-linux" else "sdot"
@@ -109,8 +113,19 @@ def test_the_papers_tflite_model_on_emulated_arm_equals_litert_reference_kernels
     assert len(convs) >= 35 and all(chosen == dot and INSTRUCTIONS[dot] in found for chosen, found in convs.values())
     result = _bench(tmp_path / "arm", emulated, key, tmp_path)
     assert result.returncode == 0, result.stderr
-    agreement = json.loads((tmp_path / "bench.json").read_text())["devices"][0]["agreement"]["litert-reference"]
+    report = json.loads((tmp_path / "bench.json").read_text())
+    agreement = report["devices"][0]["agreement"]["litert-reference"]
     assert agreement["max_steps"] == 0, agreement
+    artifact = load_artifact(tmp_path / "arm")
+    output = artifact.manifest.model.outputs[0]
+    x = model_input(artifact.manifest.model.inputs[0], None)
+    xnnpack = agreement_of(litert_output(PAPER_MODEL, x, LiteRtKernels.XNNPACK), litert_output(PAPER_MODEL, x),
+                           output.step).as_dict()
+    for estimate in report["estimates"]:
+        (litert,) = estimate["peers"]
+        assert litert["runtime"].startswith("LiteRT ") and "XNNPACK" in litert["runtime"], litert
+        assert litert["as_core"] == estimate["core"] and litert["cycles"] > 0 and litert["instructions"] > 0
+        assert litert["reference"] == "litert-reference" and litert["agreement"] == pytest.approx(xnnpack), litert
 
 
 @pytest.mark.parametrize(("target", "key", "dot"), [("arm64-linux", A53_KEY, "neon-smull"),

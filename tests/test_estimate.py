@@ -89,20 +89,22 @@ def test_onnxruntime_aarch64_is_estimated_beside_ours(tiny_arm, tiny_ckpt, tmp_p
     result = run_compile("estimate", artifact, "--onnxruntime-model", fp32, "-o", tmp_path / "out")
     assert result.returncode == 0, result.stderr
     for estimate in json.loads((tmp_path / "out" / "estimate.json").read_text())["estimates"]:
-        qdq, float_model = estimate["onnxruntime"]  # the artifact's own QDQ file first
+        qdq, float_model = estimate["peers"]  # the artifact's own QDQ file first
         assert (qdq["model"], float_model["model"]) == ("tiny.onnx", "fp32.onnx")
         for ort in (qdq, float_model):
             assert ort["runtime"].startswith("ONNX Runtime ") and "aarch64" in ort["runtime"]
             assert ort["qemu_cpu"] == "cortex-a76"  # ONNX Runtime takes its sdot path on the A55 and A76
+            assert ort["as_core"] == estimate["core"] and ort["reference"] == "onnxruntime"
             assert ort["instructions"] > 0 and ort["label"].startswith("estimated (llvm-mca")
             assert ort["speedup"] == pytest.approx(ort["cycles"] / estimate["cycles"])
         fastest = min((qdq, float_model), key=lambda ort: ort["cycles"])
-        assert estimate["fastest_onnxruntime"] == {"model": fastest["model"], "speedup": fastest["speedup"]}
+        assert estimate["fastest_peer"] == {"model": fastest["model"], "runtime": fastest["runtime"],
+                                            "speedup": fastest["speedup"]}
         # each ran its model: the float one as ONNX Runtime's float spec does; the QDQ one within a
         # few steps of its spec (its ARM integer kernels round differently, see docs/offline-checks.md)
-        assert float_model["agreement_with_spec"]["within_one_step"] >= WITHIN_ONE_STEP_REQUIRED
-        assert qdq["agreement_with_spec"]["max_steps"] <= 16 and qdq["agreement_with_spec"]["psnr_db"] > 30
-    assert "fastest ONNX Runtime: " in result.stdout
+        assert float_model["agreement"]["within_one_step"] >= WITHIN_ONE_STEP_REQUIRED
+        assert qdq["agreement"]["max_steps"] <= 16 and qdq["agreement"]["psnr_db"] > 30
+    assert "fastest: ONNX Runtime " in result.stdout
 
 
 def test_estimate_refuses_what_it_cannot_estimate(tiny_arm, tiny_x86, tiny_ckpt, tmp_path):
@@ -113,7 +115,7 @@ def test_estimate_refuses_what_it_cannot_estimate(tiny_arm, tiny_x86, tiny_ckpt,
         ((tiny_arm["arm64-linux"], "--core", "cortex-x9"), "no such core"),
         ((tiny_x86[0],), "x86_64"),
         ((tmp_path / "nothing",), "manifest"),
-        ((tiny_arm["arm64-linux"], "--onnx", tmp_path / "model.onnx"), "add --onnxruntime"),
+        ((tiny_arm["arm64-linux"], "--onnx", tmp_path / "model.onnx"), "add --peer"),
         ((tiny_arm["arm64-linux"], "--onnxruntime", "--onnx", tiny_x86[0] / "manifest.json"), "sha256 differs"),
         ((tiny_arm["arm64-linux"], "--onnxruntime-model", tiny_x86[0] / "manifest.json"), "not a readable ONNX"),
         ((tiny_arm["arm64-linux"], "--onnxruntime-model", other_size), "the same network at the same size"),

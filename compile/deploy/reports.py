@@ -169,17 +169,17 @@ ESTIMATE_QUALITY = ("How far to trust it: checked against measured kernel times 
                     "(docs/offline-checks.md, bench/estimate_validation.py).")
 
 
-def _onnxruntime_cell(estimate: dict) -> str:
+def _peers_cell(estimate: dict) -> str:
     lines = []
-    for ort in estimate.get("onnxruntime", []):
-        spec = ort["agreement_with_spec"]
-        lines.append(f"\n  - {ort['runtime']} on {ort['model']}, under qemu -cpu {ort['qemu_cpu']}: "
-                     f"{ort['cycles'] / 1e6:.2f} M cycles = {ort['ms']:.2f} ms; ours {ort['speedup']:.2f}x as fast (its "
-                     f"output within one step of ONNX Runtime's spec semantics on {100 * spec['within_one_step']:.2f} %, "
-                     f"max {spec['max_steps']:.0f} steps)")
+    for peer in estimate.get("peers", []):
+        agree = peer["agreement"]
+        lines.append(f"\n  - {peer['runtime']} on {peer['model']}, as {peer['as_core']} (qemu -cpu {peer['qemu_cpu']}): "
+                     f"{peer['cycles'] / 1e6:.2f} M cycles = {peer['ms']:.2f} ms; ours {peer['speedup']:.2f}x as fast "
+                     f"(its output within one step of {peer['reference']} on {100 * agree['within_one_step']:.2f} %, "
+                     f"max {agree['max_steps']:.0f} steps)")
     if len(lines) > 1:
-        fastest = estimate["fastest_onnxruntime"]
-        lines.append(f"\n  - fastest ONNX Runtime: {fastest['model']}; ours {fastest['speedup']:.2f}x as fast")
+        fastest = estimate["fastest_peer"]
+        lines.append(f"\n  - fastest: {fastest['runtime']} on {fastest['model']}; ours {fastest['speedup']:.2f}x as fast")
     return "".join(lines)
 
 
@@ -188,7 +188,7 @@ def estimate_table(estimates: list[dict], subject: str, top: int = 15) -> str:
     per core, then the `top` costliest kernels with each core's cycles and MACs per cycle."""
     lines = [f"Estimated cycles of one inference of {subject}, 1 thread:", ""]
     lines += [f"- {e['core']} at {e['clock_ghz']:g} GHz: {e['cycles'] / 1e6:.2f} M cycles = {e['ms']:.2f} ms, {e['label']}"
-              + _onnxruntime_cell(e) for e in estimates]
+              + _peers_cell(e) for e in estimates]
     if not top:
         return "\n".join(lines)
     header = ["kernel", "kind", "calls", "M instructions"]

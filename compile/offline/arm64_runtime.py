@@ -28,7 +28,10 @@ SESSION_PROGRAM = "qatie_rpc_session"
 CROSS_CXX = "aarch64-linux-gnu-g++"
 SYSROOT = Path("/usr/aarch64-linux-gnu")
 QEMU = "qemu-aarch64"
-WHEEL_PLATFORM = "manylinux_2_28_aarch64"
+# The sysroot's glibc is Debian 12's, 2.36: it runs wheels built for that or any older glibc.
+# pip takes an explicit --platform literally (no older tags implied), so each is listed.
+SYSROOT_GLIBC_MINOR = 36
+WHEEL_PLATFORMS = tuple(f"manylinux_2_{minor}_aarch64" for minor in range(SYSROOT_GLIBC_MINOR, 16, -1))
 # (distribution, files to keep from its wheel)
 WHEEL_PARTS = (
     ("apache-tvm", ("tvm/lib/libtvm_runtime.so",)),
@@ -90,7 +93,7 @@ def ensure_runtime(log=print) -> Arm64Runtime:
 def download_wheels(versions: dict[str, str], into: Path) -> None:
     """The aarch64 wheels of these exact versions (distribution -> version), for Python 3.11."""
     command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-               "--platform", WHEEL_PLATFORM, "--python-version", "3.11", "-d", str(into),
+               *(arg for tag in WHEEL_PLATFORMS for arg in ("--platform", tag)), "--python-version", "3.11", "-d", str(into),
                *(f"{dist}=={version}" for dist, version in versions.items())]
     result = subprocess.run(command, check=False, capture_output=True, text=True)
     if result.returncode != 0:

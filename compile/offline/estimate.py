@@ -38,6 +38,7 @@ from compile.offline.cycle_model import CORES, Core, CycleModel
 from compile.offline.emulator import listen, run_session
 from compile.tvm_private import serve_one_session
 from qatie.errors import QatieError
+from qatie.references import agreement
 
 DEVICE_MAPS = "qatie.device.maps"  # a global of our session program (native/rpc_session.cc)
 SESSION_KEY = "qatie-estimate"
@@ -182,39 +183,43 @@ def whole_run(blocks: list[Block], core: Core, clock_ghz: float | None) -> dict:
             "ms": cycles / ((clock_ghz or core.clock_ghz) * 1e6)}
 
 
-def onnxruntime_beside(estimates: list[dict], artifact: Artifact, models: list[Path], x: np.ndarray,
-                       cores: list[Core], clock_ghz: float | None, log) -> None:
-    """Add ONNX Runtime's aarch64 estimate of each model to each core's estimate: the artifact's
-    QDQ file first, then other exports of the same network a user might ship with ONNX Runtime
-    instead (float, uint8 activations). Each entry ("onnxruntime", a list) has the ratio of its
-    cycles to ours and its output's agreement with ONNX Runtime's spec semantics on the host;
-    "fastest_onnxruntime" names the fastest and how many times faster ours is."""
-    from compile.offline.ort_arm64 import ensure_ort, ort_blocks
-    from qatie.references import agreement, ort_output
+def peers_beside(estimates: list[dict], artifact: Artifact, models: list[Path], x: np.ndarray, cores: list[Core],
+                 clock_ghz: float | None, log) -> None:
+    """Add the aarch64 estimate of the runtime each model's format ships with (ONNX Runtime for
+    .onnx, LiteRT for .tflite: `arm64_peers.PEERS`) to each core's estimate: the artifact's own
+    model file first, then other exports of the same network a user might ship instead (float,
+    uint8 activations). Each entry ("peers", a list) has the ratio of its cycles to ours and its
+    output's agreement with the reference of its format (ONNX Runtime's spec semantics, LiteRT's
+    reference kernels: `deploy.bench.SOURCE_REFERENCES`) on the host; "fastest_peer" names the
+    fastest and how many times faster ours is."""
+    from compile.deploy.bench import reference_output
+    from compile.offline.arm64_peers import peer_blocks, peer_for, prepare
 
-    ort = ensure_ort(log)
-    runs = {(onnx, qemu_cpu): ort_blocks(ort, onnx, artifact.manifest.model, x, qemu_cpu)
-            for onnx in models for qemu_cpu in dict.fromkeys(core.qemu_cpu for core in cores)}
-    references = {onnx: ort_output(onnx, x) for onnx in models}
+    info = artifact.manifest.model
+    output = info.outputs[0]
+    peers = {model: prepare(peer_for(model), log) for model in models}
+    runs = {(model, core.name): peer_blocks(peers[model], model, info, x, core) for model in models for core in cores}
+    references = {model: next(iter(reference_output(model, x).items())) for model in models}
     for core, ours in zip(cores, estimates, strict=True):
         entries = []
-        for onnx in models:
-            blocks, output = runs[onnx, core.qemu_cpu]
+        for model in models:
+            blocks, got = runs[model, core.name]
             theirs = whole_run(blocks, core, clock_ghz)
-            entries.append({"model": onnx.name, "runtime": ort.label, "qemu_cpu": core.qemu_cpu, **theirs,
-                            "speedup": theirs["cycles"] / ours["cycles"],
-                            "agreement_with_spec": agreement(output, references[onnx],
-                                                             artifact.manifest.model.output_step).as_dict()})
+            reference, want = references[model]
+            entries.append({"model": model.name, "runtime": peers[model].label, "qemu_cpu": core.qemu_cpu,
+                            "as_core": core.name, **theirs,
+                            "speedup": theirs["cycles"] / ours["cycles"], "reference": reference,
+                            "agreement": agreement(output.to_real(got), output.to_real(want), output.step).as_dict()})
         fastest = min(entries, key=lambda entry: entry["cycles"])
-        ours["onnxruntime"] = entries
-        ours["fastest_onnxruntime"] = {"model": fastest["model"], "speedup": fastest["speedup"]}
+        ours["peers"] = entries
+        ours["fastest_peer"] = {"model": fastest["model"], "runtime": fastest["runtime"], "speedup": fastest["speedup"]}
 
 
 def estimate_here(artifact: Artifact, x: np.ndarray, cores: list[Core], clock_ghz: float | None, log,
-                  onnx_models: list[Path] = ()) -> list[dict]:
+                  peer_models: list[Path] = ()) -> list[dict]:
     """One inference profiled under qemu on this host, estimated on each core (report dicts);
-    ONNX Runtime's aarch64 estimate of each of `onnx_models` beside each."""
+    the aarch64 estimate of each of `peer_models` in the runtime its format ships with beside each."""
     estimates = [e.as_dict() for e in estimate(artifact, profile_blocks(artifact, x, log), cores, clock_ghz)]
-    if onnx_models:
-        onnxruntime_beside(estimates, artifact, list(onnx_models), x, cores, clock_ghz, log)
+    if peer_models:
+        peers_beside(estimates, artifact, list(peer_models), x, cores, clock_ghz, log)
     return estimates

@@ -1,6 +1,6 @@
 // ONNX Runtime's aarch64 runtime on one model, for the ARM estimate's anchor.
 //
-// `qatie-compile estimate --onnxruntime` (compile/offline/ort_arm64.py) cross-compiles this
+// `qatie-compile estimate --peer` (compile/offline/arm64_peers.py) cross-compiles this
 // against `libonnxruntime.so` from ONNX Runtime's aarch64 pip wheel (the same version as the
 // host's) and runs it under qemu-aarch64 with the block-profile plugin, once with RUNS=1 and
 // once with RUNS=2: the difference is one inference. CPU execution provider, default graph
