@@ -95,10 +95,13 @@ def per_consumer() -> tvm.transform.Pass:
     return _pass
 
 
+LOOKUP_BLOCK = "lookup"  # the name of a lookup's block (schedules find lookups by it)
+
+
 def _lookup(table: tvm.te.Tensor, index: tvm.te.Tensor) -> tvm.te.Tensor:
     """`take(table, index, mode="clip")` for a 1-D table, elementwise in `index`."""
     last = int(table.shape[0]) - 1
-    return tvm.te.compute(index.shape, lambda *i: table[tirx.max(tirx.min(index(*i), last), 0)], name="lookup")
+    return tvm.te.compute(index.shape, lambda *i: table[tirx.max(tirx.min(index(*i), last), 0)], name=LOOKUP_BLOCK)
 
 
 def injective_tables() -> tvm.transform.Pass:
