@@ -6,6 +6,12 @@ reference kernels (the only int8 TFLite kernels with a definition), in output st
     python bench/tflite_import.py --tflite bench/anchors/qatie_c32_int8_100x100.tflite \\
         --tflite bench/anchors/qatie_c32_int8_1920x1080.tflite --threads 1 --threads 0
 
+`--arm` adds the phones: our untuned builds for `arm64-linux` (Cortex-A53) and
+`arm64-linux-dotprod` (A55, A76) and LiteRT's own aarch64 runtime (XNNPACK) on the same file,
+each one inference's instructions counted under qemu and costed by llvm-mca's model of the core
+(`qatie-compile estimate --peer`): estimated cycles, 1 thread, not device times. Under qemu a
+1920x1080 model takes hours; use it with the 100x100 one.
+
 Writes `tflite_import.json` + `.md` + `.png`.
 """
 
@@ -23,6 +29,7 @@ import click
 from host_latency import SWITCH_PAUSE_S, litert_interpreter, speed_bars, timed_rows, write_report
 
 LITERT = "LiteRT int8, XNNPACK"
+ARM_TARGETS = ("arm64-linux", "arm64-linux-dotprod")
 TVM_UNTUNED, TVM_TUNED = "TVM int8 untuned (default schedules)", "TVM int8 tuned (MetaSchedule)"
 
 
@@ -38,9 +45,10 @@ TVM_UNTUNED, TVM_TUNED = "TVM int8 untuned (default schedules)", "TVM int8 tuned
 @click.option("--pause-s", type=click.FloatRange(min=0), default=SWITCH_PAUSE_S, show_default=True,
               help="Pause before each timed run with several threads (host_latency.timed_rows); 0: back to "
                    "back, each runtime's threads still awake from its previous run.")
+@click.option("--arm", is_flag=True, help="Also estimated ARM cycles against LiteRT's aarch64 runtime (see above).")
 @click.pass_context
 def main(ctx: click.Context, tflites: tuple[Path, ...], thread_counts: tuple[int, ...], repeats: int,
-         tuning_log: Path | None, work: Path, out: Path, pause_s: float) -> None:
+         tuning_log: Path | None, work: Path, out: Path, pause_s: float, arm: bool) -> None:
     if ctx.invoked_subcommand:
         return
     import tvm
@@ -59,6 +67,8 @@ def main(ctx: click.Context, tflites: tuple[Path, ...], thread_counts: tuple[int
             tuned = build(tflite, get_target("x86-host"), folder / "tuned", BuildOptions(tuning_log=tuning_log))
             model["kernels_tuned"] = tuned.tuning.kernels_tuned
         model["fidelity"] = _fidelity(tflite, folder)
+        if arm:
+            model["arm"] = _arm_estimates(tflite, folder)
         model["results"] = []
         for threads in thread_counts:
             measured = subprocess.run(
@@ -101,6 +111,29 @@ def _fidelity(tflite: Path, folder: Path) -> dict:
     outputs[LITERT] = xnnpack.get_tensor(xnnpack.get_output_details()[0]["index"])
     return {name: {**agreement(real(got), reference, scale).as_dict(), "equal": float(np.mean(real(got) == reference))}
             for name, got in outputs.items()}
+
+
+def _arm_estimates(tflite: Path, folder: Path) -> list[dict]:
+    """Each ARM target's untuned build and LiteRT's aarch64 runtime on `tflite`, estimated per core."""
+    from compile.artifact import load_artifact
+    from compile.backend.build import BuildOptions, build
+    from compile.backend.targets import get_target
+    from compile.deploy.inputs import model_input
+    from compile.offline.estimate import cores_for, estimate_here
+
+    rows = []
+    for target in ARM_TARGETS:
+        build(tflite, get_target(target), folder / target, BuildOptions(use_tuning=False))
+        artifact = load_artifact(folder / target)
+        x = model_input(artifact.manifest.model.inputs[0], None)
+        for estimate in estimate_here(artifact, x, cores_for(artifact, ()), None, click.echo, [tflite]):
+            (litert,) = estimate["peers"]
+            rows.append({"target": target, "core": estimate["core"], "label": estimate["label"],
+                         "clock_ghz": estimate["clock_ghz"], "ours": {"cycles": estimate["cycles"], "ms": estimate["ms"]},
+                         "litert": {key: litert[key] for key in ("runtime", "cycles", "ms", "instructions", "agreement")},
+                         "speedup": litert["speedup"]})
+        click.echo(f"estimated {tflite.name} on {target}")
+    return rows
 
 
 def _output_step(tflite: Path) -> float:
@@ -160,6 +193,15 @@ def _markdown(report: dict) -> str:
                       "|---|---|---|---|---|"]
             lines += [f"| {row} | {r['median_ms']:.2f} | {r['min_ms']:.2f}–{r['max_ms']:.2f} | {r['runs']} | "
                       f"{litert / r['median_ms']:.2f}x |" for row, r in result["rows"].items()]
+        if model.get("arm"):
+            lines += ["", (f"| {name}, estimated ARM cycles, 1 thread | ours M cycles (ms) | LiteRT aarch64 M "
+                           "cycles (ms) | LiteRT / ours |"), "|---|---|---|---|"]
+            lines += [f"| `{r['target']}` on {r['core']} at {r['clock_ghz']:g} GHz | {r['ours']['cycles'] / 1e6:.1f} "
+                      f"({r['ours']['ms']:.1f}) | {r['litert']['cycles'] / 1e6:.1f} ({r['litert']['ms']:.1f}) | "
+                      f"{r['speedup']:.2f}x |" for r in model["arm"]]
+            lines += ["", (f"Estimated: qemu block counts costed by llvm-mca's model of each core (each row's label "
+                           f"in the JSON); LiteRT: {model['arm'][0]['litert']['runtime']}, run as each core under "
+                           f"qemu (`qatie-compile estimate --peer`). Not device times.")]
         tuned = f", tuned build: {model['kernels_tuned']} of {model['kernels']} kernels from the log" \
             if "kernels_tuned" in model else ""
         lines += ["", f"Built in {model['build_s']} s{tuned}.", ""]
@@ -175,6 +217,10 @@ def _plot(report: dict, path: Path) -> None:
             litert = result["rows"][LITERT]["median_ms"]
             for row, r in result["rows"].items():
                 ratios.setdefault(row, []).append(litert / r["median_ms"])
+        for r in model.get("arm", []):  # estimated: LiteRT's aarch64 runtime and our untuned build
+            settings.append(f"{r['target']}\n{r['core']}\n(estimated)")
+            for row, values in ratios.items():
+                values.append({LITERT: 1.0, TVM_UNTUNED: r["speedup"]}.get(row, 0.0))
     speed_bars(path, settings, ratios, "speed vs LiteRT XNNPACK (median)",
                f"TFLite models compiled by qatie-compile, {report['cpu']}: higher is faster", size=(9, 4), fontsize=7)
 
