@@ -55,6 +55,7 @@ from compile.offline.host_tools import build_once, cache_dir, run_tool
 from qatie.errors import QatieError
 
 NATIVE = Path(__file__).resolve().parent / "native"
+SHARED_HEADER = NATIVE / "peer_run.h"  # what the programs share (input file, memory map)
 BLOCKS, OUTPUT = "blocks.json", "output.npy"  # a cached run (`Peer.blocks`)
 # The lines of Linux's /proc/cpuinfo that identify an arm64 core (part numbers from ARM's
 # technical reference manuals; the variant is the rN of its revision rNpM) and its hwcaps, for
@@ -160,7 +161,8 @@ def prepare(runtime: PeerRuntime, log) -> PreparedPeer:
         raise QatieError(f"estimating {runtime.name} needs its host package to choose the version: "
                          f"pip install {runtime.distribution} (or `pip install -e .[peers]`)") from None
     source = NATIVE / runtime.source
-    digest = hashlib.sha256(source.read_bytes() + repr(sorted(CPUINFO.items())).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(source.read_bytes() + SHARED_HEADER.read_bytes()
+                            + repr(sorted(CPUINFO.items())).encode()).hexdigest()[:12]
     prepared = PreparedPeer(runtime, cache_dir() / f"{runtime.distribution}-arm64-{version}-{digest}", version)
 
     def make(folder: Path) -> None:
@@ -170,7 +172,7 @@ def prepare(runtime: PeerRuntime, log) -> PreparedPeer:
             (wheel,) = Path(wheels).glob(runtime.distribution.replace("-", "_") + "-*.whl")
             with zipfile.ZipFile(wheel) as archive:
                 (folder / runtime.library).write_bytes(archive.read(runtime.member.format(version=version)))
-        run_tool([cxx, "-x", "c", "-O2", "-o", str(folder / prepared.program.name), str(source), f"-L{folder}",
+        run_tool([cxx, "-x", "c", "-O2", f"-I{NATIVE}", "-o", str(folder / prepared.program.name), str(source), f"-L{folder}",
                   f"-l:{runtime.library}", "-Wl,-rpath,$ORIGIN"], f"{source}: {CROSS_CXX} failed")
         for core, (part, variant, features) in CPUINFO.items():
             root = folder / f"root-{core}"

@@ -22,6 +22,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "peer_run.h"
+
 typedef int LiteRtStatus;  // an enum in LiteRT; kLiteRtStatusOk = 0
 typedef size_t LiteRtParamIndex;
 typedef void *LiteRtEnvironment, *LiteRtModel, *LiteRtOptions, *LiteRtOpaqueOptions, *LiteRtCompiledModel,
@@ -61,21 +63,6 @@ static void check(LiteRtStatus status, const char *what) {
   if (status == 0) return;
   fprintf(stderr, "litert: %s: status %d (litert/c/litert_common.h, LiteRtStatus)\n", what, status);
   exit(1);
-}
-
-static void *read_file(const char *path, size_t *size) {
-  FILE *f = fopen(path, "rb");
-  if (!f) {
-    perror(path);
-    exit(1);
-  }
-  fseek(f, 0, SEEK_END);
-  *size = (size_t)ftell(f);
-  fseek(f, 0, SEEK_SET);
-  void *data = malloc(*size ? *size : 1);
-  if (!data || fread(data, 1, *size, f) != *size) exit(1);
-  fclose(f);
-  return data;
 }
 
 // A buffer of the layout the compiled model asks for, for the signature's input or output 0.
@@ -139,11 +126,6 @@ int main(int argc, char **argv) {
   fclose(out);
   check(LiteRtUnlockTensorBuffer(output), "UnlockTensorBuffer");
 
-  FILE *maps = fopen("/proc/self/maps", "r"), *maps_out = fopen(argv[5], "w");
-  if (!maps || !maps_out) return 1;
-  char line[4096];
-  while (fgets(line, sizeof line, maps)) fputs(line, maps_out);
-  fclose(maps);
-  fclose(maps_out);
+  if (write_maps(argv[5])) return 1;
   return 0;  // the runtime's objects are released by the process's exit
 }

@@ -21,6 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "peer_run.h"
+
 #define ORT_API_VERSION 13
 typedef struct OrtStatus OrtStatus;
 typedef struct OrtApiBase {
@@ -55,21 +57,6 @@ static void check(OrtStatus *status, const char *what) {
   const char *message = FN(GET_ERROR_MESSAGE, const char *(*)(const OrtStatus *))(status);
   fprintf(stderr, "onnxruntime: %s: %s\n", what, message);
   exit(1);
-}
-
-static void *read_file(const char *path, size_t *size) {
-  FILE *f = fopen(path, "rb");
-  if (!f) {
-    perror(path);
-    exit(1);
-  }
-  fseek(f, 0, SEEK_END);
-  *size = (size_t)ftell(f);
-  fseek(f, 0, SEEK_SET);
-  void *data = malloc(*size);
-  if (!data || fread(data, 1, *size, f) != *size) exit(1);
-  fclose(f);
-  return data;
 }
 
 int main(int argc, char **argv) {
@@ -124,11 +111,6 @@ int main(int argc, char **argv) {
   if (!out || fwrite(values, sizeof(float), count, out) != count) return 1;
   fclose(out);
 
-  FILE *maps = fopen("/proc/self/maps", "r"), *maps_out = fopen(argv[9], "w");
-  if (!maps || !maps_out) return 1;
-  char line[4096];
-  while (fgets(line, sizeof line, maps)) fputs(line, maps_out);
-  fclose(maps);
-  fclose(maps_out);
+  if (write_maps(argv[9])) return 1;
   return 0;  // the session and values are released by the process's exit
 }
