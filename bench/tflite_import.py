@@ -84,32 +84,28 @@ def main(ctx: click.Context, tflites: tuple[Path, ...], thread_counts: tuple[int
 
 
 def _fidelity(tflite: Path, folder: Path) -> dict:
-    """Our builds' and XNNPACK's output against LiteRT's reference kernels on the reference photo."""
+    """Our builds' and XNNPACK's output against LiteRT's reference kernels on the reference photo,
+    in the output's steps (`TensorInfo.agreement`: codes compared as the real values they stand for)."""
     import numpy as np
     import tvm
     from ai_edge_litert.interpreter import OpResolverType
     from tvm import relax
 
-    from qatie.references import agreement, litert_output
+    from compile.artifact import load_artifact
+    from qatie.references import LiteRtKernels, litert_output
 
-    interpreter = litert_interpreter(tflite, _photo(tflite), 1, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
-    x = interpreter.get_tensor(interpreter.get_input_details()[0]["index"])
-    detail = interpreter.get_output_details()[0]
-    scale, zero = detail["quantization"]
-    if scale:  # the model gives codes: compare real values, one code = one step
-        real = lambda codes: (codes.astype(np.float64) - zero) * scale  # noqa: E731
-    else:
-        scale, real = _output_step(tflite), lambda values: values  # noqa: E731
-    reference = real(litert_output(tflite, x))
+    reference = litert_interpreter(tflite, _photo(tflite), 1, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    x = reference.get_tensor(reference.get_input_details()[0]["index"])
+    reference.invoke()
+    want = reference.get_tensor(reference.get_output_details()[0]["index"])
+    output = load_artifact(folder / "untuned").manifest.model.outputs[0]
     outputs = {}
     for name, build in ((TVM_UNTUNED, "untuned"), (TVM_TUNED, "tuned")):
         if (folder / build).is_dir():
             vm = relax.VirtualMachine(tvm.runtime.load_module(str(folder / build / "model.so")), tvm.cpu())
             outputs[name] = vm["main"](tvm.runtime.tensor(x)).numpy()
-    xnnpack = litert_interpreter(tflite, _photo(tflite), 1)
-    xnnpack.invoke()
-    outputs[LITERT] = xnnpack.get_tensor(xnnpack.get_output_details()[0]["index"])
-    return {name: {**agreement(real(got), reference, scale).as_dict(), "equal": float(np.mean(real(got) == reference))}
+    outputs[LITERT] = litert_output(tflite, x, LiteRtKernels.XNNPACK)
+    return {name: {**output.agreement(got, want).as_dict(), "equal": float(np.mean(got == want))}
             for name, got in outputs.items()}
 
 
@@ -134,15 +130,6 @@ def _arm_estimates(tflite: Path, folder: Path) -> list[dict]:
                          "speedup": litert["speedup"]})
         click.echo(f"estimated {tflite.name} on {target}")
     return rows
-
-
-def _output_step(tflite: Path) -> float:
-    """The output's quantization step: the DEQUANTIZE input's scale when the output is float."""
-    from compile.frontend.tflite.graph import read_graph
-
-    graph = read_graph(tflite)
-    made_by = next(op for op in graph.operators if graph.outputs[0] in op.outputs)
-    return graph.tensors[made_by.inputs[0]].quant.per_tensor[0]
 
 
 def _photo(tflite: Path):

@@ -31,6 +31,7 @@ from pydantic import AfterValidator, Field
 from compile.records import Record, read_record
 from qatie.atomic import check_writable_folder
 from qatie.errors import QatieError
+from qatie.references import Agreement, agreement
 
 LIBRARY, KERNELS, MANIFEST = "model.so", "kernels.so", "manifest.json"
 # Kernel sources written by `--emit-source`: the disassembled CPU kernels, the OpenCL C.
@@ -105,6 +106,10 @@ class TensorInfo(Record):
         scaled = value.astype(np.float32) / np.float32(self.quant.scale)  # the kernel's float32 division
         rounded = np.sign(scaled) * np.floor(np.abs(scaled).astype(np.float64) + 0.5)  # + 0.5 exact in float64
         return np.clip(rounded + self.quant.zero_point, info.min, info.max).astype(self.dtype)
+
+    def agreement(self, got: np.ndarray, want: np.ndarray) -> Agreement:
+        """Two values of this tensor compared in its steps, codes as the real values they stand for."""
+        return agreement(self.to_real(got), self.to_real(want), self.step)
 
 
 class ModelInfo(Record):

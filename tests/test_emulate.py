@@ -22,7 +22,6 @@ from compile.backend.tuning_db import RECORDS
 from compile.deploy.inputs import model_input
 from compile.deploy.rpc import parse_tracker, request_device
 from qatie.references import WITHIN_ONE_STEP_REQUIRED, LiteRtKernels, litert_output
-from qatie.references import agreement as agreement_of
 from tests.conv_cases import INSTRUCTIONS, conv_case, conv_kernels, tile_kernels
 from tests.helpers import FIRST_CONV, PAPER_MODEL, assert_one_line_error, run_compile
 from tests.qdq_models import float_conv_net, ort_quantized
@@ -119,8 +118,7 @@ def test_the_papers_tflite_model_on_emulated_arm_equals_litert_reference_kernels
     artifact = load_artifact(tmp_path / "arm")
     output = artifact.manifest.model.outputs[0]
     x = model_input(artifact.manifest.model.inputs[0], None)
-    xnnpack = agreement_of(litert_output(PAPER_MODEL, x, LiteRtKernels.XNNPACK), litert_output(PAPER_MODEL, x),
-                           output.step).as_dict()
+    xnnpack = output.agreement(litert_output(PAPER_MODEL, x, LiteRtKernels.XNNPACK), litert_output(PAPER_MODEL, x)).as_dict()
     for estimate in report["estimates"]:
         (litert,) = estimate["peers"]
         assert litert["runtime"].startswith("LiteRT ") and "XNNPACK" in litert["runtime"], litert

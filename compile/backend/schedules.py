@@ -383,6 +383,11 @@ class PackedDepthwise(CPUScheduleRule):
         return sch
 
 
+def _is_lookup(sch: s_tir.Schedule, block) -> bool:
+    """Whether `block` is a table lookup (`kernel_boundaries`: a gather from a 1-D table)."""
+    return sch.get(block).name_hint.startswith(LOOKUP_BLOCK)
+
+
 def _concat_channel_offsets(sch: s_tir.Schedule, infos) -> list[int] | None:
     """Where each input of a channel concat in the kernel starts (channels, sorted, from 0), or None if
     there is no concat or it joins another axis. Read from the concat block's input regions:
@@ -443,7 +448,7 @@ class BlockedLayout(CPUScheduleRule):
         if not last.is_injective() or len(shape) != BLOCKED_RANK or int(shape[-1]) not in BLOCK_LANES:
             return None  # not the blocked layout (a model's own 5-D tensor)
         offsets = _concat_channel_offsets(sch, infos)  # before inlining removes the concat block
-        lookups = [info for info in infos[:-1] if sch.get(info.block_rv).name_hint.startswith(LOOKUP_BLOCK)]
+        lookups = [info for info in infos[:-1] if _is_lookup(sch, info.block_rv)]
         if try_inline(sch, [info for info in infos[:-1] if info not in lookups]):
             return None
         loops = sch.get_loops(last.block_rv)
@@ -477,8 +482,7 @@ class BlockedLayout(CPUScheduleRule):
             sch.unroll(lanes)
             _split_vectorized(sch, width)
             return sch
-        looks_up = sch.get(last.block_rv).name_hint.startswith(LOOKUP_BLOCK)
-        self._lookups_per_pixel(sch, lookups, self._pixels(sch, width, lanes, looks_up))
+        self._lookups_per_pixel(sch, lookups, self._pixels(sch, width, lanes, _is_lookup(sch, last.block_rv)))
         return sch
 
     @staticmethod

@@ -17,21 +17,21 @@ from compile.artifact import Artifact
 from compile.deploy.device import check_device, device_of, load_on_device, set_threads
 from compile.deploy.rpc import Device
 from compile.deploy.timing import Timing, latency_stats, time_model
-from qatie.references import agreement, litert_output, ort_output
+from qatie.references import litert_output, ort_output
 
 # model suffix -> (reference name, its output on an input)
 SOURCE_REFERENCES = {".onnx": ("onnxruntime", ort_output), ".tflite": ("litert-reference", litert_output)}
 
 
-def reference_output(model: Path, x: np.ndarray) -> dict[str, np.ndarray]:
-    """{name: output} of the runtime that defines `model`'s format, on `x`."""
+def reference_output(model: Path, x: np.ndarray) -> tuple[str, np.ndarray]:
+    """(name, output) of the runtime that defines `model`'s format, on `x`."""
     name, output = SOURCE_REFERENCES[model.suffix.lower()]
-    return {name: output(model, x)}
+    return name, output(model, x)
 
 
 def source_reference(artifact: Artifact, model_path: Path | None, x: np.ndarray) -> dict[str, np.ndarray]:
     """The defining runtime's output on the very model file the artifact was built from."""
-    return reference_output(artifact.source_model(model_path), x)
+    return dict([reference_output(artifact.source_model(model_path), x)])
 
 
 def pytorch_reference(checkpoint: Path, x: np.ndarray) -> np.ndarray:
@@ -60,8 +60,7 @@ def bench_on(device: Device, artifact: Artifact, x: np.ndarray, references: dict
     vm = relax.VirtualMachine(executable, dev)
     inputs = tvm.runtime.tensor(x, dev)
     output = artifact.manifest.model.outputs[0]
-    got = output.to_real(vm["main"](inputs).numpy())
+    got = vm["main"](inputs).numpy()
     seconds = time_model(vm, dev, timing, inputs)
     return {**info, "threads": used_threads, "latency": latency_stats(seconds),
-            "agreement": {name: agreement(got, output.to_real(want), output.step).as_dict()
-                          for name, want in references.items()}}
+            "agreement": {name: output.agreement(got, want).as_dict() for name, want in references.items()}}

@@ -38,7 +38,6 @@ from compile.offline.cycle_model import CORES, Core, CycleModel
 from compile.offline.emulator import listen, run_session
 from compile.tvm_private import serve_one_session
 from qatie.errors import QatieError
-from qatie.references import agreement
 
 DEVICE_MAPS = "qatie.device.maps"  # a global of our session program (native/rpc_session.cc)
 SESSION_KEY = "qatie-estimate"
@@ -199,7 +198,7 @@ def peers_beside(estimates: list[dict], artifact: Artifact, models: list[Path], 
     output = info.outputs[0]
     peers = {model: prepare(peer_for(model), log) for model in models}
     runs = {(model, core.name): peer_blocks(peers[model], model, info, x, core) for model in models for core in cores}
-    references = {model: next(iter(reference_output(model, x).items())) for model in models}
+    references = {model: reference_output(model, x) for model in models}
     for core, ours in zip(cores, estimates, strict=True):
         entries = []
         for model in models:
@@ -209,7 +208,7 @@ def peers_beside(estimates: list[dict], artifact: Artifact, models: list[Path], 
             entries.append({"model": model.name, "runtime": peers[model].label, "qemu_cpu": core.qemu_cpu,
                             "as_core": core.name, **theirs,
                             "speedup": theirs["cycles"] / ours["cycles"], "reference": reference,
-                            "agreement": agreement(output.to_real(got), output.to_real(want), output.step).as_dict()})
+                            "agreement": output.agreement(got, want).as_dict()})
         fastest = min(entries, key=lambda entry: entry["cycles"])
         ours["peers"] = entries
         ours["fastest_peer"] = {"model": fastest["model"], "runtime": fastest["runtime"], "speedup": fastest["speedup"]}

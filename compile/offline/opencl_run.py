@@ -35,7 +35,7 @@ from compile.offline.opencl_check import (
 )
 from compile.tvm_private import link_vm_without_tir
 from qatie.errors import QatieError
-from qatie.references import Agreement, agreement
+from qatie.references import Agreement
 
 LAUNCH_OP = "tirx.call_ffi_kernel"
 FUSED_BEFORE_SCHEDULING = "FuseTIR"
@@ -283,10 +283,9 @@ def check_model_on_opencl(onnx_path, specs: list, input_shapes: dict | None,
     if any(result.run.output is not None for result in runs):
         cpu_mod = load_and_fold(onnx_path, input_shapes).mod  # a fresh module: builds schedule functions in place
         cpu_vm = relax.VirtualMachine(build_with_default_schedules(cpu_mod, tvm.target.Target("llvm")), tvm.cpu())
-        references = {**reference_output(onnx_path, x), "cpu build": cpu_vm["main"](tvm.runtime.tensor(x)).numpy()}
+        references = dict([reference_output(onnx_path, x), ("cpu build", cpu_vm["main"](tvm.runtime.tensor(x)).numpy())])
         for result in runs:
             if result.run.output is not None:
-                output = imported.outputs[0]
-                result.agreement = {name: agreement(output.to_real(result.run.output), output.to_real(want), output.step)
+                result.agreement = {name: imported.outputs[0].agreement(result.run.output, want)
                                     for name, want in references.items()}
     return runs
