@@ -13,19 +13,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tvm
+from tvm import te
 from tvm.support import cc
 
 from compile.artifact import load_artifact
 from compile.backend.dot_products import candidates
+from compile.backend.high_multiply import HIGH_BLOCK, for_target, high_te
 from compile.backend.targets import get_target
 from compile.backend.tuning_db import RECORDS
 from compile.deploy.inputs import model_input
 from compile.deploy.rpc import parse_tracker, request_device
+from compile.frontend.tflite.fixed_point import (
+    INT32_MAX,
+    INT32_MIN,
+    rounding_doubling_high_mul,
+)
 from qatie.references import WITHIN_ONE_STEP_REQUIRED, LiteRtKernels, litert_output
 from tests.conv_cases import INSTRUCTIONS, conv_case, conv_kernels, tile_kernels
 from tests.helpers import FIRST_CONV, PAPER_MODEL, assert_one_line_error, run_compile
 from tests.qdq_models import float_conv_net, ort_quantized
 from tests.rpc_cluster import free_port, start_cluster
+from tests.tflite_models import mobile_block
 
 A53_KEY, A76_KEY = "a53-emu", "a76-emu"
 # mca: bench and profile over an emulated device add the estimated ARM cycles (gcc, llvm)
@@ -126,6 +134,22 @@ def test_the_papers_tflite_model_on_emulated_arm_equals_litert_reference_kernels
         assert litert["reference"] == "litert-reference" and litert["agreement"] == pytest.approx(xnnpack), litert
 
 
+@pytest.mark.parametrize(("target", "key"), [("arm64-linux", A53_KEY), ("arm64-linux-dotprod", A76_KEY)])
+def test_depthwise_fully_connected_and_pooling_on_emulated_arm_equal_litert_reference_kernels(emulated, target, key,
+                                                                                              tmp_path):
+    """The TFLite operators the paper's model does not use (`tests/tflite_models.mobile_block`),
+    built for the phone targets (their requantizes on sqrdmulh) and run on the emulated cores:
+    bit for bit LiteRT's reference kernels."""
+    model = tmp_path / "block.tflite"
+    model.write_bytes(mobile_block(1))
+    built = run_compile("--target", target, model, "-o", tmp_path / "arm", "--no-tuning")
+    assert built.returncode == 0, built.stderr
+    result = _bench(tmp_path / "arm", emulated, key, tmp_path)
+    assert result.returncode == 0, result.stderr
+    agreement = json.loads((tmp_path / "bench.json").read_text())["devices"][0]["agreement"]["litert-reference"]
+    assert agreement["max_steps"] == 0, agreement
+
+
 @pytest.mark.parametrize(("target", "key", "dot"), [("arm64-linux", A53_KEY, "neon-smull"),
                                                    ("arm64-linux-dotprod", A76_KEY, "sdot")])
 def test_arm_dot_product_computes_the_conv_exactly_on_the_emulated_core(emulated, target, key, dot, tmp_path):
@@ -146,6 +170,35 @@ def test_arm_dot_product_computes_the_conv_exactly_on_the_emulated_core(emulated
         kernels[tile.name_hint](tvm.runtime.tensor(case.data, device=remote),
                                 tvm.runtime.tensor(case.weight, device=remote), out)
         assert np.array_equal(case.unpacked(out.numpy()), case.expected), tile.name_hint
+
+
+@pytest.mark.parametrize(("target", "key"), [("arm64-linux", A53_KEY), ("arm64-linux-dotprod", A76_KEY)])
+def test_the_high_multiply_instruction_equals_tflites_on_the_emulated_core(emulated, target, key, tmp_path):
+    """NEON's sqrdmulh as the requantize's high multiply (`compile.backend.high_multiply`), run
+    on the emulated core at the vector width the schedules give it, against TFLite's
+    SaturatingRoundingDoublingHighMul in Python integers: the int32 extremes, ties, random values,
+    every kind of multiplier QuantizeMultiplier makes ([2^30, 2^31))."""
+    spec = get_target(target)
+    high = for_target(spec.tvm_target())
+    assert high is not None and high.name == "sqrdmulh"
+    rng = np.random.default_rng(3)
+    x = np.concatenate([[INT32_MIN, INT32_MAX, 0, 1, -1, 2**30, -(2**30)], rng.integers(INT32_MIN, INT32_MAX, 4089,
+                                                                                           endpoint=True)])
+    m = np.concatenate([[2**30, INT32_MAX, 2**30 + 1], rng.integers(2**30, INT32_MAX, 4093, endpoint=True)])
+    x_t, m_t = te.placeholder((x.size,), "int32", "x"), te.placeholder((m.size,), "int32", "m")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([x_t, m_t, high_te(x_t, m_t, high)]))
+    (loop,) = sch.get_loops(sch.get_sblock(HIGH_BLOCK))
+    sch.vectorize(sch.split(loop, [None, high.lanes])[1])
+    library = tmp_path / "high.so"
+    tvm.compile(sch.mod, target=spec.tvm_target()).export_library(str(library),
+                                                                  fcompile=cc.cross_compiler(spec.compiler()))
+    device = request_device(parse_tracker(emulated.address), key, 60).connect(120)
+    device.session.upload(str(library))
+    kernel, remote = device.session.load_module(library.name)["main"], device.session.cpu()
+    out = tvm.runtime.empty((x.size,), "int32", device=remote)
+    kernel(tvm.runtime.tensor(x.astype(np.int32), device=remote), tvm.runtime.tensor(m.astype(np.int32), device=remote),
+           out)
+    assert out.numpy().tolist() == [rounding_doubling_high_mul(int(a), int(b)) for a, b in zip(x, m)]
 
 
 @pytest.mark.parametrize(("target", "dot"), [("arm64-linux", "neon-smull"), ("arm64-linux-dotprod", "sdot")])

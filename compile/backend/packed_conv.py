@@ -45,7 +45,7 @@ import tvm
 from tvm import relax, te, tirx
 from tvm.relax.dpl import is_const, is_op, wildcard
 
-from compile.backend import winograd
+from compile.backend import high_multiply, winograd
 from compile.backend.call_te import Emitted, call_te, rewrite_module
 from compile.backend.dot_products import (
     ANNOTATION,
@@ -237,7 +237,9 @@ class FloatEpilogue:
     def accepts(self, match: dict) -> bool:
         return constant(match[self.s_y]).size == 1
 
-    def emit(self, acc: relax.Expr, match: dict, out_channels: int, lanes: int, shape) -> relax.Expr:
+    def emit(self, builder: relax.BlockBuilder, acc: Emitted, match: dict, out_channels: int, lanes: int,
+             shape, target) -> relax.Expr:
+        acc = acc.expr
         scale = blocked_channels(constant(match[self.scale]).astype(np.float32).reshape(-1), out_channels, lanes, 1)
         value = relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(scale.reshape(shape)))
         activation = next((match[a] for a in self.activations if a in match), None)
@@ -249,7 +251,8 @@ class FloatEpilogue:
 
 class FixedPointEpilogue:
     """The TFLite path's requantize (`compile.frontend.tflite.fixed_point.Requantize`):
-    TFLite's integer multiply-and-shift on int64, zero point, clamp."""
+    TFLite's integer multiply-and-shift, zero point, clamp; its high multiply as one instruction
+    where the target has one (`compile.backend.high_multiply`), else on int64."""
 
     def __init__(self, acc) -> None:
         self.pattern = RequantizePattern(acc)
@@ -258,10 +261,18 @@ class FixedPointEpilogue:
     def accepts(self, match: dict) -> bool:
         return True
 
-    def emit(self, acc: relax.Expr, match: dict, out_channels: int, lanes: int, shape) -> relax.Expr:
+    def emit(self, builder: relax.BlockBuilder, acc: Emitted, match: dict, out_channels: int, lanes: int,
+             shape, target) -> relax.Expr:
         found = self.pattern.requantize(match)
-        blocked = dataclasses.replace(found, multiplier=found.multiplier.blocked(out_channels, lanes))
-        return blocked.emit(relax.op.astype(acc, "int64"), shape, narrow=True)
+        multiplier = found.multiplier.blocked(out_channels, lanes)
+        blocked = dataclasses.replace(found, multiplier=multiplier)
+        high = high_multiply.for_target(target)
+        if high is None or not multiplier.fits_int32():
+            return blocked.emit(relax.op.astype(acc.expr, "int64"), shape, narrow=True)
+        per_channel = np.broadcast_to(multiplier.multiplier, (math.prod(shape),)).reshape(shape).astype(np.int32)
+        product = call_te(builder, "high_mul", functools.partial(high_multiply.high_te, high=high),
+                          [acc, Emitted(relax.const(per_channel), list(shape), "int32")])
+        return blocked.finish(multiplier.divide(product.expr, shape, "int32"), "int32")
 
 
 EPILOGUES = (FloatEpilogue, FixedPointEpilogue)
@@ -341,8 +352,8 @@ class PackConvs:
                                                                   str(packed.dtype))], **func_attrs)
         # per-channel constants: (1, O/lanes, 1, 1, lanes), or with Winograd's row and column pairs
         shape = (*offset.shape[:2], *([1] * (len(acc.shape) - 3)), lanes)
-        codes = self.epilogue.emit(relax.op.add(acc.expr, relax.const(offset.reshape(shape))), match, out_channels,
-                                   lanes, shape)
+        biased = Emitted(relax.op.add(acc.expr, relax.const(offset.reshape(shape))), acc.shape, acc.dtype)
+        codes = self.epilogue.emit(builder, biased, match, out_channels, lanes, shape, target)
         out_dtype = str(call.ty.dtype)
         return call_te(builder, "unpack", functools.partial(unpack, channels=out_channels, size=out_size),
                        [Emitted(codes, acc.shape, out_dtype)], **{UNPACK: True}).expr

@@ -45,6 +45,7 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 
 from compile.backend.blocked_layout import blocked_layout
 from compile.backend.dot_products import DotProduct, by_name
+from compile.backend.high_multiply import HIGH_BLOCK, for_target, high_multiplies
 from compile.backend.kernel_boundaries import (
     LOOKUP_BLOCK,
     injective_tables,
@@ -388,6 +389,11 @@ def _is_lookup(sch: s_tir.Schedule, block) -> bool:
     return sch.get(block).name_hint.startswith(LOOKUP_BLOCK)
 
 
+def _is_high_multiply(sch: s_tir.Schedule, block) -> bool:
+    """Whether `block` is a requantize's high multiply (`compile.backend.high_multiply`)."""
+    return sch.get(block).name_hint.startswith(HIGH_BLOCK)
+
+
 def _concat_channel_offsets(sch: s_tir.Schedule, infos) -> list[int] | None:
     """Where each input of a channel concat in the kernel starts (channels, sorted, from 0), or None if
     there is no concat or it joins another axis. Read from the concat block's input regions:
@@ -449,14 +455,26 @@ class BlockedLayout(CPUScheduleRule):
             return None  # not the blocked layout (a model's own 5-D tensor)
         offsets = _concat_channel_offsets(sch, infos)  # before inlining removes the concat block
         lookups = [info for info in infos[:-1] if _is_lookup(sch, info.block_rv)]
-        if try_inline(sch, [info for info in infos[:-1] if info not in lookups]):
+        highs = [info for info in infos[:-1] if _is_high_multiply(sch, info.block_rv)]
+        if try_inline(sch, [info for info in infos[:-1] if info not in lookups and info not in highs]):
             return None
+        per_pixel = self._schedule(sch, infos, offsets, lookups, highs)
+        if per_pixel is None:
+            return None
+        for info in highs:
+            if info not in per_pixel:  # a loop of its own (see Elementwise)
+                _parallel_vectorize(sch, info.block_rv, for_target(target).lanes)
+        return sch
+
+    def _schedule(self, sch: s_tir.Schedule, infos, offsets, lookups: list, highs: list) -> list | None:
+        """The output block's loops; the blocks computed per pixel (None: a lookup could not be inlined)."""
+        last = infos[-1]
         loops = sch.get_loops(last.block_rv)
         if len(loops) == 1:  # one channel block of one pixel (a dense layer's 16 outputs): unit loops are gone
             if try_inline(sch, lookups):
                 return None
             sch.vectorize(loops[0])
-            return sch
+            return []
         *rows, width, lanes = loops
         group = _extent(sch, lanes)
         if offsets is not None and len(rows) >= 2 and all(o % group == 0 for o in offsets):
@@ -468,11 +486,12 @@ class BlockedLayout(CPUScheduleRule):
             # time on x86, 0.19x the estimated cycles on the A76 model, but twice the build time)
             if len(sizes) > 1 and try_inline(sch, lookups):
                 return None
+            per_pixel = lookups + highs if len(sizes) == 1 else []
             for part in sch.loop_partition(rows[-2], [*sizes[:-1], None]) if len(sizes) > 1 else [rows[-2]]:
                 *_, row, width, lanes = sch.get_loops(sch.get_child_blocks(part)[-1])
                 sch.parallel(row)  # partitioned loops cannot fuse (they do not start at 0)
-                self._lookups_per_pixel(sch, lookups, self._pixels(sch, width, lanes))
-            return sch
+                self._per_pixel(sch, infos, per_pixel, self._pixels(sch, width, lanes))
+            return per_pixel
         if rows:
             sch.parallel(sch.fuse(*rows) if len(rows) > 1 else rows[0])
         if offsets is not None:
@@ -481,9 +500,10 @@ class BlockedLayout(CPUScheduleRule):
             sch.reorder(lanes, width)
             sch.unroll(lanes)
             _split_vectorized(sch, width)
-            return sch
-        self._lookups_per_pixel(sch, lookups, self._pixels(sch, width, lanes, _is_lookup(sch, last.block_rv)))
-        return sch
+            return []
+        per_pixel = lookups + highs
+        self._per_pixel(sch, infos, per_pixel, self._pixels(sch, width, lanes, _is_lookup(sch, last.block_rv)))
+        return per_pixel
 
     @staticmethod
     def _pixels(sch: s_tir.Schedule, width, lanes, looks_up: bool = False):
@@ -491,7 +511,7 @@ class BlockedLayout(CPUScheduleRule):
         the kernel's vector `looks_up` in a table, its lanes one by one instead: TVM writes a
         vector load from computed addresses as a scalar load per lane, each lane's index taken out
         of a vector register and each loaded value put back into one (`CodeGenLLVM::
-        BufferAccessHelper`), which is slower than scalar code (see `_lookups_per_pixel`)."""
+        BufferAccessHelper`), which is slower than scalar code (see `_per_pixel`)."""
         if (_extent(sch, width) or 1) % PACK_UNROLL == 0:
             width = sch.split(width, [None, PACK_UNROLL])[1]
             sch.unroll(width)
@@ -502,18 +522,20 @@ class BlockedLayout(CPUScheduleRule):
         return width
 
     @staticmethod
-    def _lookups_per_pixel(sch: s_tir.Schedule, lookups: list, pixel) -> None:
-        """Each table lookup computed per pixel, lane by lane (scalar loads), into a small buffer
-        the pixel's vector then reads, so the arithmetic around it stays vectorized. Measured on
-        the paper's TFLite model at 100x100: x86 (Zen 5), the lookup kernels 0.75 -> 0.71 ms,
-        where all lanes one by one made them slower (0.89 ms: the arithmetic scalar too); arm64
-        (estimated, Cortex-A76 model), 23.4 -> 14.2 M cycles (docs/performance.md)."""
-        for lookup in (info.block_rv for info in lookups):
-            sch.compute_at(lookup, pixel)
-            loops = sch.get_loops(lookup)
+    def _per_pixel(sch: s_tir.Schedule, infos, blocks: list, pixel) -> None:
+        """`blocks` computed per pixel into small buffers the pixel's vector then reads (last
+        first: a block's consumers must be there before it), so the arithmetic around them stays
+        vectorized. A table lookup lane by lane (scalar loads); measured on the paper's TFLite
+        model at 100x100: x86 (Zen 5), the lookup kernels 0.75 -> 0.71 ms, where all lanes one by
+        one made them slower (0.89 ms: the arithmetic scalar too); arm64 (estimated, Cortex-A76
+        model), 23.4 -> 14.2 M cycles (docs/performance.md). A high multiply as one vector: not
+        inlined, so a chain of requantizes stays one small expression per step (see Elementwise)."""
+        for info in reversed([info for info in infos if info in blocks]):
+            sch.compute_at(info.block_rv, pixel)
+            loops = sch.get_loops(info.block_rv)
             depth = next(i for i, loop in enumerate(loops) if sch.get(loop).same_as(sch.get(pixel)))
             for loop in loops[depth + 1:]:
-                sch.unroll(loop)
+                sch.unroll(loop) if _is_lookup(sch, info.block_rv) else sch.vectorize(loop)
 
 
 class DirectConv(CPUScheduleRule):
@@ -612,7 +634,12 @@ class Elementwise(CPUScheduleRule):
         if normalized is None:
             return None
         sch, infos = normalized
-        remaining = try_inline(sch, infos[:-1]) + [infos[-1]]
+        # a high multiply stays a block of its own: inlined, a chain of requantizes is one expression
+        # that doubles at each (the rounding reads the high half twice), and TVM's simplifier blows up
+        highs = [info for info in infos[:-1] if _is_high_multiply(sch, info.block_rv)]
+        remaining = try_inline(sch, [info for info in infos[:-1] if info not in highs]) + [infos[-1]]
+        for info in highs:  # the instruction's own vector width: LLVM cannot split a target intrinsic
+            _parallel_vectorize(sch, info.block_rv, for_target(target).lanes)
         for info in remaining:
             if info.is_injective():
                 _parallel_vectorize(sch, info.block_rv)
@@ -625,10 +652,11 @@ class Elementwise(CPUScheduleRule):
         return sch
 
 
-def _split_vectorized(sch: s_tir.Schedule, loop):
-    """Split off the widest vector the loop's extent allows and vectorize it; the outer loop."""
+def _split_vectorized(sch: s_tir.Schedule, loop, widest: int = VECTOR_LANES[0]):
+    """Split off the widest vector (up to `widest` lanes) the loop's extent allows and vectorize
+    it; the outer loop."""
     extent = _extent(sch, loop)
-    lanes = _divisor(extent) if extent else 1
+    lanes = next((n for n in VECTOR_LANES if n <= widest and extent % n == 0), 1) if extent else 1
     if lanes == 1:
         return loop
     outer, inner = sch.split(loop, [None, lanes])
@@ -636,16 +664,17 @@ def _split_vectorized(sch: s_tir.Schedule, loop):
     return outer
 
 
-def _parallel_vectorize(sch: s_tir.Schedule, block) -> None:
+def _parallel_vectorize(sch: s_tir.Schedule, block, widest: int = VECTOR_LANES[0]) -> None:
     """Fuse a data-parallel block's loops; parallel outer part, vectorized inner part."""
     loops = sch.get_loops(block)
-    sch.parallel(_split_vectorized(sch, sch.fuse(*loops) if len(loops) > 1 else loops[0]))
+    sch.parallel(_split_vectorized(sch, sch.fuse(*loops) if len(loops) > 1 else loops[0], widest))
 
 
 def fuse_kernels(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     """Legalize and fuse: the kernels these passes produce are the tuning tasks, so tuning and
     building must both use exactly this list for database lookups to hit."""
-    return (library_dispatch_passes(target) + [pack_convs(target), blocked_layout(), injective_tables(), per_consumer()]
+    return (library_dispatch_passes(target) + [pack_convs(target), blocked_layout(), injective_tables(), per_consumer(),
+                                                high_multiplies(target)]
             + legalize_passes(target))
 
 

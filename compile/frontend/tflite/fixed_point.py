@@ -136,23 +136,24 @@ class Multiplier:
         like the channel axis of `x`), a single multiplier as scalars. `narrow`: the rounding
         shift on the int32 high half (as the kernel computes it), twice the lanes per vector;
         the backend's packed convs use it (their epilogue runs once per output)."""
-        dtype = "int32" if narrow else "int64"
-
-        def const(values: np.ndarray, kind: str = dtype) -> relax.Expr:
-            if values.size == 1:
-                return relax.const(int(values[0]), kind)
-            return relax.const(values.reshape(shape).astype(kind), kind)
-
-        high = relax.op.right_shift(relax.op.add(relax.op.multiply(x, const(self.multiplier, "int64")),
+        high = relax.op.right_shift(relax.op.add(relax.op.multiply(x, _const(self.multiplier, shape, "int64")),
                                                  relax.const(1 << 30, "int64")), relax.const(31, "int64"))
         if narrow:
             high = relax.op.astype(high, "int32")
+        return self.divide(high, shape, "int32" if narrow else "int64")
+
+    def divide(self, high: relax.Expr, shape: tuple[int, ...], dtype: str) -> relax.Expr:
+        """RoundingDivideByPOT of the high half (`dtype` int32 or int64), the second rounding."""
         half = (np.int64(1) << self.right) >> 1
         # (high >> bits - 1) is -1 for a negative value: the -1 that RoundingDivideByPOT's threshold adds
-        negative = relax.op.bitwise_and(relax.op.right_shift(high, relax.const(31 if narrow else 63, dtype)),
-                                        const(np.where(self.right > 0, -1, 0)))
-        rounded = relax.op.add(relax.op.add(high, const(half)), negative)
-        return relax.op.right_shift(rounded, const(self.right))
+        negative = relax.op.bitwise_and(relax.op.right_shift(high, relax.const(31 if dtype == "int32" else 63, dtype)),
+                                        _const(np.where(self.right > 0, -1, 0), shape, dtype))
+        rounded = relax.op.add(relax.op.add(high, _const(half, shape, dtype)), negative)
+        return relax.op.right_shift(rounded, _const(self.right, shape, dtype))
+
+    def fits_int32(self) -> bool:
+        """No multiplier has a left shift folded in: each is an int32, as the kernels hold it."""
+        return bool(self.multiplier.max() <= INT32_MAX)
 
     def blocked(self, out_channels: int, lanes: int) -> Multiplier:
         """Per-channel arrays laid out like a packed conv's output blocks (padded channels
@@ -162,6 +163,13 @@ class Multiplier:
         blocks = -(-out_channels // lanes)
         pad = blocks * lanes - out_channels
         return Multiplier(np.pad(self.multiplier, (0, pad)), np.pad(self.right, (0, pad)))
+
+
+def _const(values: np.ndarray, shape: tuple[int, ...], dtype: str) -> relax.Expr:
+    """Per-channel values reshaped to `shape`, or a single one as a scalar."""
+    if values.size == 1:
+        return relax.const(int(values.reshape(-1)[0]), dtype)
+    return relax.const(values.reshape(shape).astype(dtype), dtype)
 
 
 @dataclass(frozen=True)
@@ -179,8 +187,11 @@ class Requantize:
     def emit(self, value: relax.Expr, shape: tuple[int, ...], narrow: bool = False) -> relax.Expr:
         """Codes from an int64 `value` (per-channel constants reshaped to `shape`; `narrow`:
         see `Multiplier.emit`)."""
-        value = relax.op.add(self.multiplier.emit(value, shape, narrow),
-                             relax.const(self.zero, "int32" if narrow else "int64"))
+        return self.finish(self.multiplier.emit(value, shape, narrow), "int32" if narrow else "int64")
+
+    def finish(self, scaled: relax.Expr, dtype: str) -> relax.Expr:
+        """The output zero point and the clamp on the multiplied value (`dtype`), as codes."""
+        value = relax.op.add(scaled, relax.const(self.zero, dtype))
         return relax.op.astype(relax.op.clip(value, self.low, self.high), self.dtype)
 
 

@@ -1,0 +1,112 @@
+"""The high half of TFLite's fixed-point multiply as one instruction where the CPU has one.
+
+Every TFLite integer op ends in `MultiplyByQuantizedMultiplier`, whose first rounding is
+gemmlowp's SaturatingRoundingDoublingHighMul of two int32 values, x and a multiplier M in
+[2^30, 2^31): `(x * M + 2^30) >> 31`. The frontend (`compile.frontend.tflite.fixed_point`)
+writes it on int64, exact everywhere. NEON has no 64-bit lane multiply, so LLVM makes each lane of
+that product a scalar multiply with moves to and from general registers (65 `mul`s per
+packed-conv tile of 64 outputs, measured in the `arm64-linux-dotprod` build of the paper's model);
+NEON's `sqrdmulh` is the same function on four int32 lanes (it saturates only for x = M = -2^31,
+and M > 0). It is what TFLite's own NEON kernels use.
+
+Two places get it: the packed convs' epilogue (`compile.backend.packed_conv`, per-channel
+multipliers) through `high_te`, and every other requantize with one multiplier through the
+`high_multiplies` pass. On a target without such an instruction (x86: AVX-512 multiplies int64
+lanes itself) both leave the int64 form as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import tvm
+from tvm import relax, te, tirx
+from tvm.relax.dpl import is_const, is_op, wildcard
+
+from compile.backend.call_te import Emitted, call_te, rewrite_module
+from compile.frontend.rewrite import constant
+from compile.frontend.tflite.fixed_point import INT32_MAX
+
+HIGH_BLOCK = "high_mul"  # the block of each (the schedules find it by name)
+
+
+@dataclass(frozen=True)
+class HighMultiply:
+    """One instruction for `(x * M + 2^30) >> 31` on int32 lanes."""
+
+    name: str
+    features: tuple[str, ...]  # LLVM CPU features the target must have
+    lanes: int  # int32 lanes per instruction: the widest vector a schedule may give it (LLVM
+    # cannot split a target intrinsic)
+    compute: Callable[[tirx.PrimExpr, tirx.PrimExpr], tirx.PrimExpr]  # (int32 x, int32 M) -> int32
+
+
+def _sqrdmulh(x: tirx.PrimExpr, multiplier: tirx.PrimExpr) -> tirx.PrimExpr:
+    # scalar here; the loop vectorizer widens it to llvm.aarch64.neon.sqrdmulh.v4i32
+    return tirx.call_llvm_pure_intrin("int32", "llvm.aarch64.neon.sqrdmulh", x, multiplier)
+
+
+HIGH_MULTIPLIES = (HighMultiply("sqrdmulh", ("neon",), 4, _sqrdmulh),)
+
+
+def for_target(target: tvm.target.Target) -> HighMultiply | None:
+    """The target's high multiply instruction, or None (the int64 form stays)."""
+    from tvm.target import codegen
+
+    if str(target.kind) != "llvm":
+        return None
+    return next((h for h in HIGH_MULTIPLIES if codegen.target_has_features(list(h.features), target)), None)
+
+
+def high_te(x: te.Tensor, multiplier: te.Tensor, high: HighMultiply) -> te.Tensor:
+    """The high half of int32 `x` times the int32 `multiplier` (broadcast like `x`: one per
+    channel block lane), as int32."""
+
+    def at(*index):
+        m = multiplier[tuple(i if int(d) > 1 else 0 for i, d in zip(index, multiplier.shape))]
+        return high.compute(x[index], m)
+
+    return te.compute(x.shape, at, name=HIGH_BLOCK)
+
+
+class _SingleMultiplier:
+    """`(x * M + 2^30) >> 31` on int64 with one constant M < 2^31 (`Multiplier.emit`'s first
+    rounding) -> the instruction on `x` as int32 (x is an int32 in the kernels), widened back."""
+
+    def __init__(self) -> None:
+        self.x, self.multiplier, self.half, self.bits = wildcard(), is_const(), is_const(), is_const()
+        self.root = is_op("relax.right_shift")(is_op("relax.add")(is_op("relax.multiply")(self.x, self.multiplier),
+                                                                  self.half), self.bits)
+
+    def rewrite(self, high: HighMultiply, builder: relax.BlockBuilder, call: relax.Call, match: dict) -> relax.Expr:
+        values = [constant(match[p]) for p in (self.multiplier, self.half, self.bits)]
+        if any(v.size != 1 or v.dtype != "int64" for v in values):
+            return call
+        multiplier, half, bits = (int(v.reshape(-1)[0]) for v in values)
+        if (half, bits) != (1 << 30, 31) or not 0 < multiplier <= INT32_MAX:
+            return call
+        x = match[self.x]
+        shape = [int(d) for d in x.ty.shape]
+        m = tirx.const(multiplier, "int32")
+        product = call_te(builder, "high_mul", lambda t: te.compute(t.shape, lambda *i: high.compute(t[i], m),
+                                                                    name=HIGH_BLOCK),
+                          [Emitted(relax.op.astype(x, "int32"), shape, "int32")])
+        return relax.op.astype(product.expr, "int64")
+
+
+def high_multiplies(target: tvm.target.Target) -> tvm.transform.Pass:
+    """The module pass for the requantizes outside the packed convs (a no-op where the target
+    has no high multiply instruction)."""
+    high = for_target(target)
+    single = _SingleMultiplier()
+
+    @tvm.transform.module_pass(opt_level=0, name="QatieHighMultiplies")
+    def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        if high is None:
+            return mod
+        # constant parts first: TVM's FoldConstant would otherwise build the instruction for the host
+        mod = relax.transform.FoldConstant()(mod)
+        return rewrite_module(mod, single.root, lambda builder, call, match: single.rewrite(high, builder, call, match))
+
+    return _pass
