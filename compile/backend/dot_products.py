@@ -189,6 +189,11 @@ def _smull_sadalp(acc, pixel, weights):
 
 # NEON has 32 vector registers, AVX2 16: its tiles hold up to 16 accumulators. The ARM defaults
 # are chosen by register count, not measured (no ARM hardware here; emulator time is no guide).
+# Not chunked by default: a chunked tile keeps its accumulators in memory, a load and a store
+# per sdot; estimated (`qatie-compile estimate`, the paper's 100x100 model) the 1x1 256 -> 64
+# conv 6.0 -> 16.7 MACs/cycle on the A76 model (3.5 -> 7.6 on the A55), the 3x3 128 -> 64 ones
+# 16.2 -> 23.0 (7.3 -> 9.1); a default tile's weights there are at most 18 KB, within the
+# A55's and A76's 32-64 KB L1 (llvm-mca models every access as an L1 hit either way)
 NEON_TILES = ((4, 4), (2, 8), (4, 2), (2, 4), (1, 8), (1, 4), (1, 2), (1, 1))
 DOT_PRODUCTS = (
     # vpdpbusd on ymm (AVX512-VL) for convs with at most 8 outputs (the model's last conv: 3),
@@ -215,8 +220,8 @@ DOT_PRODUCTS = (
     DotProduct("avx2-i16", 8, 2, "int16", "int16", ("avx2",),
                ((2, 4), (1, 8), (1, 4), (2, 2), (1, 2), (1, 1)), _vpmaddwd,
                pointwise_tiles=((2, 2), (2, 4), (1, 8), (1, 4), (1, 2), (1, 1))),
-    DotProduct("sdot", 4, 4, "int8", "int8", ("dotprod",), NEON_TILES, _sdot),
-    DotProduct("neon-smull", 4, 2, "int8", "int8", ("neon",), NEON_TILES, _smull_sadalp),
+    DotProduct("sdot", 4, 4, "int8", "int8", ("dotprod",), NEON_TILES, _sdot, chunk_by_default=False),
+    DotProduct("neon-smull", 4, 2, "int8", "int8", ("neon",), NEON_TILES, _smull_sadalp, chunk_by_default=False),
 )
 
 
