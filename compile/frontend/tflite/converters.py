@@ -73,13 +73,6 @@ def _int64(expr: relax.Expr) -> relax.Expr:
     return relax.op.astype(expr, "int64")
 
 
-def _int32_product(a: relax.Expr, b: relax.Expr) -> relax.Expr:
-    """A product the kernel computes in int32 (codes minus zero points; SQUARED_DIFFERENCE's
-    16-bit differences: it fits), in int32 and widened: NEON has no 64-bit lane multiply, and
-    LLVM makes an int64 product of such operands one scalar multiply per lane."""
-    return _int64(relax.op.multiply(relax.op.astype(a, "int32"), relax.op.astype(b, "int32")))
-
-
 def _scaled(importer: Importer, op: Operator, index: int, perm, rank: int, left: int = 0,
             multiplier: Multiplier | None = None) -> relax.Expr:
     """An 8-bit operand as the kernels take it: (code - zero point) * 2^left, then times
@@ -260,7 +253,7 @@ def mul(importer: Importer, op: Operator) -> None:
     a, b, y = op.inputs[0], op.inputs[1], op.outputs[0]
     perm, rank = _binary_layout(importer, op)
     (s_a, _), (s_b, _), (s_y, _) = (quant(importer, op, i) for i in (a, b, y))
-    product = _int32_product(_scaled(importer, op, a, perm, rank), _scaled(importer, op, b, perm, rank))
+    product = relax.op.multiply(_scaled(importer, op, a, perm, rank), _scaled(importer, op, b, perm, rank))
     real = np.float32(np.float32(s_a) * np.float32(s_b)) / np.float32(s_y)  # float32, as the kernel's Prepare
     low, high = activation_range(importer, op, _fused_activation(op), y)
     importer.set(y, requantize(importer, op, Multiplier.of(np.float64(real)), low, high).emit(product, ()), perm)
@@ -273,7 +266,7 @@ def squared_difference(importer: Importer, op: Operator) -> None:
     scaled, twice, s_y = _shared_scale(importer, op, perm, rank, 7)
     diff = relax.op.subtract(*scaled)
     out = Multiplier.of(twice * twice / ((1 << 14) * s_y))
-    importer.set(op.outputs[0], requantize(importer, op, out).emit(_int32_product(diff, diff), ()), perm)
+    importer.set(op.outputs[0], requantize(importer, op, out).emit(relax.op.multiply(diff, diff), ()), perm)
 
 
 def minimum_maximum(function) -> Callable[[Importer, Operator], None]:
