@@ -11,8 +11,8 @@ and M > 0). It is what TFLite's own NEON kernels use.
 
 Two places get it: the packed convs' epilogue (`compile.backend.packed_conv`, per-channel
 multipliers) through `high_te`, and every other requantize with one multiplier through the
-`high_multiplies` pass. On a target without such an instruction (x86: AVX-512 multiplies int64
-lanes itself) both leave the int64 form as it is.
+`high_multiplies` pass. On a target without such an instruction (x86, where LLVM keeps the int64
+product vector code) both leave the int64 form as it is.
 """
 
 from __future__ import annotations

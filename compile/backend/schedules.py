@@ -73,8 +73,9 @@ BLOCKED_RANK = 5  # [N, C/G, H, W, G]: the rank of a tensor in the convs' blocke
 BLOCK_LANES = (4, 8, 16)  # its G: the lanes of our dot products (NEON, AVX2, AVX-512)
 
 
-def _divisor(extent: int) -> int:
-    return next((lanes for lanes in VECTOR_LANES if extent % lanes == 0), 1)
+def _divisor(extent: int, widest: int = VECTOR_LANES[0]) -> int:
+    """The widest vector of up to `widest` lanes that divides `extent` (1: none)."""
+    return next((lanes for lanes in VECTOR_LANES if lanes <= widest and extent % lanes == 0), 1)
 
 
 def _extent(sch: s_tir.Schedule, loop) -> int | None:
@@ -656,7 +657,7 @@ def _split_vectorized(sch: s_tir.Schedule, loop, widest: int = VECTOR_LANES[0]):
     """Split off the widest vector (up to `widest` lanes) the loop's extent allows and vectorize
     it; the outer loop."""
     extent = _extent(sch, loop)
-    lanes = next((n for n in VECTOR_LANES if n <= widest and extent % n == 0), 1) if extent else 1
+    lanes = _divisor(extent, widest) if extent else 1
     if lanes == 1:
         return loop
     outer, inner = sch.split(loop, [None, lanes])
