@@ -17,6 +17,7 @@ from tvm import te
 from tvm.support import cc
 
 from compile.artifact import load_artifact
+from compile.backend import table_lookup
 from compile.backend.dot_products import candidates
 from compile.backend.high_multiply import HIGH_BLOCK, for_target, high_te
 from compile.backend.targets import get_target
@@ -31,6 +32,7 @@ from compile.frontend.tflite.fixed_point import (
 from qatie.references import WITHIN_ONE_STEP_REQUIRED, LiteRtKernels, litert_output
 from tests.conv_cases import INSTRUCTIONS, conv_case, conv_kernels, tile_kernels
 from tests.helpers import FIRST_CONV, PAPER_MODEL, assert_one_line_error, run_compile
+from tests.lookup_cases import lookup_case
 from tests.qdq_models import float_conv_net, ort_quantized
 from tests.rpc_cluster import free_port, start_cluster
 from tests.tflite_models import mobile_block
@@ -199,6 +201,26 @@ def test_the_high_multiply_instruction_equals_tflites_on_the_emulated_core(emula
     kernel(tvm.runtime.tensor(x.astype(np.int32), device=remote), tvm.runtime.tensor(m.astype(np.int32), device=remote),
            out)
     assert out.numpy().tolist() == [rounding_doubling_high_mul(int(a), int(b)) for a, b in zip(x, m)]
+
+
+@pytest.mark.parametrize(("target", "key"), [("arm64-linux", A53_KEY), ("arm64-linux-dotprod", A76_KEY)])
+def test_the_tbl_table_lookup_equals_the_gather_on_the_emulated_core(emulated, target, key, tmp_path):
+    """NEON's tbl/tbx over a 256-entry table in 16 registers (`compile.backend.table_lookup`),
+    vectorized as the schedules do, run on the emulated core: every code and clipped indices,
+    against numpy's take."""
+    spec = get_target(target)
+    (lookup,) = table_lookup.for_target(spec.tvm_target())
+    assert lookup.name == "tbl"
+    case = lookup_case(lookup)
+    library = tmp_path / "lookup.so"
+    tvm.compile(case.kernel, target=spec.tvm_target()).export_library(str(library),
+                                                                      fcompile=cc.cross_compiler(spec.compiler()))
+    device = request_device(parse_tracker(emulated.address), key, 60).connect(120)
+    device.session.upload(str(library))
+    kernel, remote = device.session.load_module(library.name)["main"], device.session.cpu()
+    out = tvm.runtime.empty(case.index.shape, "int8", device=remote)
+    kernel(tvm.runtime.tensor(case.table, device=remote), tvm.runtime.tensor(case.index, device=remote), out)
+    assert np.array_equal(out.numpy(), case.expected)
 
 
 @pytest.mark.parametrize(("target", "dot"), [("arm64-linux", "neon-smull"), ("arm64-linux-dotprod", "sdot")])

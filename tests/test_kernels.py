@@ -1,6 +1,6 @@
 """The int8 conv kernels: each dot-product intrinsic computes a conv exactly, the build picks the
 instruction from the target's CPU features and the weights, and x86 builds' conv kernels contain
-it (asm). Runs what this host can execute (AVX2 everywhere in CI, VNNI where the CPU has it) and
+it (asm); the vector table lookups of AVX-512 VBMI. Runs what this host can execute (AVX2 everywhere in CI, VNNI where the CPU has it) and
 compiles, without running, for a CPU it does not have."""
 
 from __future__ import annotations
@@ -13,15 +13,29 @@ import pytest
 import tvm
 from tvm.target import codegen
 
+from compile.backend import table_lookup
 from compile.backend.build import BuildOptions, build
 from compile.backend.dot_products import DOT_PRODUCTS, by_name, candidates, choose
 from compile.backend.packed_conv import pack_depthwise_weight, packed_depthwise_kernel
 from compile.backend.schedules import build_with_default_schedules, default_schedule
+from compile.backend.table_lookup import TABLE_LOOKUPS
 from compile.backend.targets import get_target
-from compile.backend.tuning_db import check_log_dir, check_targets, default_log_dir, foreign_dot_products
+from compile.backend.tuning_db import (
+    check_log_dir,
+    check_targets,
+    default_log_dir,
+    foreign_dot_products,
+)
 from qatie.references import ort_output, reference_input
-from tests.conv_cases import INSTRUCTIONS, conv_case, conv_code, conv_kernels, tile_kernels
+from tests.conv_cases import (
+    INSTRUCTIONS,
+    conv_case,
+    conv_code,
+    conv_kernels,
+    tile_kernels,
+)
 from tests.helpers import TINY, run_library
+from tests.lookup_cases import lookup_case
 
 VNNI_CPU = "znver4"  # an AVX-512 VNNI CPU LLVM knows; compiled for, not run, on hosts without it
 AVX512BW_CPU = "skylake-avx512"  # AVX-512BW without VNNI
@@ -251,3 +265,21 @@ def test_a_log_of_another_cpu_kinds_dot_products_is_named_as_not_applying():
     assert foreign_dot_products(check, haswell) == []
     (note,) = check_targets(folder, check, haswell)
     assert note.endswith("their schedules apply, their timings are another CPU's"), note
+
+
+@pytest.mark.parametrize("lookup", [t for t in TABLE_LOOKUPS if "avx512vbmi" in t.features], ids=lambda t: t.name)
+def test_an_avx512_vbmi_table_lookup_uses_its_permute_and_equals_the_gather(lookup):
+    """The vector lookup for a VBMI CPU (compiled on any host): its code permutes bytes in
+    registers, with no byte gathered from the table; on a host that has the features (Zen 4)
+    it is also run: every code and clipped indices, against numpy."""
+    target = tvm.target.Target({"kind": "llvm", "mcpu": VNNI_CPU})
+    assert lookup in table_lookup.for_target(target)
+    case = lookup_case(lookup)
+    library = tvm.compile(case.kernel, target=target)
+    assembly = library.mod.inspect_source("asm")
+    assert re.search(r"vperm[it]2b\s+%" + {64: "zmm", 32: "ymm", 16: "xmm"}[lookup.lanes], assembly), lookup.name
+    assert "vpinsrb" not in assembly and "movzbl" not in assembly  # no lane taken from the table one by one
+    if codegen.target_has_features(list(lookup.features), _host_target()):
+        out = tvm.runtime.empty(case.index.shape, "int8")
+        library["main"](tvm.runtime.tensor(case.table), tvm.runtime.tensor(case.index), out)
+        assert np.array_equal(out.numpy(), case.expected)

@@ -27,6 +27,7 @@ from tvm import relax, tirx
 from tvm.relax.dpl import is_op, wildcard
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from compile.backend import table_lookup
 from compile.backend.call_te import Emitted, call_te, rewrite_module
 
 INJECTIVE = 2  # TVM's OpPatternKind::kInjective, the "op_pattern" FuseOps reads
@@ -104,9 +105,16 @@ def _lookup(table: tvm.te.Tensor, index: tvm.te.Tensor) -> tvm.te.Tensor:
     return tvm.te.compute(index.shape, lambda *i: table[tirx.max(tirx.min(index(*i), last), 0)], name=LOOKUP_BLOCK)
 
 
-def injective_tables() -> tvm.transform.Pass:
+def injective_tables(target: tvm.target.Target) -> tvm.transform.Pass:
+    """The pass; a 256-entry table of bytes is looked up with the target's vector permutes
+    where it has them (`compile.backend.table_lookup`), other tables by `_lookup`."""
     index, table = wildcard(), wildcard()
     pattern = is_op("relax.take")(table, index)
+    vector_lookups = table_lookup.for_target(target)
+
+    def lookup(values: tvm.te.Tensor, at: tvm.te.Tensor) -> tvm.te.Tensor:
+        found = table_lookup.fitting(vector_lookups, values, at)
+        return _lookup(values, at) if found is None else table_lookup.vector_lookup_te(values, at, found)
 
     def rewrite(builder: relax.BlockBuilder, call: relax.Call, match: dict) -> relax.Expr:
         lut, idx = match[table], match[index]
@@ -120,10 +128,12 @@ def injective_tables() -> tvm.transform.Pass:
             values = call_te(builder, "table", lambda t: tvm.te.compute(t.shape, lambda i: t[i], name="table"),
                              [values], op_pattern=COMM_REDUCE)
         inputs = [values, Emitted(idx, [int(d) for d in idx.ty.shape], str(idx.ty.dtype))]
-        return call_te(builder, "lookup", _lookup, inputs, op_pattern=INJECTIVE).expr
+        return call_te(builder, "lookup", lookup, inputs, op_pattern=INJECTIVE).expr
 
     @tvm.transform.module_pass(opt_level=0, name="QatieInjectiveTables")
     def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        return rewrite_module(mod, pattern, rewrite)
+        # lookups of constants first (a table built from a grid of codes): TVM's FoldConstant
+        # cannot evaluate a vector lookup later (it builds kernels unscheduled, scalar)
+        return rewrite_module(relax.transform.FoldConstant()(mod), pattern, rewrite)
 
     return _pass

@@ -58,6 +58,7 @@ from compile.backend.packed_conv import (
     DEPTHWISE_BLOCK,
     pack_convs,
 )
+from compile.backend.table_lookup import LANES_ATTR
 from compile.backend.targets import target_kind
 from compile.backend.winograd import OUTPUT_BLOCK, PRODUCT_BLOCK
 
@@ -395,6 +396,28 @@ def _is_high_multiply(sch: s_tir.Schedule, block) -> bool:
     return sch.get(block).name_hint.startswith(HIGH_BLOCK)
 
 
+def _exact_lanes(sch: s_tir.Schedule, block) -> int | None:
+    """The vector width a block computed by a fixed-width instruction must have, or None
+    (`compile.backend.table_lookup`: its table loads are registers only at that width)."""
+    lanes = sch.get(block).annotations.get(LANES_ATTR)
+    return None if lanes is None else int(lanes)
+
+
+def vectorize_exactly(sch: s_tir.Schedule, blocks: list) -> None:
+    """Each of `blocks` a loop nest of its own, never inlined: its innermost loop split at
+    exactly its lanes and vectorized (lane j: every innermost index j modulo the lanes), the
+    loops outside fused and parallel."""
+    for block in blocks:
+        *outer, inner = sch.get_loops(block)
+        lanes = _exact_lanes(sch, block)
+        if _extent(sch, inner) != lanes:
+            more, inner = sch.split(inner, [None, lanes])
+            outer.append(more)
+        sch.vectorize(inner)
+        if outer:
+            sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+
+
 def _concat_channel_offsets(sch: s_tir.Schedule, infos) -> list[int] | None:
     """Where each input of a channel concat in the kernel starts (channels, sorted, from 0), or None if
     there is no concat or it joins another axis. Read from the concat block's input regions:
@@ -454,17 +477,23 @@ class BlockedLayout(CPUScheduleRule):
         shape = sch.get(last.block_rv).writes[0].source.shape
         if not last.is_injective() or len(shape) != BLOCKED_RANK or int(shape[-1]) not in BLOCK_LANES:
             return None  # not the blocked layout (a model's own 5-D tensor)
+        exact = [info for info in infos if _exact_lanes(sch, info.block_rv)]
+        if last in exact:
+            return None  # a kernel that is a vector lookup: Elementwise's
         offsets = _concat_channel_offsets(sch, infos)  # before inlining removes the concat block
         lookups = [info for info in infos[:-1] if _is_lookup(sch, info.block_rv)]
         highs = [info for info in infos[:-1] if _is_high_multiply(sch, info.block_rv)]
-        if try_inline(sch, [info for info in infos[:-1] if info not in lookups and info not in highs]):
+        if try_inline(sch, [info for info in infos[:-1] if info not in lookups + highs + exact]):
             return None
-        per_pixel = self._schedule(sch, infos, offsets, lookups, highs)
+        # a vector lookup as wide as a pixel's vector is computed per pixel too (no buffer between)
+        pixel_wide = [info for info in exact if _exact_lanes(sch, info.block_rv) == int(shape[-1])]
+        per_pixel = self._schedule(sch, infos, offsets, lookups, highs + pixel_wide)
         if per_pixel is None:
             return None
         for info in highs:
             if info not in per_pixel:  # a loop of its own (see Elementwise)
                 _parallel_vectorize(sch, info.block_rv, for_target(target).lanes)
+        vectorize_exactly(sch, [info.block_rv for info in exact if info not in per_pixel])
         return sch
 
     def _schedule(self, sch: s_tir.Schedule, infos, offsets, lookups: list, highs: list) -> list | None:
@@ -598,8 +627,10 @@ class IntegerReduction(CPUScheduleRule):
         block, kinds = reduction.block_rv, reduction.dom_kind()
         if tvm.DataType(sch.get(block).writes[0].source.dtype).type_code != tvm.DataTypeCode.INT:
             return None
-        if try_inline(sch, [b for b in infos if b.block_rv != block]):
+        exact = [info for info in infos if _exact_lanes(sch, info.block_rv)]
+        if try_inline(sch, [b for b in infos if b.block_rv != block and b not in exact]):
             return None  # something after the reduction: TVM's rule
+        vectorize_exactly(sch, [info.block_rv for info in exact])
         loops = sch.get_loops(block)
         spatial = kinds.count("S")
         outputs, reduced = loops[:spatial], loops[spatial:]
@@ -638,9 +669,12 @@ class Elementwise(CPUScheduleRule):
         # a high multiply stays a block of its own: inlined, a chain of requantizes is one expression
         # that doubles at each (the rounding reads the high half twice), and TVM's simplifier blows up
         highs = [info for info in infos[:-1] if _is_high_multiply(sch, info.block_rv)]
-        remaining = try_inline(sch, [info for info in infos[:-1] if info not in highs]) + [infos[-1]]
+        exact = [info for info in infos if _exact_lanes(sch, info.block_rv)]
+        remaining = try_inline(sch, [info for info in infos[:-1] if info not in highs + exact])
+        remaining += [infos[-1]] if infos[-1] not in exact else []
         for info in highs:  # the instruction's own vector width: LLVM cannot split a target intrinsic
             _parallel_vectorize(sch, info.block_rv, for_target(target).lanes)
+        vectorize_exactly(sch, [info.block_rv for info in exact])
         for info in remaining:
             if info.is_injective():
                 _parallel_vectorize(sch, info.block_rv)
@@ -674,8 +708,8 @@ def _parallel_vectorize(sch: s_tir.Schedule, block, widest: int = VECTOR_LANES[0
 def fuse_kernels(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     """Legalize and fuse: the kernels these passes produce are the tuning tasks, so tuning and
     building must both use exactly this list for database lookups to hit."""
-    return (library_dispatch_passes(target) + [pack_convs(target), blocked_layout(), injective_tables(), per_consumer(),
-                                                high_multiplies(target)]
+    return (library_dispatch_passes(target)
+            + [pack_convs(target), blocked_layout(), injective_tables(target), per_consumer(), high_multiplies(target)]
             + legalize_passes(target))
 
 
