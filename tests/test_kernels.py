@@ -1,7 +1,8 @@
 """The int8 conv kernels: each dot-product intrinsic computes a conv exactly, the build picks the
 instruction from the target's CPU features and the weights, and x86 builds' conv kernels contain
-it (asm); the vector table lookups of AVX-512 VBMI. Runs what this host can execute (AVX2 everywhere in CI, VNNI where the CPU has it) and
-compiles, without running, for a CPU it does not have."""
+it (asm); likewise the vector table lookups of AVX-512 VBMI. Runs what this host can execute
+(AVX2 everywhere in CI, VNNI and VBMI where the CPU has them) and compiles, without running,
+for a CPU it does not have."""
 
 from __future__ import annotations
 
