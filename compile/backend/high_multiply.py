@@ -70,9 +70,20 @@ def high_te(x: te.Tensor, multiplier: te.Tensor, high: HighMultiply) -> te.Tenso
     return te.compute(x.shape, at, name=HIGH_BLOCK)
 
 
+def _split_left_shift(multiplier: int) -> tuple[int, int] | None:
+    """(Q31 multiplier, left shift) of a constant the import wrote as q * 2^left (`Multiplier`
+    folds a multiplier > 1's left shift into q), q < 2^31; None if it is not one."""
+    left = max(multiplier.bit_length() - 31, 0)
+    q = multiplier >> left
+    return (q, left) if 0 < q <= INT32_MAX and q << left == multiplier else None
+
+
 class _SingleMultiplier:
-    """`(x * M + 2^30) >> 31` on int64 with one constant M < 2^31 (`Multiplier.emit`'s first
-    rounding) -> the instruction on `x` as int32 (x is an int32 in the kernels), widened back."""
+    """`(x * M + 2^30) >> 31` on int64 with one constant M (`Multiplier.emit`'s first rounding)
+    -> the instruction on `x` as int32 (x is an int32 in the kernels), widened back. M = q * 2^left
+    with q < 2^31 (a real multiplier > 1, e.g. a gate MUL's): the instruction on `x << left` in
+    int32, which is how TFLite computes it (`x * (1 << left_shift)`, wrapping where the int64 form
+    would not; a valid model does not overflow there)."""
 
     def __init__(self) -> None:
         self.x, self.multiplier, self.half, self.bits = wildcard(), is_const(), is_const(), is_const()
@@ -84,14 +95,18 @@ class _SingleMultiplier:
         if any(v.size != 1 or v.dtype != "int64" for v in values):
             return call
         multiplier, half, bits = (int(v.reshape(-1)[0]) for v in values)
-        if (half, bits) != (1 << 30, 31) or not 0 < multiplier <= INT32_MAX:
+        split = _split_left_shift(multiplier)
+        if (half, bits) != (1 << 30, 31) or split is None:
             return call
+        q, left = split
         x = match[self.x]
         shape = [int(d) for d in x.ty.shape]
-        m = tirx.const(multiplier, "int32")
-        product = call_te(builder, "high_mul", lambda t: te.compute(t.shape, lambda *i: high.compute(t[i], m),
-                                                                    name=HIGH_BLOCK),
-                          [Emitted(relax.op.astype(x, "int32"), shape, "int32")])
+        m = tirx.const(q, "int32")
+
+        def compute(t: te.Tensor) -> te.Tensor:
+            return te.compute(t.shape, lambda *i: high.compute(t[i] << left if left else t[i], m), name=HIGH_BLOCK)
+
+        product = call_te(builder, "high_mul", compute, [Emitted(relax.op.astype(x, "int32"), shape, "int32")])
         return relax.op.astype(product.expr, "int64")
 
 
