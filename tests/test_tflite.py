@@ -1,7 +1,8 @@
 """int8 TFLite models in (`compile.frontend.tflite`): the paper's own published model (GenAI4E/
 QATIE, shipped in bench/anchors/) imported operator by operator as LiteRT's reference kernels
 compute it, checked op by op and end to end against those kernels, bit for bit; its build on
-the packed int8 kernels; TFLite's fixed-point arithmetic against its C definition; hostile files."""
+the packed int8 kernels; TFLite's fixed-point arithmetic against its C definition, and its int64
+chains narrowed to int32 by the backend; hostile files."""
 
 from __future__ import annotations
 
@@ -174,3 +175,63 @@ def _with_operator_renamed(data: bytes, old: str, new: str) -> bytes:
                 value = min(new_code, 127) if size == 1 else new_code
                 patched[code._tab.Pos + offset: code._tab.Pos + offset + size] = value.to_bytes(size, "little", signed=True)
     return bytes(patched)
+
+
+def _int64_ops(mod: tvm.IRModule) -> int:
+    found = []
+    relax.analysis.post_order_visit(mod["main"], lambda e: found.append(
+        isinstance(e, relax.Call) and isinstance(e.ty, relax.TensorType) and str(e.ty.dtype) == "int64"))
+    return sum(found)
+
+
+def test_requantize_chains_narrowed_to_int32_compute_what_int64_computes():
+    """`compile.backend.narrow_integers` on requantizes as the import writes them (per-channel
+    multipliers, one above 1, with its left shift folded in): what provably fits int32 is computed
+    there, a value that does not (a product beyond 2^31) stays int64, and every code of the input
+    gives the same output before and after."""
+    from compile.backend.narrow_integers import narrow_integers
+    from compile.frontend.tflite.fixed_point import Requantize
+
+    shape, channel = (1, 4, 16, 16), (1, 4, 1, 1)
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "int8"))
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            codes = builder.emit(relax.op.subtract(relax.op.astype(x, "int64"), relax.const(-7, "int64")))
+            small = Requantize(Multiplier.of([0.37, 1.9, 0.002, 3.5]), 3, -128, 127, "int8")
+            wide = builder.emit(relax.op.multiply(codes, relax.const(2**28, "int64")))  # up to 2^35
+            outputs = [builder.emit(small.emit(codes, channel)),
+                       builder.emit(Requantize(Multiplier.of([0.37] * 4), -1, -128, 127, "int8").emit(wide, channel))]
+            result = builder.emit_output(relax.Tuple(outputs))
+        builder.emit_func_output(result)
+    wide_mod = relax.transform.Normalize()(builder.get())
+    narrow_mod = narrow_integers()(wide_mod)
+    assert 0 < _int64_ops(narrow_mod) < _int64_ops(wide_mod)
+    codes = np.resize(np.arange(-128, 128, dtype=np.int8), shape)
+    results = []
+    for mod in (wide_mod, narrow_mod):
+        vm = relax.VirtualMachine(tvm.compile(mod, target=tvm.target.Target({"kind": "llvm"})), tvm.cpu())
+        results.append([out.numpy() for out in vm["main"](tvm.runtime.tensor(codes))])
+    assert all(np.array_equal(a, b) for a, b in zip(*results))
+    assert len(np.unique(results[0][0])) > 100  # the outputs vary: the chain is exercised
+
+
+def test_the_narrowing_intervals_bound_every_result():
+    """Each op's interval in `narrow_integers` (what decides that int32 is exact) against every
+    result of small operand ranges, negative ones included."""
+    import itertools
+
+    from compile.backend.narrow_integers import BINARY, Interval
+
+    ranges = [(-9, -3), (-5, 4), (-1, 0), (0, 0), (2, 11), (-64, -1), (1, 3)]
+    ops = {"relax.add": np.add, "relax.subtract": np.subtract, "relax.multiply": np.multiply,
+           "relax.minimum": np.minimum, "relax.maximum": np.maximum, "relax.right_shift": np.right_shift,
+           "relax.bitwise_and": np.bitwise_and}
+    assert set(ops) == set(BINARY)
+    for name, (a, b) in itertools.product(ops, itertools.product(ranges, repeat=2)):
+        bound = BINARY[name](Interval(*a), Interval(*b))
+        if bound is None:
+            continue
+        x, y = np.meshgrid(np.arange(a[0], a[1] + 1), np.arange(b[0], b[1] + 1))
+        values = ops[name](x, y)
+        assert bound.low <= values.min() and values.max() <= bound.high, (name, a, b, bound)
