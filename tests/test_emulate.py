@@ -152,6 +152,17 @@ def test_depthwise_fully_connected_and_pooling_on_emulated_arm_equal_litert_refe
     assert agreement["max_steps"] == 0, agreement
 
 
+def _on_emulated_core(mod: tvm.IRModule, target: str, emulated, key: str, tmp_path: Path):
+    """`mod` built for `target`, cross-compiled and loaded on the emulated core `key`: (its
+    runtime module, the remote device)."""
+    spec = get_target(target)
+    library = tmp_path / "kernels.so"
+    tvm.compile(mod, target=spec.tvm_target()).export_library(str(library), fcompile=cc.cross_compiler(spec.compiler()))
+    device = request_device(parse_tracker(emulated.address), key, 60).connect(120)
+    device.session.upload(str(library))
+    return device.session.load_module(library.name), device.session.cpu()
+
+
 @pytest.mark.parametrize(("target", "key", "dot"), [("arm64-linux", A53_KEY, "neon-smull"),
                                                    ("arm64-linux-dotprod", A76_KEY, "sdot")])
 def test_arm_dot_product_computes_the_conv_exactly_on_the_emulated_core(emulated, target, key, dot, tmp_path):
@@ -162,11 +173,7 @@ def test_arm_dot_product_computes_the_conv_exactly_on_the_emulated_core(emulated
     assert chosen.name == dot
     case = conv_case(chosen, stride=1, seed=5)
     tiles = tile_kernels(case)
-    library = tmp_path / "tiles.so"
-    tvm.compile(tiles, target=spec.tvm_target()).export_library(str(library), fcompile=cc.cross_compiler(spec.compiler()))
-    device = request_device(parse_tracker(emulated.address), key, 60).connect(120)
-    device.session.upload(str(library))
-    kernels, remote = device.session.load_module(library.name), device.session.cpu()
+    kernels, remote = _on_emulated_core(tiles, target, emulated, key, tmp_path)
     for tile in tiles.functions:
         out = tvm.runtime.empty(case.out_shape, "int32", device=remote)
         kernels[tile.name_hint](tvm.runtime.tensor(case.data, device=remote),
@@ -191,12 +198,8 @@ def test_the_high_multiply_instruction_equals_tflites_on_the_emulated_core(emula
     sch = tvm.s_tir.Schedule(te.create_prim_func([x_t, m_t, high_te(x_t, m_t, high)]))
     (loop,) = sch.get_loops(sch.get_sblock(HIGH_BLOCK))
     sch.vectorize(sch.split(loop, [None, high.lanes])[1])
-    library = tmp_path / "high.so"
-    tvm.compile(sch.mod, target=spec.tvm_target()).export_library(str(library),
-                                                                  fcompile=cc.cross_compiler(spec.compiler()))
-    device = request_device(parse_tracker(emulated.address), key, 60).connect(120)
-    device.session.upload(str(library))
-    kernel, remote = device.session.load_module(library.name)["main"], device.session.cpu()
+    kernels, remote = _on_emulated_core(sch.mod, target, emulated, key, tmp_path)
+    kernel = kernels["main"]
     out = tvm.runtime.empty((x.size,), "int32", device=remote)
     kernel(tvm.runtime.tensor(x.astype(np.int32), device=remote), tvm.runtime.tensor(m.astype(np.int32), device=remote),
            out)
@@ -208,18 +211,12 @@ def test_the_tbl_table_lookup_equals_the_gather_on_the_emulated_core(emulated, t
     """NEON's tbl/tbx over a 256-entry table in 16 registers (`compile.backend.table_lookup`),
     vectorized as the schedules do, run on the emulated core: every code and clipped indices,
     against numpy's take."""
-    spec = get_target(target)
-    (lookup,) = table_lookup.for_target(spec.tvm_target())
+    (lookup,) = table_lookup.for_target(get_target(target).tvm_target())
     assert lookup.name == "tbl"
     case = lookup_case(lookup)
-    library = tmp_path / "lookup.so"
-    tvm.compile(case.kernel, target=spec.tvm_target()).export_library(str(library),
-                                                                      fcompile=cc.cross_compiler(spec.compiler()))
-    device = request_device(parse_tracker(emulated.address), key, 60).connect(120)
-    device.session.upload(str(library))
-    kernel, remote = device.session.load_module(library.name)["main"], device.session.cpu()
+    kernels, remote = _on_emulated_core(case.kernel, target, emulated, key, tmp_path)
     out = tvm.runtime.empty(case.index.shape, "int8", device=remote)
-    kernel(tvm.runtime.tensor(case.table, device=remote), tvm.runtime.tensor(case.index, device=remote), out)
+    kernels["main"](tvm.runtime.tensor(case.table, device=remote), tvm.runtime.tensor(case.index, device=remote), out)
     assert np.array_equal(out.numpy(), case.expected)
 
 
