@@ -22,7 +22,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+from compile.frontend.tflite.fixed_point import INT32_MAX, INT32_MIN
 
 
 @dataclass(frozen=True)
