@@ -15,10 +15,12 @@ CPU families have an instruction that indexes bytes held in registers:
 The table is a tensor and the instruction wants it as registers, whose lane j holds entry
 `k * lanes + j`. A TE compute is scalar, so each register is written as the load
 `table[k * lanes + i % lanes]` at the element whose innermost index is i: once the innermost
-loop is vectorized at exactly `lanes` from a multiple of `lanes` (`compile.backend.schedules`: a
-loop nest of its own, never inlined), lane j is the element i = base + j and that load is the
-register. Anywhere else the instruction call does not type-check in LLVM (a scalar `tbl`,
-or a vector of other width), which fails the build loudly rather than computing a wrong lookup.
+loop is vectorized at exactly `lanes` from a multiple of `lanes`, lane j is the element
+i = base + j and that load is the register. Keeping that is the schedules' part
+(`compile.backend.schedules`: never inlined; computed per pixel where a pixel's vector has that
+width, else a loop nest of its own split from 0, `vectorize_exactly`). At any other width the
+instruction call does not type-check in LLVM (a scalar `tbl`, a vector of another width), so
+such a schedule fails the build instead of computing a wrong lookup.
 """
 
 from __future__ import annotations
