@@ -19,7 +19,7 @@ from tvm.support import cc
 from compile.artifact import load_artifact
 from compile.backend import table_lookup
 from compile.backend.dot_products import candidates
-from compile.backend.high_multiply import HIGH_BLOCK, for_target, high_te
+from compile.backend.high_multiply import HIGH_BLOCK, divide_te, for_target, high_te
 from compile.backend.targets import get_target
 from compile.backend.tuning_db import RECORDS
 from compile.deploy.inputs import model_input
@@ -27,6 +27,7 @@ from compile.deploy.rpc import parse_tracker, request_device
 from compile.frontend.tflite.fixed_point import (
     INT32_MAX,
     INT32_MIN,
+    rounding_divide_by_pot,
     rounding_doubling_high_mul,
 )
 from qatie.references import WITHIN_ONE_STEP_REQUIRED, LiteRtKernels, litert_output
@@ -204,6 +205,29 @@ def test_the_high_multiply_instruction_equals_tflites_on_the_emulated_core(emula
     kernel(tvm.runtime.tensor(x.astype(np.int32), device=remote), tvm.runtime.tensor(m.astype(np.int32), device=remote),
            out)
     assert out.numpy().tolist() == [rounding_doubling_high_mul(int(a), int(b)) for a, b in zip(x, m)]
+
+
+@pytest.mark.parametrize(("target", "key"), [("arm64-linux", A53_KEY), ("arm64-linux-dotprod", A76_KEY)])
+def test_the_rounding_shift_instructions_equal_tflites_on_the_emulated_core(emulated, target, key, tmp_path):
+    """NEON's RoundingDivideByPOT (`high_multiply.divide_te`: sqadd of the sign fixup, srshl) at
+    the high multiply's vector width on the emulated core, against TFLite's in Python integers:
+    every exponent 0..31, the int32 extremes, ties (odd multiples of half), random values."""
+    high = for_target(get_target(target).tvm_target())
+    rng = np.random.default_rng(4)
+    exponents = np.arange(32)
+    ties = [((2 * k + 1) << e) >> 1 for e in range(1, 31) for k in (0, 1, 5)]
+    values = np.concatenate([[INT32_MIN, INT32_MAX, INT32_MIN + 1, 0, 1, -1], ties, [-t for t in ties],
+                             rng.integers(INT32_MIN, INT32_MAX, 1500, endpoint=True)])
+    x = np.repeat(values, exponents.size).astype(np.int32)
+    negated = -np.tile(exponents, values.size).astype(np.int32)
+    x_t, e_t = te.placeholder((x.size,), "int32", "x"), te.placeholder((x.size,), "int32", "e")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([x_t, e_t, divide_te(x_t, e_t, high)]))
+    (loop,) = sch.get_loops(sch.get_sblock("rounding_shift"))
+    sch.vectorize(sch.split(loop, [None, high.lanes])[1])
+    kernels, remote = _on_emulated_core(sch.mod, target, emulated, key, tmp_path)
+    out = tvm.runtime.empty((x.size,), "int32", device=remote)
+    kernels["main"](tvm.runtime.tensor(x, device=remote), tvm.runtime.tensor(negated, device=remote), out)
+    assert out.numpy().tolist() == [rounding_divide_by_pot(int(a), int(-b)) for a, b in zip(x, negated)]
 
 
 @pytest.mark.parametrize(("target", "key"), [("arm64-linux", A53_KEY), ("arm64-linux-dotprod", A76_KEY)])

@@ -11,7 +11,9 @@ and M > 0). It is what TFLite's own NEON kernels use.
 
 Two places get it: the packed convs' epilogue (`compile.backend.packed_conv`, per-channel
 multipliers) through `high_te`, and every other requantize with one multiplier through the
-`high_multiplies` pass. On a target without such an instruction (x86, where LLVM keeps the int64
+`high_multiplies` pass. The packed convs also take the second rounding (RoundingDivideByPOT) as
+the instructions TFLite's NEON kernels use (`divide_te`: a saturating add of the sign fixup,
+then `srshl`, 4 instructions where the shifts and adds took 5). On a target without such an instruction (x86, where LLVM keeps the int64
 product vector code) both leave the int64 form as it is.
 """
 
@@ -40,6 +42,8 @@ class HighMultiply:
     lanes: int  # int32 lanes per instruction: the widest vector a schedule may give it (LLVM
     # cannot split a target intrinsic)
     compute: Callable[[tirx.PrimExpr, tirx.PrimExpr], tirx.PrimExpr]  # (int32 x, int32 M) -> int32
+    # (int32 x, int32 -exponent) -> RoundingDivideByPOT(x, exponent), or None: the shifts in plain ops
+    divide: Callable[[tirx.PrimExpr, tirx.PrimExpr], tirx.PrimExpr] | None = None
 
 
 def _sqrdmulh(x: tirx.PrimExpr, multiplier: tirx.PrimExpr) -> tirx.PrimExpr:
@@ -47,7 +51,15 @@ def _sqrdmulh(x: tirx.PrimExpr, multiplier: tirx.PrimExpr) -> tirx.PrimExpr:
     return tirx.call_llvm_pure_intrin("int32", "llvm.aarch64.neon.sqrdmulh", x, multiplier)
 
 
-HIGH_MULTIPLIES = (HighMultiply("sqrdmulh", ("neon",), 4, _sqrdmulh),)
+def _srshl(x: tirx.PrimExpr, negated: tirx.PrimExpr) -> tirx.PrimExpr:
+    """gemmlowp's NEON RoundingDivideByPOT: a negative x less one (x & -e has the sign bit of x
+    for e > 0), then `srshl` by -e, which rounds half up: half away from zero overall."""
+    fixup = tirx.bitwise_and(x, negated) >> 31
+    fixed = tirx.call_llvm_pure_intrin("int32", "llvm.aarch64.neon.sqadd", x, fixup)
+    return tirx.call_llvm_pure_intrin("int32", "llvm.aarch64.neon.srshl", fixed, negated)
+
+
+HIGH_MULTIPLIES = (HighMultiply("sqrdmulh", ("neon",), 4, _sqrdmulh, _srshl),)
 
 
 def for_target(target: tvm.target.Target) -> HighMultiply | None:
@@ -57,6 +69,16 @@ def for_target(target: tvm.target.Target) -> HighMultiply | None:
     if str(target.kind) != "llvm":
         return None
     return next((h for h in HIGH_MULTIPLIES if codegen.target_has_features(list(h.features), target)), None)
+
+
+def divide_te(x: te.Tensor, negated: te.Tensor, high: HighMultiply) -> te.Tensor:
+    """RoundingDivideByPOT of int32 `x` by the exponents whose negations are `negated` (broadcast
+    like `x`), with the target's instructions."""
+
+    def at(*index):
+        return high.divide(x[index], negated[tuple(i if int(d) > 1 else 0 for i, d in zip(index, negated.shape))])
+
+    return te.compute(x.shape, at, name="rounding_shift")
 
 
 def high_te(x: te.Tensor, multiplier: te.Tensor, high: HighMultiply) -> te.Tensor:

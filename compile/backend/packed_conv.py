@@ -272,7 +272,12 @@ class FixedPointEpilogue:
         per_channel = np.broadcast_to(multiplier.multiplier, (math.prod(shape),)).reshape(shape).astype(np.int32)
         product = call_te(builder, "high_mul", functools.partial(high_multiply.high_te, high=high),
                           [acc, Emitted(relax.const(per_channel), list(shape), "int32")])
-        return blocked.finish(multiplier.divide(product.expr, shape, "int32"), "int32")
+        if high.divide is None:
+            return blocked.finish(multiplier.divide(product.expr, shape, "int32"), "int32")
+        negated = np.broadcast_to(-multiplier.right, (math.prod(shape),)).reshape(shape).astype(np.int32)
+        divided = call_te(builder, "rounding_shift", functools.partial(high_multiply.divide_te, high=high),
+                          [product, Emitted(relax.const(negated), list(shape), "int32")])
+        return blocked.finish(divided.expr, "int32")
 
 
 EPILOGUES = (FloatEpilogue, FixedPointEpilogue)
