@@ -100,7 +100,7 @@ def test_the_build_picks_the_instruction_from_cpu_features_and_weights():
     safe = np.full((16, 8, 3, 3), 64, np.int8)
     saturating = safe.copy()
     saturating[3, 4:6, 1, 1] = (100, 100)  # 255 * 200 overflows vpmaddubsw's int16 pair sum
-    cpu = lambda name: tvm.target.Target({"kind": "llvm", "mcpu": name})  # noqa: E731
+    cpu = lambda name: tvm.target.Target({"kind": "llvm", "mcpu": name})
     assert choose(cpu(VNNI_CPU), saturating).name == "vnni"  # vpdpbusd has no int16 step
     assert choose(cpu(VNNI_CPU), safe[:3]).name == "vnni-ymm"  # at most 8 outputs: 8 lanes
     assert choose(cpu(AVX512BW_CPU), safe).name == "avx512bw-u8"
