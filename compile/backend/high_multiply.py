@@ -13,8 +13,9 @@ Two places get it: the packed convs' epilogue (`compile.backend.packed_conv`, pe
 multipliers) through `high_te`, and every other requantize with one multiplier through the
 `high_multiplies` pass. The packed convs also take the second rounding (RoundingDivideByPOT) as
 the instructions TFLite's NEON kernels use (`divide_te`: a saturating add of the sign fixup,
-then `srshl`, 4 instructions where the shifts and adds took 5). On a target without such an instruction (x86, where LLVM keeps the int64
-product vector code) both leave the int64 form as it is.
+then `srshl`, 4 instructions where the shifts and adds took 5). On a target without such an
+instruction (x86, where LLVM keeps the int64 product vector code) both leave the int64 form as
+it is.
 """
 
 from __future__ import annotations
@@ -71,25 +72,21 @@ def for_target(target: tvm.target.Target) -> HighMultiply | None:
     return next((h for h in HIGH_MULTIPLIES if codegen.target_has_features(list(h.features), target)), None)
 
 
+def _broadcast(values: te.Tensor, index) -> tirx.PrimExpr:
+    """`values` (one per channel block lane, unit axes elsewhere) at the element `index`."""
+    return values[tuple(i if int(d) > 1 else 0 for i, d in zip(index, values.shape))]
+
+
 def divide_te(x: te.Tensor, negated: te.Tensor, high: HighMultiply) -> te.Tensor:
     """RoundingDivideByPOT of int32 `x` by the exponents whose negations are `negated` (broadcast
     like `x`), with the target's instructions."""
-
-    def at(*index):
-        return high.divide(x[index], negated[tuple(i if int(d) > 1 else 0 for i, d in zip(index, negated.shape))])
-
-    return te.compute(x.shape, at, name="rounding_shift")
+    return te.compute(x.shape, lambda *i: high.divide(x[i], _broadcast(negated, i)), name="rounding_shift")
 
 
 def high_te(x: te.Tensor, multiplier: te.Tensor, high: HighMultiply) -> te.Tensor:
     """The high half of int32 `x` times the int32 `multiplier` (broadcast like `x`: one per
     channel block lane), as int32."""
-
-    def at(*index):
-        m = multiplier[tuple(i if int(d) > 1 else 0 for i, d in zip(index, multiplier.shape))]
-        return high.compute(x[index], m)
-
-    return te.compute(x.shape, at, name=HIGH_BLOCK)
+    return te.compute(x.shape, lambda *i: high.compute(x[i], _broadcast(multiplier, i)), name=HIGH_BLOCK)
 
 
 def _split_left_shift(multiplier: int) -> tuple[int, int] | None:
@@ -142,8 +139,6 @@ def high_multiplies(target: tvm.target.Target) -> tvm.transform.Pass:
     def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         if high is None:
             return mod
-        # constant parts first: TVM's FoldConstant would otherwise build the instruction for the host
-        mod = relax.transform.FoldConstant()(mod)
         return rewrite_module(mod, single.root, lambda builder, call, match: single.rewrite(high, builder, call, match))
 
     return _pass

@@ -132,8 +132,6 @@ def injective_tables(target: tvm.target.Target) -> tvm.transform.Pass:
 
     @tvm.transform.module_pass(opt_level=0, name="QatieInjectiveTables")
     def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        # lookups of constants first (a table built from a grid of codes): TVM's FoldConstant
-        # cannot evaluate a vector lookup later (it builds kernels unscheduled, scalar)
-        return rewrite_module(relax.transform.FoldConstant()(mod), pattern, rewrite)
+        return rewrite_module(mod, pattern, rewrite)
 
     return _pass

@@ -269,14 +269,17 @@ class FixedPointEpilogue:
         high = high_multiply.for_target(target)
         if high is None or not multiplier.fits_int32():
             return blocked.emit(relax.op.astype(acc.expr, "int64"), shape, narrow=True)
-        per_channel = np.broadcast_to(multiplier.multiplier, (math.prod(shape),)).reshape(shape).astype(np.int32)
+
+        def per_channel(values: np.ndarray) -> Emitted:  # one int32 per channel block lane (or one for all)
+            values = np.broadcast_to(values, (math.prod(shape),)).reshape(shape).astype(np.int32)
+            return Emitted(relax.const(values), list(shape), "int32")
+
         product = call_te(builder, "high_mul", functools.partial(high_multiply.high_te, high=high),
-                          [acc, Emitted(relax.const(per_channel), list(shape), "int32")])
+                          [acc, per_channel(multiplier.multiplier)])
         if high.divide is None:
             return blocked.finish(multiplier.divide(product.expr, shape, "int32"), "int32")
-        negated = np.broadcast_to(-multiplier.right, (math.prod(shape),)).reshape(shape).astype(np.int32)
         divided = call_te(builder, "rounding_shift", functools.partial(high_multiply.divide_te, high=high),
-                          [product, Emitted(relax.const(negated), list(shape), "int32")])
+                          [product, per_channel(-multiplier.right)])
         return blocked.finish(divided.expr, "int32")
 
 

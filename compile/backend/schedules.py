@@ -712,9 +712,12 @@ def fuse_kernels(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     # int32 chains only where high multiplies cut them into blocks of their own: inlined whole
     # (x86), TVM's StmtSimplify took 699 s on the paper's model (25 s without) for 5.06 -> 5.02 ms
     narrowing = [narrow_integers()] if for_target(target) is not None else []
+    # constants folded before the rewrites that write target instructions (vector lookups, high
+    # multiplies): TVM's FoldConstant evaluates what is left constant later by building its
+    # kernels unscheduled for the host, where those do not compile (a lookup of a constant grid)
     return (library_dispatch_passes(target)
-            + [pack_convs(target), blocked_layout(), injective_tables(target), per_consumer(), *narrowing,
-               high_multiplies(target)]
+            + [pack_convs(target), blocked_layout(), relax.transform.FoldConstant(), injective_tables(target),
+               per_consumer(), *narrowing, high_multiplies(target)]
             + legalize_passes(target))
 
 
