@@ -1,6 +1,7 @@
 """The int8 conv kernels: each dot-product intrinsic computes a conv exactly, the build picks the
 instruction from the target's CPU features and the weights, and x86 builds' conv kernels contain
-it (asm); likewise the vector table lookups of AVX-512 VBMI. Runs what this host can execute
+it (asm); likewise the vector table lookups of AVX-512 VBMI; and which loops an elementwise
+kernel's vector spans. Runs what this host can execute
 (AVX2 everywhere in CI, VNNI and VBMI where the CPU has them) and compiles, without running,
 for a CPU it does not have."""
 
@@ -12,6 +13,7 @@ import re
 import numpy as np
 import pytest
 import tvm
+from tvm import te
 from tvm.target import codegen
 
 from compile.backend import table_lookup
@@ -284,3 +286,21 @@ def test_an_avx512_vbmi_table_lookup_uses_its_permute_and_equals_the_gather(look
         out = tvm.runtime.empty(case.index.shape, "int8")
         library["main"](tvm.runtime.tensor(case.table), tvm.runtime.tensor(case.index), out)
         assert np.array_equal(out.numpy(), case.expected)
+
+
+def test_an_elementwise_vector_spans_only_the_axes_its_lanes_need():
+    """The default schedule of an elementwise kernel that transposes (an NHWC image quantized
+    into NCHW codes, 100 x 100 x 3) vectorizes over H x W, which give it 16 lanes, with the
+    channel outside the vector: fused with it too, each lane's indices would be divisions by the
+    channel's plane (55 us against 9 us, Zen 4). The kernel computes the same either way."""
+    image = te.placeholder((1, 100, 100, 3), "float32", "image")
+    codes = te.compute((1, 3, 100, 100), lambda n, c, h, w: te.round(image[n, h, w, c] * 255.0), name="quantize")
+    scheduled = default_schedule(tvm.IRModule({"main": te.create_prim_func([image, codes])}), _host_target())
+    script = scheduled["main"].script()
+    (vector,) = re.findall(r"for (\w+) in T.vectorized\(16\)", script)
+    (channel,) = re.findall(r"v\w* = T.axis.spatial\(3, (.*)\)$", script, re.MULTILINE)
+    assert vector not in channel, script
+    x = np.random.default_rng(0).uniform(0, 1, (1, 100, 100, 3)).astype(np.float32)
+    out = tvm.runtime.empty((1, 3, 100, 100), "float32")
+    tvm.compile(scheduled, target=_host_target())["main"](tvm.runtime.tensor(x), out)
+    np.testing.assert_array_equal(out.numpy(), np.round(x.transpose(0, 3, 1, 2) * np.float32(255.0)))
