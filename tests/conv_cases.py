@@ -15,16 +15,22 @@ import tvm
 from tvm import s_tir
 
 from compile.backend.dot_products import DotProduct
-from compile.backend.packed_conv import pack_data, pack_weight, packed_conv_kernel
-from compile.backend.schedules import packed_conv_block, packed_conv_space, packed_tiles
+from compile.backend.packed_conv import (
+    pack_data,
+    pack_pixel_weight,
+    pack_weight,
+    packed_conv_kernel,
+)
+from compile.backend.schedules import conv_tiles, packed_conv_space
 
 # two input-channel blocks for every dot product (so a chunked tile loops over blocks), and
 # 64 output pixels per row at stride 1 (every register tile fits, two chunks per row)
 CHANNELS, OUTPUTS, SIZE = 16, 16, (6, 66)
+PIXEL_OUTPUTS = 3  # a pixels-in-lanes dot product's conv: the paper's last conv's outputs
 # what each dot product's conv kernels must contain in their assembly (sadalp: smull alone is plain int8 code)
 INSTRUCTIONS = {"vnni": "vpdpbusd", "vnni-ymm": "vpdpbusd", "avx512bw-u8": "vpmaddubsw", "avx512bw-i16": "vpmaddwd",
                 "avx2-u8": "vpmaddubsw", "avx2-i16": "vpmaddwd", "sdot": "sdot",
-                "neon-smull": "sadalp"}
+                "neon-smull": "sadalp", "vnni-pixels": "vpdpbusd", "sdot-pixels": "sdot", "neon-smull-pixels": "sadalp"}
 
 
 @dataclass
@@ -37,10 +43,12 @@ class ConvCase:
 
     @property
     def out_shape(self) -> tuple[int, ...]:
+        if self.dot.pixels:  # [1, O, OH, OW/lanes, lanes]
+            return (1, *self.expected.shape[:2], self.expected.shape[2] // self.dot.lanes, self.dot.lanes)
         return (1, OUTPUTS // self.dot.lanes, *self.expected.shape[1:], self.dot.lanes)
 
     def unpacked(self, out: np.ndarray) -> np.ndarray:
-        return out.transpose(0, 1, 4, 2, 3).reshape(self.expected.shape)
+        return out.reshape(self.expected.shape) if self.dot.pixels else out.transpose(0, 1, 4, 2, 3).reshape(self.expected.shape)
 
 
 def conv_case(dot: DotProduct, stride: int, seed: int) -> ConvCase:
@@ -48,7 +56,7 @@ def conv_case(dot: DotProduct, stride: int, seed: int) -> ConvCase:
     weights the instruction allows on one tap) through a 3x3 conv."""
     rng = np.random.default_rng(seed)
     low, high = (-64, 64) if dot.pairs_must_fit_int16 else (-128, 127)
-    w = rng.integers(low, high + 1, (OUTPUTS, CHANNELS, 3, 3)).astype(np.int8)
+    w = rng.integers(low, high + 1, (PIXEL_OUTPUTS if dot.pixels else OUTPUTS, CHANNELS, 3, 3)).astype(np.int8)
     w[0, :, 0, 0] = high
     w[1, :, 1, 1] = low
     assert dot.exact_for(w)
@@ -56,21 +64,20 @@ def conv_case(dot: DotProduct, stride: int, seed: int) -> ConvCase:
     codes[0, :, 0, :] = 127
     codes[0, :, 1, :] = -128
     x = codes + dot.shift_from("int8")  # the values the instruction multiplies
-    expected = np.zeros((OUTPUTS, (SIZE[0] - 3) // stride + 1, (SIZE[1] - 3) // stride + 1), np.int64)
+    expected = np.zeros((w.shape[0], (SIZE[0] - 3) // stride + 1, (SIZE[1] - 3) // stride + 1), np.int64)
     for ky in range(3):
         for kx in range(3):
             window = x[0, :, ky::stride, kx::stride][:, :expected.shape[1], :expected.shape[2]].astype(np.int64)
             expected += np.einsum("oc,chw->ohw", w[:, :, ky, kx].astype(np.int64), window)
-    return ConvCase(dot, stride, pack_data(codes.astype(np.int8), dot), pack_weight(w, dot), expected)
+    weight = pack_pixel_weight(w, dot) if dot.pixels else pack_weight(w, dot)
+    return ConvCase(dot, stride, pack_data(codes.astype(np.int8), dot), weight, expected)
 
 
 def tile_kernels(case: ConvCase, all_tiles: bool = True) -> tvm.IRModule:
     """The case's packed conv scheduled at each register tile (or the default one), one function
     per tile named `tile_<blocks>x<pixels>[_<chunk>]`, in one module (one library to upload to a device)."""
     sch = s_tir.Schedule(packed_conv_kernel(case.dot, case.data.shape, case.weight.shape, (case.stride,) * 2))
-    conv, found = packed_conv_block(sch)
-    assert found == case.dot
-    tiled = list(zip(packed_tiles(sch, conv, case.dot), packed_conv_space(sch)))
+    tiled = list(zip(conv_tiles(sch).tiles, packed_conv_space(sch)))
     functions = {}
     for tile, space in tiled if all_tiles else tiled[:1]:
         name = "tile_" + tile.name.replace("/", "_")

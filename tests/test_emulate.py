@@ -15,10 +15,11 @@ import pytest
 import tvm
 from tvm import te
 from tvm.support import cc
+from tvm.target import codegen
 
 from compile.artifact import load_artifact
 from compile.backend import table_lookup
-from compile.backend.dot_products import candidates
+from compile.backend.dot_products import by_name, candidates
 from compile.backend.high_multiply import HIGH_BLOCK, divide_te, for_target, high_te
 from compile.backend.targets import get_target
 from compile.backend.tuning_db import RECORDS
@@ -119,8 +120,11 @@ def test_the_papers_tflite_model_on_emulated_arm_equals_litert_reference_kernels
     built = run_compile("--target", target, PAPER_MODEL, "-o", tmp_path / "arm", "--emit-source", "--no-tuning")
     assert built.returncode == 0, built.stderr
     dot = "neon-smull" if target == "arm64-linux" else "sdot"
+    pixels = f"{dot}-pixels"  # the last conv's (3 outputs: `PIXEL_DOT_PRODUCTS`)
     convs = conv_kernels(tmp_path / "arm")
-    assert len(convs) >= 35 and all(chosen == dot and INSTRUCTIONS[dot] in found for chosen, found in convs.values())
+    assert len(convs) >= 35 and all(chosen in (dot, pixels) and INSTRUCTIONS[chosen] in found
+                                    for chosen, found in convs.values())
+    assert [chosen for chosen, _ in convs.values()].count(pixels) == 1
     result = _bench(tmp_path / "arm", emulated, key, tmp_path)
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "bench.json").read_text())
@@ -165,13 +169,16 @@ def _on_emulated_core(mod: tvm.IRModule, target: str, emulated, key: str, tmp_pa
 
 
 @pytest.mark.parametrize(("target", "key", "dot"), [("arm64-linux", A53_KEY, "neon-smull"),
-                                                   ("arm64-linux-dotprod", A76_KEY, "sdot")])
+                                                   ("arm64-linux", A53_KEY, "neon-smull-pixels"),
+                                                   ("arm64-linux-dotprod", A76_KEY, "sdot"),
+                                                   ("arm64-linux-dotprod", A76_KEY, "sdot-pixels")])
 def test_arm_dot_product_computes_the_conv_exactly_on_the_emulated_core(emulated, target, key, dot, tmp_path):
-    """The target's own dot product, at every register tile, run on the emulated core (the
-    instruction executed by qemu's model of that CPU), against numpy: exact."""
+    """The target's own dot product (and its pixels-in-lanes one), at every register tile, run on
+    the emulated core (the instruction executed by qemu's model of that CPU), against numpy: exact."""
     spec = get_target(target)
-    (chosen, *_) = candidates(spec.tvm_target())
-    assert chosen.name == dot
+    chosen = by_name(dot)
+    assert chosen == candidates(spec.tvm_target())[0] or (
+        chosen.pixels and codegen.target_has_features(list(chosen.features), spec.tvm_target()))
     case = conv_case(chosen, stride=1, seed=5)
     tiles = tile_kernels(case)
     kernels, remote = _on_emulated_core(tiles, target, emulated, key, tmp_path)
@@ -246,9 +253,11 @@ def test_the_tbl_table_lookup_equals_the_gather_on_the_emulated_core(emulated, t
 
 @pytest.mark.parametrize(("target", "dot"), [("arm64-linux", "neon-smull"), ("arm64-linux-dotprod", "sdot")])
 def test_every_conv_kernel_of_an_arm_build_uses_its_dot_product(tiny_arm, target, dot):
+    """Each conv kernel on the target's dot product, or its pixels-in-lanes one (a conv with 3
+    outputs or fewer), with the instruction in its code."""
     convs = conv_kernels(tiny_arm[target])
     wrong = {conv: (chosen, found) for conv, (chosen, found) in convs.items()
-             if chosen != dot or INSTRUCTIONS[dot] not in found}
+             if chosen not in (dot, f"{dot}-pixels") or INSTRUCTIONS[chosen] not in found}
     assert not wrong, wrong
 
 

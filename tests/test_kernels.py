@@ -18,7 +18,14 @@ from tvm.target import codegen
 
 from compile.backend import table_lookup
 from compile.backend.build import BuildOptions, build
-from compile.backend.dot_products import DOT_PRODUCTS, by_name, candidates, choose
+from compile.backend.dot_products import (
+    DOT_PRODUCTS,
+    PIXEL_DOT_PRODUCTS,
+    by_name,
+    candidates,
+    choose,
+    pixel_candidates,
+)
 from compile.backend.packed_conv import pack_depthwise_weight, packed_depthwise_kernel
 from compile.backend.schedules import build_with_default_schedules, default_schedule
 from compile.backend.table_lookup import TABLE_LOOKUPS
@@ -52,11 +59,12 @@ def _host_target() -> tvm.target.Target:
 @pytest.mark.parametrize("stride", [1, 2])
 def test_every_dot_product_of_this_cpu_computes_the_conv_exactly(stride):
     """Every register tile (stride 1) or the default one (stride 2), extreme codes included
-    (activation codes -128/127, weights -128/127 where the instruction allows them), against numpy."""
+    (activation codes -128/127, weights -128/127 where the instruction allows them), against
+    numpy; the pixels-in-lanes dot products too (stride 1: the only one they take)."""
     target = _host_target()
     usable = candidates(target)
     assert usable, f"x86-host ({target}) has none of {[d.name for d in DOT_PRODUCTS]}"
-    for dot in usable:
+    for dot in usable + (pixel_candidates(target) if stride == 1 else []):  # pixels in lanes: stride 1 only
         case = conv_case(dot, stride, seed=stride)
         tiles = tile_kernels(case, all_tiles=stride == 1)
         kernels = tvm.compile(tiles, target=target)
@@ -119,14 +127,14 @@ def test_the_build_picks_the_instruction_from_cpu_features_and_weights():
 
 
 def test_every_conv_kernel_of_the_host_build_uses_its_dot_product_instruction(tiny_x86):
-    host = [d.name for d in candidates(_host_target())]
+    host = [d.name for d in candidates(_host_target()) + pixel_candidates(_host_target())]
     convs = conv_kernels(tiny_x86[0])
     wrong = {conv: (dot, found) for conv, (dot, found) in convs.items() if dot not in host or INSTRUCTIONS[dot] not in found}
     assert not wrong, wrong
 
 
 @pytest.mark.long
-@pytest.mark.parametrize(("cpu", "dots"), [(VNNI_CPU, {"vnni": "zmm", "vnni-ymm": "ymm"}),
+@pytest.mark.parametrize(("cpu", "dots"), [(VNNI_CPU, {"vnni": "zmm", "vnni-ymm": "ymm", "vnni-pixels": "zmm"}),
                                            (AVX512BW_CPU, {"avx512bw-u8": "zmm", "avx512bw-i16": "zmm"})])
 def test_an_avx512_build_uses_its_dot_product_in_every_conv_kernel(cpu, dots, tiny_onnx, tmp_path, monkeypatch):
     """Compiled for an AVX-512 CPU whatever this host is: every conv kernel on one of that CPU's
@@ -145,7 +153,7 @@ def test_an_avx512_build_uses_its_dot_product_in_every_conv_kernel(cpu, dots, ti
     wrong = {conv: dot for conv, (dot, code) in conv_code(tmp_path / "art").items()
              if dot not in dots or not re.search(rf"{INSTRUCTIONS[dot]}\s.*%{dots[dot]}", code)}
     assert not wrong, wrong
-    features = {dot.features for dot in DOT_PRODUCTS if dot.name in dots}
+    features = {dot.features for dot in DOT_PRODUCTS + PIXEL_DOT_PRODUCTS if dot.name in dots}
     if all(codegen.target_has_features(list(f), host) for f in features):
         x = reference_input(40, 36)
         assert np.array_equal(run_library(tmp_path / "art" / "model.so", x), ort_output(tiny_onnx[0], x))

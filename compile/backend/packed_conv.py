@@ -52,12 +52,17 @@ from compile.backend.dot_products import (
     DIRECT_MACS,
     DotProduct,
     choose,
+    choose_pixels,
     widest,
 )
 from compile.frontend.rewrite import constant
 from compile.frontend.tflite.fixed_point import RequantizePattern
 
 CONV_BLOCK = "conv2d_packed"  # the conv block (the schedules find it by name)
+PIXEL_BLOCK = "conv2d_pixels"  # a pixels-in-lanes conv's block (found by name too)
+# int32 vectors a pixels-in-lanes register tile may hold: 32 registers (zmm, NEON) less the
+# tile's pixel vectors and a broadcast weight
+PIXEL_ACCUMULATORS = 24
 DEPTHWISE_BLOCK = "depthwise_packed"  # a depthwise conv's block (found by name too)
 PACK_BLOCK = "pack"  # the block that lays a conv's input out
 # PrimFunc attributes by which `compile.backend.blocked_layout` recognizes the two layout changes
@@ -75,8 +80,9 @@ def _blocks(channels: int, size: int) -> int:
 
 def channel_group(dot: DotProduct, channels: int) -> int:
     """G: input channels per pixel block, `lanes` (a conv's output block), or fewer for a conv
-    with fewer inputs (an RGB image: 4, not 8 or 16), always whole `depth` groups."""
-    return min(dot.lanes, _blocks(channels, dot.depth) * dot.depth)
+    with fewer inputs (an RGB image: 4, not 8 or 16), always whole `depth` groups; `depth` for
+    a pixels-in-lanes dot product (a vector is `lanes` pixels of one group)."""
+    return dot.depth if dot.pixels else min(dot.lanes, _blocks(channels, dot.depth) * dot.depth)
 
 
 def pack_weight(weight: np.ndarray, dot: DotProduct) -> np.ndarray:
@@ -174,6 +180,48 @@ def _conv(data: te.Tensor, weight: te.Tensor, strides, dilation, dot: DotProduct
         name=CONV_BLOCK, attrs={ANNOTATION: dot.name} | ({DIRECT_MACS: direct_macs} if direct_macs else {}))
 
 
+def pixel_tile(vectors: int, outputs: int) -> int:
+    """Pixel vectors per register tile of a pixels-in-lanes conv whose row needs `vectors`: all
+    its `outputs` channels times at most `PIXEL_ACCUMULATORS` accumulators, the count whose
+    whole tiles cost least, counting a tile's weight broadcasts as one more vector's work (a row
+    of 7 vectors: one tile of 7; of 13: two of 7, not 13 of 1)."""
+    most = max(1, min(vectors, PIXEL_ACCUMULATORS // outputs))
+    return min(range(most, 0, -1), key=lambda t: -(-vectors // t) * (t + 1))
+
+
+def pack_pixel_weight(weight: np.ndarray, dot: DotProduct) -> np.ndarray:
+    """(O, I, KH, KW) int8 -> (O, I/depth, KH, KW, depth), zero-padded channels."""
+    o, i, kh, kw = weight.shape
+    padded = np.zeros((o, _blocks(i, dot.depth) * dot.depth, kh, kw), dtype=weight.dtype)
+    padded[:, :i] = weight
+    return np.ascontiguousarray(padded.reshape(o, -1, dot.depth, kh, kw).transpose(0, 1, 3, 4, 2)).astype(dot.weight_dtype)
+
+
+def _pixel_conv(data: te.Tensor, weight: te.Tensor, dot: DotProduct, direct_macs: int | None = None) -> te.Tensor:
+    """A stride-1 conv with output pixels in the lanes: [N, O, OH, OW/lanes, lanes] int32 from
+    data [N, C/depth, H, W, depth] (a vector's `lanes` pixels of one row are `lanes * depth`
+    contiguous codes) and weights [O, C/depth, KH, KW, depth], each output channel's `depth`
+    weights broadcast to every lane."""
+    n, cb, h, w, depth = (int(d) for d in data.shape)
+    o, _, kh, kw, _ = (int(d) for d in weight.shape)
+    ic, ky, kx = te.reduce_axis((0, cb), "ic"), te.reduce_axis((0, kh), "ky"), te.reduce_axis((0, kw), "kx")
+    ii = te.reduce_axis((0, depth), "ii")
+    return te.compute(
+        (n, o, h - kh + 1, (w - kw + 1) // dot.lanes, dot.lanes),
+        lambda ni, oi, y, xv, xl: te.sum(
+            data[ni, ic, y + ky, xv * dot.lanes + xl + kx, ii].astype("int32")
+            * weight[oi, ic, ky, kx, ii].astype("int32"), axis=[ic, ky, kx, ii]),
+        name=PIXEL_BLOCK, attrs={ANNOTATION: dot.name} | ({DIRECT_MACS: direct_macs} if direct_macs else {}))
+
+
+def unpack_pixels(y: te.Tensor, size) -> te.Tensor:
+    """A pixels-in-lanes conv's output [N, O, OH, OW'/lanes, lanes] (the same memory as [N, O,
+    OH, OW']) -> [N, O, OH, OW], cropped to `size`."""
+    lanes = int(y.shape[-1])
+    return te.compute((int(y.shape[0]), int(y.shape[1]), *size),
+                      lambda ni, c, hi, wi: y[ni, c, hi, wi // lanes, wi % lanes], name="unpack")
+
+
 def _depthwise(data: te.Tensor, weight: te.Tensor, strides, dilation) -> te.Tensor:
     """Each channel with its own filter, `lanes` channels per vector: int32 multiply-adds."""
     n, cb, h, w, lanes = (int(d) for d in data.shape)
@@ -194,7 +242,8 @@ def packed_conv_kernel(dot: DotProduct, data_shape, weight_shape, strides=(1, 1)
     inside a model's fused kernel: for measuring or checking one conv on its own."""
     data = te.placeholder(data_shape, dot.data_dtype, "data")
     weight = te.placeholder(weight_shape, dot.weight_dtype, "weight")
-    return tvm.IRModule({"main": te.create_prim_func([data, weight, _conv(data, weight, strides, (1, 1), dot)])})
+    conv = _pixel_conv(data, weight, dot) if dot.pixels else _conv(data, weight, strides, (1, 1), dot)
+    return tvm.IRModule({"main": te.create_prim_func([data, weight, conv])})
 
 
 def packed_depthwise_kernel(data_shape, weight_shape, dtype: str, strides=(1, 1)) -> tvm.IRModule:
@@ -315,12 +364,23 @@ class PackConvs:
         macs = x_in.shape[0] * weight.size * math.prod(out_size)  # the conv's own (groups = 1)
         func_attrs = {}  # of the conv's PrimFunc
         offset = constant(match[self.offset]).astype(np.int64).reshape(-1)
+        # the output read back as NCHW (with the attribute by which blocked_layout knows it)
+        unpacker, unpack_attrs = functools.partial(unpack, channels=weight.shape[0], size=out_size), {UNPACK: True}
         if int(attrs.groups) == 1:
-            dot = choose(target, weight)
+            pixels = choose_pixels(target, weight, out_width=out_size[1], **geometry)
+            dot = pixels or choose(target, weight)
             if dot is None:
                 return call
             lanes, group, size = dot.lanes, channel_group(dot, x_in.shape[1]), None
-            if winograd.applies(dot, weight, **geometry):
+            if pixels is not None:  # output channels in blocks of one, `dot.lanes` pixels a vector
+                vectors = -(-out_size[1] // dot.lanes)
+                tile = pixel_tile(vectors, weight.shape[0])
+                lanes = 1
+                size = [x_in.shape[2], -(-vectors // tile) * tile * dot.lanes + weight.shape[3] - 1]  # whole tiles
+                packed, dtype, shift = pack_pixel_weight(weight, dot), dot.data_dtype, dot.shift_from(x_in.dtype)
+                compute = functools.partial(_pixel_conv, dot=dot, direct_macs=macs)
+                unpacker, unpack_attrs = functools.partial(unpack_pixels, size=out_size), {}
+            elif winograd.applies(dot, weight, **geometry):
                 packed = winograd.transform_weight(weight, dot, group)
                 compute = functools.partial(winograd.winograd_conv, dot=dot, direct_macs=macs)
                 func_attrs = {"op_pattern": OUT_ELEMWISE_FUSABLE}
@@ -362,9 +422,7 @@ class PackConvs:
         shape = (*offset.shape[:2], *([1] * (len(acc.shape) - 3)), lanes)
         biased = Emitted(relax.op.add(acc.expr, relax.const(offset.reshape(shape))), acc.shape, acc.dtype)
         codes = self.epilogue.emit(builder, biased, match, out_channels, lanes, shape, target)
-        out_dtype = str(call.ty.dtype)
-        return call_te(builder, "unpack", functools.partial(unpack, channels=out_channels, size=out_size),
-                       [Emitted(codes, acc.shape, out_dtype)], **{UNPACK: True}).expr
+        return call_te(builder, "unpack", unpacker, [Emitted(codes, acc.shape, str(call.ty.dtype))], **unpack_attrs).expr
 
 
 def pack_convs(target: tvm.target.Target) -> tvm.transform.Pass:

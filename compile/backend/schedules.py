@@ -57,6 +57,8 @@ from compile.backend.packed_conv import (
     ANNOTATION,
     CONV_BLOCK,
     DEPTHWISE_BLOCK,
+    PIXEL_ACCUMULATORS,
+    PIXEL_BLOCK,
     pack_convs,
 )
 from compile.backend.table_lookup import LANES_ATTR
@@ -211,6 +213,41 @@ def schedule_packed_conv(sch: s_tir.Schedule, conv, dot: DotProduct, tile: Tile)
 
 
 @dataclass(frozen=True)
+class PixelTile:
+    """A pixels-in-lanes conv's register tile: every output channel times `vectors` adjacent
+    vectors of pixels, the row's taps and input-channel blocks outside it."""
+
+    vectors: int
+
+    @property
+    def name(self) -> str:
+        return f"all x {self.vectors}"
+
+
+def pixel_tiles(sch: s_tir.Schedule, conv) -> list[PixelTile]:
+    """Every tile whose vectors divide the row's (which the packing made whole tiles of
+    `packed_conv.pixel_tile`) within `PIXEL_ACCUMULATORS`, widest first: the default."""
+    _, outputs, _, vectors, *_ = (_extent(sch, loop) for loop in sch.get_loops(conv))
+    most = max(1, min(vectors, PIXEL_ACCUMULATORS // outputs))
+    return [PixelTile(t) for t in range(most, 0, -1) if vectors % t == 0]
+
+
+def schedule_pixel_conv(sch: s_tir.Schedule, conv, dot: DotProduct, tile: PixelTile) -> None:
+    """The tile's accumulators innermost (unrolled: output channels x vectors, the instruction
+    over a vector's pixels and channel group), taps and input-channel blocks outside it, rows
+    in parallel, the epilogue per tile."""
+    epilogue = _inline_epilogue(sch, PIXEL_BLOCK)
+    n, o, y, x, lane, ic, ky, kx, inner = sch.get_loops(conv)
+    x_outer, x_inner = sch.split(x, [None, tile.vectors])
+    sch.reorder(n, y, x_outer, ic, ky, kx, o, x_inner, lane, inner)
+    sch.parallel(sch.fuse(n, y))
+    _epilogue_per_tile(sch, conv, epilogue, x_outer, ic)
+    sch.tensorize(lane, dot.intrin)
+    sch.unroll(o)
+    sch.unroll(x_inner)
+
+
+@dataclass(frozen=True)
 class WinogradTile:
     """How a Winograd conv is tiled: the input transform of a segment of a row of tiles (up to
     `SEGMENT_BYTES` of transformed input, kept in L2), then per group of `channel_blocks`
@@ -318,7 +355,7 @@ class ConvTiles:
 
 
 def conv_tiles(sch: s_tir.Schedule) -> ConvTiles | None:
-    """The tiles of a Winograd or packed conv kernel, or None if it is neither."""
+    """The tiles of a Winograd, packed or pixels-in-lanes conv kernel, or None if it is none of them."""
     found = winograd_block(sch)
     if found is not None:
         product, dot = found
@@ -327,6 +364,10 @@ def conv_tiles(sch: s_tir.Schedule) -> ConvTiles | None:
     if found is not None:
         conv, dot = found
         return ConvTiles(packed_tiles(sch, conv, dot), functools.partial(schedule_packed_conv, conv=conv, dot=dot))
+    found = _annotated_block(sch, PIXEL_BLOCK)
+    if found is not None:
+        conv, dot = found
+        return ConvTiles(pixel_tiles(sch, conv), functools.partial(schedule_pixel_conv, conv=conv, dot=dot))
     return None
 
 
