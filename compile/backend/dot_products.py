@@ -4,7 +4,9 @@ Each is `C[lanes] int32 += A[depth] · B[lanes, depth]`: `depth` input channels 
 (broadcast to every lane) times the weights of `lanes` output channels, in one or two
 instructions. The packed conv (`compile.backend.packed_conv`) lays its data out with `depth`
 input channels innermost and its weights as [lanes][depth] blocks, so the innermost loops
-tensorize with no shuffles.
+tensorize with no shuffles. For a conv with a few output channels the same instructions take
+output pixels in their lanes instead (`PIXEL_DOT_PRODUCTS`: `C[lanes] += A[lanes, depth] ·
+B[depth]`, one output channel's weights broadcast).
 
 Why ours and not TVM's (`tvm/s_tir/tensor_intrin/x86.py`): TVM 0.27's `dot_16x4_vnni` passes
 `int32x16` operands where LLVM 22's `llvm.x86.avx512.vpdpbusd.512` takes `<64 x i8>` and fails

@@ -749,7 +749,7 @@ def _parallel_vectorize(sch: s_tir.Schedule, block, widest: int = VECTOR_LANES[0
     vector's index, 9 us over H x W only, Zen 4); and where those are several loops while one
     loop alone gives at least half as many lanes, the innermost such loop alone, moved innermost
     (the 1080p model's output kernel, NHWC with 3 channels: 16.0 ms with 16 lanes across H, W
-    and C, 6.2 ms with 8 along W)."""
+    and C, 6.4 ms with 8 along W)."""
     loops = sch.get_loops(block)
     extents = [_extent(sch, loop) for loop in loops]
     if None in extents:
