@@ -301,19 +301,24 @@ def test_an_avx512_vbmi_table_lookup_uses_its_permute_and_equals_the_gather(look
 TRANSPOSES = {
     # an NHWC image quantized into NCHW codes: H x W give 16 lanes, the channel stays outside
     "nhwc-to-nchw": ((1, 100, 100, 3), (1, 3, 100, 100), lambda n, c, h, w: (n, h, w, c), 16, {100}),
-    # NCHW planes into an NHWC output of 3 channels: W alone gives 8 of the 16 that H, W and C
-    # would, with no division per lane
+    # NCHW planes into an NHWC output of 3 channels: H, W and C would give 16 lanes but the
+    # planes do not read them as one index; W alone gives 8
     "nchw-to-nhwc": ((1, 3, 64, 40), (1, 64, 40, 3), lambda n, h, w, c: (n, c, h, w), 8, {40}),
+    # rows padded to 112 cropped to 100 (a pixels-in-lanes conv's output): H x W would give 16
+    # lanes, each a division by 100; W alone gives 4
+    "cropped-rows": ((1, 3, 100, 112), (1, 3, 100, 100), lambda n, c, h, w: (n, c, h, w), 4, {100}),
 }
 
 
 @pytest.mark.parametrize("case", sorted(TRANSPOSES))
 def test_an_elementwise_vector_spans_only_the_axes_its_lanes_need(case):
-    """The default schedule of an elementwise kernel that transposes vectorizes over the fewest
-    output axes that give its vector its lanes, or one axis alone where that gives at least half
-    of them: spanning more, each lane's indices are divisions by the axes' extents (the paper's
-    input quantize 55 -> 9 us; the 1080p model's NHWC output kernel 16.0 -> 6.4 ms, Zen 4). The
-    kernel computes the same either way."""
+    """The default schedule of an elementwise kernel that moves data between layouts vectorizes
+    over the fewest output axes that give its vector its lanes where every access reads them as
+    one strided index, else along the innermost axis that alone gives at least 4 lanes: each
+    lane's indices would be divisions by the axes' extents (the paper's input quantize 55 -> 9
+    us; its output kernel 77 -> 35 us; the 1080p model's NHWC output kernel 16.0 -> 6.4 ms, Zen
+    4). The kernel computes the same either way. (The extents of the spanned axes identify them
+    here: H and W are both 100 in the first and third case.)"""
     source_shape, shape, index, lanes, spans = TRANSPOSES[case]
     source = te.placeholder(source_shape, "float32", "source")
     codes = te.compute(shape, lambda *i: te.round(source[index(*i)] * 255.0), name="quantize")

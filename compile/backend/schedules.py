@@ -42,6 +42,7 @@ from tvm.s_tir import dlight as dl
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import try_inline
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm.tirx.analysis import undefined_vars
 
 from compile.backend.blocked_layout import blocked_layout
 from compile.backend.dot_products import DotProduct, by_name
@@ -66,6 +67,7 @@ from compile.backend.targets import target_kind
 from compile.backend.winograd import OUTPUT_BLOCK, PRODUCT_BLOCK
 
 VECTOR_LANES = (16, 8, 4, 2)
+MIN_LANES = 4  # an elementwise vector along one loop rather than lane-by-lane indices (`_parallel_vectorize`)
 CONV_KINDS = re.compile(r"^S{3,4}R{1,3}$")
 CHUNK_PIXELS = 32  # output pixels per input-channel block pass of a packed conv (see Tile)
 CHUNK_ABOVE_BYTES = 16 * 1024  # a register tile's weights above this (half an L1) are chunked by default
@@ -741,15 +743,37 @@ def _split_vectorized(sch: s_tir.Schedule, loop, widest: int = VECTOR_LANES[0]):
     return outer
 
 
+def _one_strided_index(sch: s_tir.Schedule, block, count: int) -> bool:
+    """Whether every buffer access of `block` reads its `count` innermost loops as one index at a
+    constant stride: their variables are axes of their own, consecutive and in order, each but
+    the first over its axis' whole length (or the access does not use them: a broadcast). Then
+    a vector over those loops fused is a strided access per buffer, with no division per lane."""
+    stmt = sch.get(block)
+    group = [iv.var for iv in stmt.iter_vars][-count:]
+    extents = [_extent(sch, loop) for loop in sch.get_loops(block)][-count:]
+    for region in (*stmt.reads, *stmt.writes):
+        indices = [r.min for r in region.region]
+        axes = [k for k, index in enumerate(indices) if any(index.same_as(v) for v in group)]
+        rest = [index for k, index in enumerate(indices) if k not in axes]
+        if any(u.same_as(v) for index in rest for u in undefined_vars(index) for v in group):
+            return False
+        if axes and ([next(j for j, v in enumerate(group) if indices[k].same_as(v)) for k in axes] != list(range(count))
+                     or axes != list(range(axes[0], axes[0] + count))
+                     or any(int(region.source.shape[k]) != e for k, e in zip(axes[1:], extents[1:], strict=True))):
+            return False
+    return True
+
+
 def _parallel_vectorize(sch: s_tir.Schedule, block, widest: int = VECTOR_LANES[0]) -> None:
-    """Fuse a data-parallel block's loops; parallel outer part, vectorized inner part. Each
-    lane's buffer indices are divisions of the fused index by the extents its vector spans, so
-    the vector spans the fewest innermost loops that give it its lanes (the paper's input
-    quantize, NHWC float -> NCHW codes of a 100 x 100 x 3 image: 55 us with the channel in the
-    vector's index, 9 us over H x W only, Zen 4); and where those are several loops while one
-    loop alone gives at least half as many lanes, the innermost such loop alone, moved innermost
-    (the 1080p model's output kernel, NHWC with 3 channels: 16.0 ms with 16 lanes across H, W
-    and C, 6.4 ms with 8 along W)."""
+    """Fuse a data-parallel block's loops; parallel outer part, vectorized inner part. The vector
+    spans the fewest innermost loops that give it its lanes, where every access reads them as one
+    strided index (`_one_strided_index`: the paper's input quantize, NHWC float -> NCHW codes of a
+    100 x 100 x 3 image, vectorized over H x W: 55 us with the channel in the vector too, 9 us,
+    Zen 4). Where an access does not, each lane's index is a division of the fused index by the
+    extents, which LLVM computes lane by lane: then the innermost loop that alone gives at least
+    `MIN_LANES` lanes, moved innermost (the 100x100 model's output kernel, reading a conv's rows
+    padded to 112: 77 us with 16 lanes across H and W, 35 us with 4 along W; the 1080p model's,
+    NHWC with 3 channels: 16.0 ms with 16 lanes across H, W and C, 6.4 ms with 8 along W)."""
     loops = sch.get_loops(block)
     extents = [_extent(sch, loop) for loop in loops]
     if None in extents:
@@ -757,8 +781,8 @@ def _parallel_vectorize(sch: s_tir.Schedule, block, widest: int = VECTOR_LANES[0
         return
     lanes = _divisor(math.prod(extents), widest)
     spanned = next(k for k in range(1, len(loops) + 1) if _divisor(math.prod(extents[-k:]), widest) == lanes)
-    alone = next((i for i in reversed(range(len(loops))) if 2 * _divisor(extents[i], widest) >= lanes), None)
-    if spanned > 1 and alone is not None:
+    alone = next((i for i in reversed(range(len(loops))) if _divisor(extents[i], widest) >= MIN_LANES), None)
+    if spanned > 1 and alone is not None and not _one_strided_index(sch, block, spanned):
         outer, inner = sch.split(loops[alone], [None, _divisor(extents[alone], widest)])
         sch.reorder(*loops[:alone], outer, *loops[alone + 1:], inner)
         sch.vectorize(inner)
