@@ -7,6 +7,7 @@ for a CPU it does not have."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -264,18 +265,23 @@ def test_the_ops_between_convs_run_in_the_blocked_layout(width8_onnx):
 def test_a_log_of_another_cpu_kinds_dot_products_is_named_as_not_applying():
     """The shipped x86-host log was tuned on an AVX2 CPU: on a VNNI CPU every conv is a vpdpbusd
     kernel, so its records cannot apply and the build's note says why; on another AVX2 CPU they
-    do apply (their timings being the other CPU's)."""
+    do apply (their timings being the other CPU's). Records of the pixels-in-lanes `vnni-pixels`
+    cannot apply on AVX2 either."""
     folder = default_log_dir("x86-host")
     check = check_log_dir(folder)
     assert {t.mcpu for t in check.targets} == {"znver3"}
     vnni = tvm.target.Target({"kind": "llvm", "mcpu": VNNI_CPU})
     assert foreign_dot_products(check, vnni) == ["avx2-i16", "avx2-u8"]
     (note,) = check_targets(folder, check, vnni)
-    assert "avx2-i16 or avx2-u8 dot product cannot apply (this CPU's convs use vnni-ymm, vnni)" in note, note
+    assert "avx2-i16 or avx2-u8 dot product cannot apply (this CPU's convs use vnni-ymm, vnni, vnni-pixels)" in note, note
     haswell = tvm.target.Target(AVX2_TARGET)
     assert foreign_dot_products(check, haswell) == []
     (note,) = check_targets(folder, check, haswell)
     assert note.endswith("their schedules apply, their timings are another CPU's"), note
+    # a VNNI CPU's log holds its last conv on the pixels-in-lanes dot product, which AVX2 lacks
+    vnni_log = dataclasses.replace(check, intrinsics=check.intrinsics | {by_name("vnni-pixels").intrin})
+    assert foreign_dot_products(vnni_log, haswell) == ["vnni-pixels"]
+    assert foreign_dot_products(vnni_log, vnni) == ["avx2-i16", "avx2-u8"]
 
 
 @pytest.mark.parametrize("lookup", [t for t in TABLE_LOOKUPS if "avx512vbmi" in t.features], ids=lambda t: t.name)

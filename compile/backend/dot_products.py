@@ -301,12 +301,12 @@ def candidates(target) -> list[DotProduct]:
 
 def reachable(target) -> list[DotProduct]:
     """The dot products a conv on `target` can get: the candidates up to the first that fits any
-    conv (`choose` never passes it). A log tuned on another CPU kind holds kernels of others (an
-    AVX2 log on a VNNI CPU), which no build here generates."""
+    conv (`choose` never passes it), and its pixels-in-lanes ones. A log tuned on another CPU
+    kind holds kernels of others (an AVX2 log on a VNNI CPU), which no build here generates."""
     dots = candidates(target)
     fits_all = next((i for i, dot in enumerate(dots) if not dot.pairs_must_fit_int16 and dot.max_outputs is None),
                     len(dots) - 1)
-    return dots[:fits_all + 1]
+    return dots[:fits_all + 1] + pixel_candidates(target)
 
 
 def choose(target, weight: np.ndarray) -> DotProduct | None:

@@ -144,10 +144,11 @@ class TunedFor(NamedTuple):
 def foreign_dot_products(check: LogCheck, target) -> list[str]:
     """The dot products (ours) the log's records tensorize with that no conv built for `target`
     (a tvm.target.Target) gets: records of those kernels can never apply to its builds."""
-    from compile.backend.dot_products import DOT_PRODUCTS, reachable
+    from compile.backend.dot_products import DOT_PRODUCTS, PIXEL_DOT_PRODUCTS, reachable
 
     usable = {dot.intrin for dot in reachable(target)}
-    return sorted(dot.name for dot in DOT_PRODUCTS if dot.intrin in check.intrinsics and dot.intrin not in usable)
+    return sorted(dot.name for dot in (*DOT_PRODUCTS, *PIXEL_DOT_PRODUCTS)
+                  if dot.intrin in check.intrinsics and dot.intrin not in usable)
 
 
 def check_targets(folder: Path, check: LogCheck, target) -> list[str]:
