@@ -15,11 +15,10 @@ import pytest
 import tvm
 from tvm import te
 from tvm.support import cc
-from tvm.target import codegen
 
 from compile.artifact import load_artifact
 from compile.backend import table_lookup
-from compile.backend.dot_products import by_name, candidates
+from compile.backend.dot_products import by_name, candidates, pixel_candidates
 from compile.backend.high_multiply import HIGH_BLOCK, divide_te, for_target, high_te
 from compile.backend.targets import get_target
 from compile.backend.tuning_db import RECORDS
@@ -177,8 +176,7 @@ def test_arm_dot_product_computes_the_conv_exactly_on_the_emulated_core(emulated
     the emulated core (the instruction executed by qemu's model of that CPU), against numpy: exact."""
     spec = get_target(target)
     chosen = by_name(dot)
-    assert chosen == candidates(spec.tvm_target())[0] or (
-        chosen.pixels and codegen.target_has_features(list(chosen.features), spec.tvm_target()))
+    assert chosen in (candidates(spec.tvm_target())[0], *pixel_candidates(spec.tvm_target()))
     case = conv_case(chosen, stride=1, seed=5)
     tiles = tile_kernels(case)
     kernels, remote = _on_emulated_core(tiles, target, emulated, key, tmp_path)

@@ -40,6 +40,8 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.tirx import PrimFunc
 from tvm.tirx.script import builder as T
 
+from compile.backend.targets import cpu_has
+
 PREFIX = "qatie_"
 ANNOTATION = "qatie.dot_product"  # on a kernel's block computed with a dot product: its name
 # on a conv block that executes another number of MACs than its conv has (a Winograd GEMM: 16/36
@@ -292,11 +294,7 @@ def by_name(name: str) -> DotProduct:
 
 def candidates(target) -> list[DotProduct]:
     """The dot products `target`'s CPU has, best first (a conv takes the first exact for it)."""
-    from tvm.target import codegen
-
-    if str(target.kind) != "llvm":
-        return []
-    return [dot for dot in DOT_PRODUCTS if codegen.target_has_features(list(dot.features), target)]
+    return [dot for dot in DOT_PRODUCTS if cpu_has(target, dot.features)]
 
 
 def reachable(target) -> list[DotProduct]:
@@ -322,11 +320,7 @@ def widest(target) -> DotProduct | None:
 
 def pixel_candidates(target) -> list[DotProduct]:
     """The pixels-in-lanes dot products `target`'s CPU has."""
-    from tvm.target import codegen
-
-    if str(target.kind) != "llvm":
-        return []
-    return [dot for dot in PIXEL_DOT_PRODUCTS if codegen.target_has_features(list(dot.features), target)]
+    return [dot for dot in PIXEL_DOT_PRODUCTS if cpu_has(target, dot.features)]
 
 
 def choose_pixels(target, weight: np.ndarray, strides, dilation, out_width: int) -> DotProduct | None:

@@ -28,6 +28,7 @@ from tvm import relax, te, tirx
 from tvm.relax.dpl import is_const, is_op, wildcard
 
 from compile.backend.call_te import Emitted, call_te, rewrite_module
+from compile.backend.targets import cpu_has
 from compile.frontend.rewrite import constant
 from compile.frontend.tflite.fixed_point import INT32_MAX
 
@@ -65,11 +66,7 @@ HIGH_MULTIPLIES = (HighMultiply("sqrdmulh", ("neon",), 4, _sqrdmulh, _srshl),)
 
 def for_target(target: tvm.target.Target) -> HighMultiply | None:
     """The target's high multiply instruction, or None (the int64 form stays)."""
-    from tvm.target import codegen
-
-    if str(target.kind) != "llvm":
-        return None
-    return next((h for h in HIGH_MULTIPLIES if codegen.target_has_features(list(h.features), target)), None)
+    return next((h for h in HIGH_MULTIPLIES if cpu_has(target, h.features)), None)
 
 
 def _broadcast(values: te.Tensor, index) -> tirx.PrimExpr:

@@ -180,13 +180,18 @@ def _conv(data: te.Tensor, weight: te.Tensor, strides, dilation, dot: DotProduct
         name=CONV_BLOCK, attrs={ANNOTATION: dot.name} | ({DIRECT_MACS: direct_macs} if direct_macs else {}))
 
 
+def most_pixel_vectors(vectors: int, outputs: int) -> int:
+    """The most pixel vectors a pixels-in-lanes register tile of `outputs` channels may hold
+    (all its channels times at most `PIXEL_ACCUMULATORS` accumulators), of a row of `vectors`."""
+    return max(1, min(vectors, PIXEL_ACCUMULATORS // outputs))
+
+
 def pixel_tile(vectors: int, outputs: int) -> int:
-    """Pixel vectors per register tile of a pixels-in-lanes conv whose row needs `vectors`: all
-    its `outputs` channels times at most `PIXEL_ACCUMULATORS` accumulators, the count whose
-    whole tiles cost least, counting a tile's weight broadcasts as one more vector's work (a row
-    of 7 vectors: one tile of 7; of 13: two of 7, not 13 of 1)."""
-    most = max(1, min(vectors, PIXEL_ACCUMULATORS // outputs))
-    return min(range(most, 0, -1), key=lambda t: -(-vectors // t) * (t + 1))
+    """Pixel vectors per register tile of a pixels-in-lanes conv whose row needs `vectors`: of
+    those up to `most_pixel_vectors`, the count whose whole tiles cost least, counting a tile's
+    weight broadcasts as one more vector's work (a row of 7 vectors: one tile of 7; of 13: two
+    of 7, not 13 of 1)."""
+    return min(range(most_pixel_vectors(vectors, outputs), 0, -1), key=lambda t: -(-vectors // t) * (t + 1))
 
 
 def pack_pixel_weight(weight: np.ndarray, dot: DotProduct) -> np.ndarray:

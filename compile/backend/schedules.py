@@ -58,8 +58,8 @@ from compile.backend.packed_conv import (
     ANNOTATION,
     CONV_BLOCK,
     DEPTHWISE_BLOCK,
-    PIXEL_ACCUMULATORS,
     PIXEL_BLOCK,
+    most_pixel_vectors,
     pack_convs,
 )
 from compile.backend.table_lookup import LANES_ATTR
@@ -228,10 +228,9 @@ class PixelTile:
 
 def pixel_tiles(sch: s_tir.Schedule, conv) -> list[PixelTile]:
     """Every tile whose vectors divide the row's (which the packing made whole tiles of
-    `packed_conv.pixel_tile`) within `PIXEL_ACCUMULATORS`, widest first: the default."""
+    `packed_conv.pixel_tile`) within `packed_conv.most_pixel_vectors`, widest first: the default."""
     _, outputs, _, vectors, *_ = (_extent(sch, loop) for loop in sch.get_loops(conv))
-    most = max(1, min(vectors, PIXEL_ACCUMULATORS // outputs))
-    return [PixelTile(t) for t in range(most, 0, -1) if vectors % t == 0]
+    return [PixelTile(t) for t in range(most_pixel_vectors(vectors, outputs), 0, -1) if vectors % t == 0]
 
 
 def schedule_pixel_conv(sch: s_tir.Schedule, conv, dot: DotProduct, tile: PixelTile) -> None:
@@ -447,6 +446,11 @@ def _exact_lanes(sch: s_tir.Schedule, block) -> int | None:
     return None if lanes is None else int(lanes)
 
 
+def _fixed_width(sch: s_tir.Schedule, infos) -> list:
+    """The block infos of `infos` computed by a fixed-width instruction (`_exact_lanes`)."""
+    return [info for info in infos if _exact_lanes(sch, info.block_rv)]
+
+
 def vectorize_exactly(sch: s_tir.Schedule, blocks: list) -> None:
     """Each of `blocks` a loop nest of its own, never inlined: its innermost loop split at
     exactly its lanes and vectorized (lane j: every innermost index j modulo the lanes), the
@@ -521,7 +525,7 @@ class BlockedLayout(CPUScheduleRule):
         shape = sch.get(last.block_rv).writes[0].source.shape
         if not last.is_injective() or len(shape) != BLOCKED_RANK or int(shape[-1]) not in BLOCK_LANES:
             return None  # not the blocked layout (a model's own 5-D tensor)
-        exact = [info for info in infos if _exact_lanes(sch, info.block_rv)]
+        exact = _fixed_width(sch, infos)
         if last in exact:
             return None  # a kernel that is a vector lookup: Elementwise's
         offsets = _concat_channel_offsets(sch, infos)  # before inlining removes the concat block
@@ -671,7 +675,7 @@ class IntegerReduction(CPUScheduleRule):
         block, kinds = reduction.block_rv, reduction.dom_kind()
         if tvm.DataType(sch.get(block).writes[0].source.dtype).type_code != tvm.DataTypeCode.INT:
             return None
-        exact = [info for info in infos if _exact_lanes(sch, info.block_rv)]
+        exact = _fixed_width(sch, infos)
         if try_inline(sch, [b for b in infos if b.block_rv != block and b not in exact]):
             return None  # something after the reduction: TVM's rule
         vectorize_exactly(sch, [info.block_rv for info in exact])
@@ -713,7 +717,7 @@ class Elementwise(CPUScheduleRule):
         # a high multiply stays a block of its own: inlined, a chain of requantizes is one expression
         # that doubles at each (the rounding reads the high half twice), and TVM's simplifier blows up
         highs = [info for info in infos[:-1] if _is_high_multiply(sch, info.block_rv)]
-        exact = [info for info in infos if _exact_lanes(sch, info.block_rv)]
+        exact = _fixed_width(sch, infos)
         remaining = try_inline(sch, [info for info in infos[:-1] if info not in highs + exact])
         remaining += [infos[-1]] if infos[-1] not in exact else []
         for info in highs:  # the instruction's own vector width: LLVM cannot split a target intrinsic
@@ -743,14 +747,15 @@ def _split_vectorized(sch: s_tir.Schedule, loop, widest: int = VECTOR_LANES[0]):
     return outer
 
 
-def _one_strided_index(sch: s_tir.Schedule, block, count: int) -> bool:
-    """Whether every buffer access of `block` reads its `count` innermost loops as one index at a
-    constant stride: their variables are axes of their own, consecutive and in order, each but
-    the first over its axis' whole length (or the access does not use them: a broadcast). Then
-    a vector over those loops fused is a strided access per buffer, with no division per lane."""
+def _one_strided_index(sch: s_tir.Schedule, block, extents: list[int]) -> bool:
+    """Whether every buffer access of `block` reads its innermost loops (of `extents`) as one
+    index at a constant stride: their variables are axes of their own, consecutive and in order,
+    each but the first over its axis' whole length (or the access does not use them: a
+    broadcast). Then a vector over those loops fused is a strided access per buffer, with no
+    division per lane."""
     stmt = sch.get(block)
+    count = len(extents)
     group = [iv.var for iv in stmt.iter_vars][-count:]
-    extents = [_extent(sch, loop) for loop in sch.get_loops(block)][-count:]
     for region in (*stmt.reads, *stmt.writes):
         indices = [r.min for r in region.region]
         axes = [k for k, index in enumerate(indices) if any(index.same_as(v) for v in group)]
@@ -776,13 +781,12 @@ def _parallel_vectorize(sch: s_tir.Schedule, block, widest: int = VECTOR_LANES[0
     NHWC with 3 channels: 16.0 ms with 16 lanes across H, W and C, 6.4 ms with 8 along W)."""
     loops = sch.get_loops(block)
     extents = [_extent(sch, loop) for loop in loops]
-    if None in extents:
-        sch.parallel(_split_vectorized(sch, sch.fuse(*loops) if len(loops) > 1 else loops[0], widest))
-        return
-    lanes = _divisor(math.prod(extents), widest)
-    spanned = next(k for k in range(1, len(loops) + 1) if _divisor(math.prod(extents[-k:]), widest) == lanes)
-    alone = next((i for i in reversed(range(len(loops))) if _divisor(extents[i], widest) >= MIN_LANES), None)
-    if spanned > 1 and alone is not None and not _one_strided_index(sch, block, spanned):
+    spanned, alone = len(loops), None  # unknown extents: every loop fused, as it comes
+    if None not in extents:
+        lanes = _divisor(math.prod(extents), widest)
+        spanned = next(k for k in range(1, len(loops) + 1) if _divisor(math.prod(extents[-k:]), widest) == lanes)
+        alone = next((i for i in reversed(range(len(loops))) if _divisor(extents[i], widest) >= MIN_LANES), None)
+    if spanned > 1 and alone is not None and not _one_strided_index(sch, block, extents[-spanned:]):
         outer, inner = sch.split(loops[alone], [None, _divisor(extents[alone], widest)])
         sch.reorder(*loops[:alone], outer, *loops[alone + 1:], inner)
         sch.vectorize(inner)

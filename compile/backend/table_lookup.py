@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import tvm
 from tvm import te, tirx
 
+from compile.backend.targets import cpu_has
+
 VECTOR_LOOKUP_BLOCK = "vector_lookup"  # the block's name (schedules vectorize it at LANES_ATTR)
 LANES_ATTR = "qatie.vector_lanes"
 ENTRIES = 256
@@ -93,11 +95,7 @@ TABLE_LOOKUPS = (
 
 def for_target(target: tvm.target.Target) -> list[TableLookup]:
     """The table lookups `target`'s CPU has, widest first (none: lookups stay gathers)."""
-    from tvm.target import codegen
-
-    if str(target.kind) != "llvm":
-        return []
-    return [t for t in TABLE_LOOKUPS if codegen.target_has_features(list(t.features), target)]
+    return [t for t in TABLE_LOOKUPS if cpu_has(target, t.features)]
 
 
 def fitting(lookups: Sequence[TableLookup], table: te.Tensor, index: te.Tensor) -> TableLookup | None:

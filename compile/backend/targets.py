@@ -56,6 +56,15 @@ def target_kind(target) -> Literal["cpu", "opencl"]:
     return "opencl" if name == "opencl" else "cpu"
 
 
+def cpu_has(target, features) -> bool:
+    """Whether `target` (a `tvm.target.Target`) is an LLVM target whose CPU has all of
+    `features` (LLVM's names): the one check behind every instruction registry (dot products,
+    table lookups, high multiplies)."""
+    from tvm.target import codegen
+
+    return str(target.kind) == "llvm" and bool(codegen.target_has_features(list(features), target))
+
+
 @dataclass(frozen=True)
 class TargetSpec:
     name: str
