@@ -23,9 +23,10 @@ from compile.backend.packed_conv import (
 )
 from compile.backend.schedules import conv_tiles, packed_conv_space
 
-# two input-channel blocks for every dot product (so a chunked tile loops over blocks), and
-# 64 output pixels per row at stride 1 (every register tile fits, two chunks per row)
-CHANNELS, OUTPUTS, SIZE = 16, 16, (6, 66)
+# two input-channel blocks for every dot product (so a chunked tile loops over blocks), two
+# output-channel blocks of the widest (so tiles of 2 blocks apply to it), and 80 output pixels
+# per row at stride 1 (every register tile's 4, 5, 8 or 16 pixels fit, several chunks per row)
+CHANNELS, OUTPUTS, SIZE = 16, 32, (6, 82)
 PIXEL_OUTPUTS = 3  # a pixels-in-lanes dot product's conv: the paper's last conv's outputs
 # what each dot product's conv kernels must contain in their assembly (sadalp: smull alone is plain int8 code)
 INSTRUCTIONS = {"vnni": "vpdpbusd", "vnni-ymm": "vpdpbusd", "avx512bw-u8": "vpmaddubsw", "avx512bw-i16": "vpmaddwd",

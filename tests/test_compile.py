@@ -116,6 +116,19 @@ def test_a_float_scale_conv_requantizes_with_one_multiply(ort_qdq, tmp_path):
     assert np.array_equal(run_library(tmp_path / "art" / "model.so", x), ort_output(ort_qdq, x, OrtMode.EXACT))
 
 
+@pytest.mark.parametrize(("dot", "rows"), [("vnni", {25: 25, 50: 50, 100: 100, 1920: 1920, 13: 15, 7: 8, 3: 3}),
+                                           ("sdot", {25: 25, 50: 50, 13: 15, 6: 8, 3: 3})])
+def test_a_row_is_computed_in_whole_tiles_of_the_width_that_adds_the_fewest_columns(dot, rows):
+    """Rows of 25 and 50 pixels (the paper's model at 100x100) take tiles of 5 pixels, not 28
+    and 52 columns in tiles of 4; rows that 4 divides keep 4 (the default's, on a tie); rows
+    narrower than the default tile stay as they are."""
+    from compile.backend.dot_products import by_name
+    from compile.backend.packed_conv import tiled_width
+
+    multiples = by_name(dot).row_multiples(pointwise=False)
+    assert {row: tiled_width(row, multiples) for row in rows} == rows
+
+
 def test_a_row_that_is_no_whole_number_of_tiles_is_computed_in_whole_tiles(tmp_path):
     """At 26x26 the 1x1 conv after the stride-2 depthwise one has rows of 13 pixels, no whole
     number of any default register tile: it reads zero columns up to whole tiles and its extra
@@ -132,7 +145,7 @@ def test_a_row_that_is_no_whole_number_of_tiles_is_computed_in_whole_tiles(tmp_p
     # conv3 (8 -> 4 channels, 1x1), found by the MACs the manifest counts: the conv's own, not the whole tiles'
     convs = [k for k in kernels if k["macs"] == 4 * 8 * row * row]
     assert len(convs) == 1, [(k["name"], k["macs"]) for k in kernels if k["macs"]]
-    width = tiled_width(row, by_name(convs[0]["dot_product"]).row_multiple(pointwise=True))
+    width = tiled_width(row, by_name(convs[0]["dot_product"]).row_multiples(pointwise=True))
     assert width > row and convs[0]["args"][0]["shape"][3] == width  # zero columns up to whole tiles
     x = np.random.default_rng(6).random((1, 3, size, size), dtype=np.float32)
     assert np.array_equal(run_library(tmp_path / "art" / "model.so", x), ort_output(qdq, x, OrtMode.EXACT))

@@ -85,10 +85,12 @@ class DotProduct:
         and within `max_outputs`."""
         return self.exact_for(weight) and (self.max_outputs is None or weight.shape[0] <= self.max_outputs)
 
-    def row_multiple(self, pointwise: bool) -> int:
-        """The output pixels of the default register tile (of a 1x1 conv's where it differs): a
-        conv's output width is computed in whole multiples of it (`packed_conv.tiled_width`)."""
-        return ((self.pointwise_tiles or self.tiles) if pointwise else self.tiles)[0][1]
+    def row_multiples(self, pointwise: bool) -> list[int]:
+        """The output pixels of the register tiles at least as wide as the default (of a 1x1
+        conv's where they differ), the default's first: a conv's output width is computed in
+        whole multiples of one of them (`packed_conv.tiled_width`)."""
+        tiles = (self.pointwise_tiles or self.tiles) if pointwise else self.tiles
+        return list(dict.fromkeys(p for _, p in tiles if p >= tiles[0][1]))
 
     def shift_from(self, codes_dtype: str) -> int:
         """What packing adds to activation codes of `codes_dtype` to give exactly the values this
@@ -229,8 +231,11 @@ def _smull_sadalp(acc, pixel, weights):
 # per sdot; estimated (`qatie-compile estimate`, the paper's 100x100 model) the 1x1 256 -> 64
 # conv 6.0 -> 16.7 MACs/cycle on the A76 model (3.5 -> 7.6 on the A55), the 3x3 128 -> 64 ones
 # 16.2 -> 23.0 (7.3 -> 9.1); a default tile's weights there are at most 18 KB, within the
-# A55's and A76's 32-64 KB L1 (llvm-mca models every access as an L1 hit either way)
-NEON_TILES = ((4, 4), (2, 8), (4, 2), (2, 4), (1, 8), (1, 4), (1, 2), (1, 1))
+# A55's and A76's 32-64 KB L1 (llvm-mca models every access as an L1 hit either way). Tiles of
+# 5 pixels for rows of 25 and 50 (`packed_conv.tiled_width`), 4x5 first: the paper's 100x100
+# model 45.19 -> 41.70 M cycles estimated on the A76, 105.95 -> 97.64 on the A55 (sdot), 315.8
+# -> 296.1 on the A53 (smull); with 2x5 first instead, 46.82 on the A76: fewer MACs per load
+NEON_TILES = ((4, 4), (4, 5), (2, 8), (4, 2), (2, 4), (2, 5), (1, 8), (1, 4), (1, 5), (1, 2), (1, 1))
 DOT_PRODUCTS = (
     # vpdpbusd on ymm (AVX512-VL) for convs with at most 8 outputs (the model's last conv: 3),
     # so tiles of one block only. Zen 4, c=32 at 256x256: the last conv 1.66 -> 0.90 ms (16 ->
@@ -239,9 +244,12 @@ DOT_PRODUCTS = (
                ((1, 8), (1, 16), (1, 4), (1, 2), (1, 1)), _vpdpbusd_256, chunk_by_default=False, max_outputs=8),
     # measured on Zen 4 by tuning every tile of the c=32 model's 35 convs at 256x256: 2x4 whole
     # was the best or within 1-4 % of it for every conv, 3x3 and 1x1 alike; chunked tiles were
-    # 2-10 % slower for the 3x3 convs and 30-60 % slower for the 1x1 ones
+    # 2-10 % slower for the 3x3 convs and 30-60 % slower for the 1x1 ones. 5 pixels for rows of
+    # 25 and 50, which 4 does not divide (the paper's 100x100 model, Zen 4, 1 thread, untuned:
+    # its 3x3 64 -> 64 convs at 25x25 0.121 -> 0.108 ms, end to end 4.80 -> 4.53 ms; a 4x5 tile
+    # first instead was within noise, +-5 % per conv)
     DotProduct("vnni", 16, 4, "uint8", "int8", ("avx512vnni",),
-               ((2, 4), (2, 8), (1, 8), (1, 4), (1, 2), (1, 1)), _vpdpbusd, chunk_by_default=False),
+               ((2, 4), (2, 5), (2, 8), (1, 8), (1, 4), (1, 5), (1, 2), (1, 1)), _vpdpbusd, chunk_by_default=False),
     # AVX-512BW without VNNI (Skylake-SP, Cascade Lake without DL Boost): the AVX2 sequences on
     # zmm, 16 lanes; no such CPU here, so the tiles are the AVX2 ones (measured on znver3), not
     # measured for these; exactness is tested on any AVX-512BW host (Zen 4 has it)

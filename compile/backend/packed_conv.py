@@ -149,15 +149,19 @@ def pack_input(x: te.Tensor, group: int, dtype: str, shift: int, size=None) -> t
     return te.compute((n, _blocks(c, group), height, width, group), value, name=PACK_BLOCK)
 
 
-def tiled_width(width: int, multiple: int) -> int:
-    """The output width a direct packed conv computes for `width`: whole multiples of its
-    default register tile's pixels (`DotProduct.row_multiple`), so that tile applies. TVM cannot
-    tensorize a split that does not divide, so a row of 50 or 25 pixels fell back to 1x2 or 1x1
-    tiles, at 40-60 % of the conv's speed (c=32 at 100x100, Zen 4 VNNI: the 50- and 25-wide
-    3x3 convs at 86-138 GMAC/s against 220 for the 100-wide ones). The input is packed with
-    zero columns up to it, and the extra outputs are dropped where the output is read, as for
-    Winograd's whole tiles. Rows narrower than one tile stay as they are."""
-    return width if width < multiple else -(-width // multiple) * multiple
+def tiled_width(width: int, multiples: list[int]) -> int:
+    """The output width a direct packed conv computes for `width`: whole multiples of one of its
+    register tiles' pixels (`DotProduct.row_multiples`, none narrower than the default's), the
+    one that adds the fewest columns (the default's on a tie), so a tile that wide applies. TVM
+    cannot tensorize a split that does not divide, so a row of 50 or 25 pixels fell back to 1x2
+    or 1x1 tiles, at 40-60 % of the conv's speed (c=32 at 100x100, Zen 4 VNNI: the 50- and
+    25-wide 3x3 convs at 86-138 GMAC/s against 220 for the 100-wide ones); in multiples of 4
+    such rows computed 52 and 28 pixels, 4 and 12 % more than their own, where 5 adds none. The
+    input is packed with zero columns up to it, and the extra outputs are dropped where the
+    output is read, as for Winograd's whole tiles. Rows narrower than one tile stay as they are."""
+    if width < multiples[0]:
+        return width
+    return min(-(-width // m) * m for m in multiples)
 
 
 def _conv(data: te.Tensor, weight: te.Tensor, strides, dilation, dot: DotProduct,
@@ -394,7 +398,7 @@ class PackConvs:
             else:
                 packed = pack_weight(weight, dot)
                 dtype, shift = dot.data_dtype, dot.shift_from(x_in.dtype)
-                width = tiled_width(out_size[1], dot.row_multiple(pointwise=weight.shape[2:] == (1, 1)))
+                width = tiled_width(out_size[1], dot.row_multiples(pointwise=weight.shape[2:] == (1, 1)))
                 whole = width != out_size[1]  # whole tiles: zero columns in, extra outputs dropped by the reader
                 if whole:
                     (_, sx), (_, dx) = geometry["strides"], geometry["dilation"]
