@@ -166,8 +166,9 @@ def tiled_width(width: int, multiples: list[int]) -> int:
 
 def _conv(data: te.Tensor, weight: te.Tensor, strides, dilation, dot: DotProduct,
           direct_macs: int | None = None) -> te.Tensor:
-    """The packed conv; `direct_macs`: the conv's own MACs, where `data` is wider than its output
-    needs (`tiled_width`), so the kernel table reports those, not the whole tiles'."""
+    """The packed conv; `direct_macs`: the conv's own MACs, which the kernel table reports, not
+    those of whole tiles (`tiled_width`) or of input channels padded to whole groups (a first
+    conv's 3 -> 4); without it, those the block computes."""
     n, cb, h, w, _ = (int(d) for d in data.shape)
     ob, _, kh, kw, groups, lanes, depth = (int(d) for d in weight.shape)
     (sy, sx), (dy, dx) = strides, dilation
@@ -399,11 +400,10 @@ class PackConvs:
                 packed = pack_weight(weight, dot)
                 dtype, shift = dot.data_dtype, dot.shift_from(x_in.dtype)
                 width = tiled_width(out_size[1], dot.row_multiples(pointwise=weight.shape[2:] == (1, 1)))
-                whole = width != out_size[1]  # whole tiles: zero columns in, extra outputs dropped by the reader
-                if whole:
+                if width != out_size[1]:  # whole tiles: zero columns in, extra outputs dropped by the reader
                     (_, sx), (_, dx) = geometry["strides"], geometry["dilation"]
                     size = [x_in.shape[2], (width - 1) * sx + (weight.shape[3] - 1) * dx + 1]
-                compute = functools.partial(_conv, dot=dot, direct_macs=macs if whole else None, **geometry)
+                compute = functools.partial(_conv, dot=dot, direct_macs=macs, **geometry)
             data = call_te(builder, "pack_" + dot.name.replace("-", "_"), functools.partial(
                 pack_input, group=group, dtype=dtype, shift=shift, size=size), [x_in], **{PACK_SHIFT: shift})
         elif int(attrs.groups) == weight.shape[0] == x_in.shape[1] and weight.shape[1] == 1:
