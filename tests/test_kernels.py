@@ -27,7 +27,7 @@ from compile.backend.dot_products import (
     choose,
     pixel_candidates,
 )
-from compile.backend.packed_conv import pack_depthwise_weight, packed_depthwise_kernel
+from compile.backend.packed_conv import pack_depthwise_weight, pack_input, packed_depthwise_kernel
 from compile.backend.schedules import build_with_default_schedules, default_schedule
 from compile.backend.table_lookup import TABLE_LOOKUPS
 from compile.backend.targets import get_target
@@ -337,3 +337,22 @@ def test_an_elementwise_vector_spans_only_the_axes_its_lanes_need(case):
     out = tvm.runtime.empty(shape, "float32")
     tvm.compile(scheduled, target=_host_target())["main"](tvm.runtime.tensor(x), out)
     np.testing.assert_array_equal(out.numpy(), np.round(x[index(*np.indices(shape))] * np.float32(255.0)))
+
+
+def test_a_repack_into_narrower_groups_reads_each_input_pixel_once():
+    """16-channel blocks -> 4-channel groups (a pixels-in-lanes conv's input): the 4 groups of
+    one input block are the innermost loop but for the vector, under W, so each input pixel is
+    read once, whole (the 1080p model's repack 14.6 -> 8.0 ms, Zen 4); the result is the packing."""
+    blocked = te.placeholder((1, 2, 3, 8, 16), "int8", "blocked")
+    nchw = te.compute((1, 32, 3, 8), lambda n, c, h, w: blocked[n, c // 16, h, w, c % 16], name="unpack")
+    packed = pack_input(nchw, group=4, dtype="uint8", shift=128, size=(3, 8))
+    scheduled = default_schedule(tvm.IRModule({"main": te.create_prim_func([blocked, packed])}), _host_target())
+    script = scheduled["main"].script()
+    *_, width, group, vector = re.findall(r"for (\w+) in", script)
+    (channel,) = re.findall(r"v0 = T.axis.spatial\(8, (.*)\)$", script, re.MULTILINE)
+    assert group in channel and width not in channel and vector not in channel, script
+    x = np.random.default_rng(0).integers(-128, 128, (1, 2, 3, 8, 16)).astype(np.int8)
+    out = tvm.runtime.empty((1, 8, 3, 8, 4), "uint8")
+    tvm.compile(scheduled, target=_host_target())["main"](tvm.runtime.tensor(x), out)
+    want = (x.transpose(0, 1, 4, 2, 3).reshape(1, 8, 4, 3, 8).transpose(0, 1, 3, 4, 2).astype(np.int32) + 128)
+    np.testing.assert_array_equal(out.numpy(), want.astype(np.uint8))
