@@ -356,3 +356,39 @@ def test_a_repack_into_narrower_groups_reads_each_input_pixel_once():
     tvm.compile(scheduled, target=_host_target())["main"](tvm.runtime.tensor(x), out)
     want = (x.transpose(0, 1, 4, 2, 3).reshape(1, 8, 4, 3, 8).transpose(0, 1, 3, 4, 2).astype(np.int32) + 128)
     np.testing.assert_array_equal(out.numpy(), want.astype(np.uint8))
+
+
+def test_the_even_odd_high_multiply_equals_the_int64_form():
+    """The packed convs' bias add and high multiply with `vpmuldq` on even and odd lanes
+    (`EvenOddHighMultiply`, every width this CPU has) against `(x * M + 2^30) >> 31` on int64:
+    int32 extremes, the bias wrapping as int32 adds do, multipliers at both ends of [2^30, 2^31),
+    negative halves that round, random values."""
+    from tvm import s_tir
+
+    from compile.backend.high_multiply import EVEN_ODD_HIGH_MULTIPLIES, even_odd_for, even_odd_te
+
+    target = _host_target()
+    usable = [e for e in EVEN_ODD_HIGH_MULTIPLIES if even_odd_for(target, e.lanes) is e]
+    assert usable, f"x86-host ({target}) has none of {[e.name for e in EVEN_ODD_HIGH_MULTIPLIES]}"
+    rng = np.random.default_rng(3)
+    for even_odd in usable:
+        lanes, rows = even_odd.lanes, 64
+        acc = te.placeholder((rows, lanes), "int32", "acc")
+        bias = te.placeholder((1, lanes), "int32", "bias")
+        biased = te.compute((rows, lanes), lambda r, i: acc[r, i] + bias[0, i], name="T_add")
+        multiplier = te.placeholder((1, lanes), "int32", "multiplier")
+        high = even_odd_te(biased, multiplier)
+        sch = s_tir.Schedule(te.create_prim_func([acc, bias, multiplier, high]))
+        sch.compute_inline(sch.get_sblock("T_add"))
+        sch.tensorize(sch.get_loops(sch.get_sblock(high.op.name))[-1], even_odd.intrin)
+        a = rng.integers(-2**31, 2**31, (rows, lanes), dtype=np.int64)
+        a[0, :8] = [-2**31, 2**31 - 1, 0, -1, 1, -2**30, 2**30, -3]
+        b = rng.integers(-2**20, 2**20, (1, lanes), dtype=np.int64)
+        b[0, :2] = [2**20, -2**20]  # with a[0, :2], the int32 sum wraps
+        m = rng.integers(2**30, 2**31, (1, lanes), dtype=np.int64)
+        m[0, :2] = [2**31 - 1, 2**30]
+        x = ((a + b + 2**31) % 2**32 - 2**31)  # the int32 add, wrapped
+        want = ((x * m + (1 << 30)) >> 31).astype(np.int32)
+        out = tvm.runtime.empty((rows, lanes), "int32")
+        tvm.compile(sch.mod, target=target)["main"](*(tvm.runtime.tensor(v.astype(np.int32)) for v in (a, b, m)), out)
+        np.testing.assert_array_equal(out.numpy(), want, err_msg=even_odd.name)

@@ -15,7 +15,7 @@ multipliers) through `high_te`, and every other requantize with one multiplier t
 the instructions TFLite's NEON kernels use (`divide_te`: a saturating add of the sign fixup,
 then `srshl`, 4 instructions where the shifts and adds took 5). On a target without such an
 instruction (x86, where LLVM keeps the int64 product vector code) both leave the int64 form as
-it is.
+it is, but for the packed convs' epilogue on x86 (`EvenOddHighMultiply`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ from dataclasses import dataclass
 import tvm
 from tvm import relax, te, tirx
 from tvm.relax.dpl import is_const, is_op, wildcard
+from tvm.s_tir import TensorIntrin
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder import tirx as T
 
 from compile.backend.call_te import Emitted, call_te, rewrite_module
 from compile.backend.targets import cpu_has
@@ -33,6 +36,7 @@ from compile.frontend.rewrite import constant
 from compile.frontend.tflite.fixed_point import INT32_MAX
 
 HIGH_BLOCK = "high_mul"  # the block of each (the schedules find it by name)
+EVEN_ODD_BLOCK = "conv_high"  # a packed conv's bias add and high multiply, tensorized (`EvenOddHighMultiply`)
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,92 @@ def high_te(x: te.Tensor, multiplier: te.Tensor, high: HighMultiply) -> te.Tenso
     """The high half of int32 `x` times the int32 `multiplier` (broadcast like `x`: one per
     channel block lane), as int32."""
     return te.compute(x.shape, lambda *i: high.compute(x[i], _broadcast(multiplier, i)), name=HIGH_BLOCK)
+
+
+@dataclass(frozen=True)
+class EvenOddHighMultiply:
+    """A packed conv's bias add and `(x * M + 2^30) >> 31` on `lanes` int32 lanes with x86's
+    `vpmuldq`, which multiplies the even int32 lanes of two vectors into 64-bit lanes: once for
+    the even lanes, once for the odd ones shifted down, each product rounded and shifted so that
+    its 32 result bits sit in its own lane, then one masked move (a blend on AVX2). LLVM makes
+    the int64 form (`exact_high`) two sign extensions, two 64-bit multiplies and two truncations
+    with lane shuffles (vpmovsxdq, vpmullq, vpmovqd, vinserti64x4, vextracti64x4) per 16
+    outputs; this is 8 instructions. A tensor intrinsic (`intrin`): x86 has no such LLVM
+    intrinsic to call lane by lane, but LLVM selects `vpmuldq` for a 64-bit multiply of
+    sign-extended 32-bit halves. The int64 form is its description, the same arithmetic bit for
+    bit; where a schedule does not tensorize the block, it is that expression."""
+
+    name: str
+    features: tuple[str, ...]
+    lanes: int
+
+    @property
+    def intrin(self) -> str:
+        return f"qatie_even_odd_high_{self.name}"
+
+    def register(self) -> None:
+        TensorIntrin.register(self.intrin, self._function(_exact_high_body(self.lanes)),
+                              self._function(self._even_odd_body), override=True)
+
+    def _function(self, body) -> tirx.PrimFunc:
+        """`H[lanes] = body(A: accumulators, B: bias, M: multipliers)`, all int32, as a PrimFunc
+        (TVMScript's builder, as `dot_products._intrinsic`)."""
+        with IRBuilder() as builder, T.prim_func(s_tir=True):
+            T.func_name(self.intrin)
+            a, b, m, h = (T.arg(n, T.buffer((self.lanes,), "int32", offset_factor=1)) for n in "ABMH")
+            with T.sblock("root"):
+                T.reads(a[0:self.lanes], b[0:self.lanes], m[0:self.lanes])
+                T.writes(h[0:self.lanes])
+                body(a, b, m, h)
+        return builder.get()
+
+    def _even_odd_body(self, a, b, m, h) -> None:
+        wide = self.lanes // 2
+
+        def q(value: int):
+            return T.broadcast(T.int64(value), wide)
+
+        x = T.reinterpret(a.vload([0], f"int32x{self.lanes}") + b.vload([0], f"int32x{self.lanes}"), dtype=f"int64x{wide}")
+        y = T.reinterpret(m.vload([0], f"int32x{self.lanes}"), dtype=f"int64x{wide}")
+        even = ((x << q(32)) >> q(32)) * ((y << q(32)) >> q(32))  # the low halves, sign-extended
+        odd = (x >> q(32)) * (y >> q(32))
+        low = (even + q(1 << 30)) >> q(31)  # the result in the low 32 bits
+        high = (odd + q(1 << 30)) << q(1)  # in the high 32 bits
+        both = T.bitwise_or(T.bitwise_and(high, q(-(1 << 32))), T.bitwise_and(low, q(0xFFFFFFFF)))
+        T.buffer_store(h, T.reinterpret(both, dtype=f"int32x{self.lanes}"), [T.ramp(T.int32(0), 1, self.lanes)])
+
+
+def exact_high(x: tirx.PrimExpr, multiplier: tirx.PrimExpr) -> tirx.PrimExpr:
+    """`(x * M + 2^30) >> 31` of int32 `x` and `multiplier` on int64, as int32."""
+    product = tirx.Cast("int64", x) * tirx.Cast("int64", multiplier) + tirx.const(1 << 30, "int64")
+    return tirx.Cast("int32", product >> tirx.const(31, "int64"))
+
+
+def _exact_high_body(lanes: int):
+    def body(a, b, m, h) -> None:
+        with T.serial(0, lanes) as i, T.sblock(EVEN_ODD_BLOCK):
+            vi = T.axis.remap("S", [i])
+            T.buffer_store(h, exact_high(a[vi] + b[vi], m[vi]), [vi])
+
+    return body
+
+
+# 16 lanes for the 16-lane dot products (vnni, avx512bw-*), 8 for the 8-lane ones (vnni-ymm, avx2-*)
+EVEN_ODD_HIGH_MULTIPLIES = (EvenOddHighMultiply("avx512", ("avx512f",), 16), EvenOddHighMultiply("avx2", ("avx2",), 8))
+for _even_odd in EVEN_ODD_HIGH_MULTIPLIES:
+    _even_odd.register()  # on import: schedules and tuned traces name it, in every process
+
+
+def even_odd_for(target: tvm.target.Target, lanes: int) -> EvenOddHighMultiply | None:
+    """The target's even/odd high multiply for a packed conv of `lanes` channel lanes, or None."""
+    return next((e for e in EVEN_ODD_HIGH_MULTIPLIES if e.lanes == lanes and cpu_has(target, e.features)), None)
+
+
+def even_odd_te(biased: te.Tensor, multiplier: te.Tensor) -> te.Tensor:
+    """The high multiply of a packed conv's biased int32 accumulators (`multiplier` per channel
+    block lane, broadcast like them): with the bias add inlined into it (`schedules`), the block
+    that `EvenOddHighMultiply.intrin` tensorizes."""
+    return te.compute(biased.shape, lambda *i: exact_high(biased[i], _broadcast(multiplier, i)), name=EVEN_ODD_BLOCK)
 
 
 def _split_left_shift(multiplier: int) -> tuple[int, int] | None:

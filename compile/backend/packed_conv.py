@@ -311,7 +311,8 @@ class FloatEpilogue:
 class FixedPointEpilogue:
     """The TFLite path's requantize (`compile.frontend.tflite.fixed_point.Requantize`):
     TFLite's integer multiply-and-shift, zero point, clamp; its high multiply as one instruction
-    where the target has one (`compile.backend.high_multiply`), else on int64."""
+    where the target has one (`compile.backend.high_multiply`), on x86 as `vpmuldq` on even and
+    odd lanes (a block the conv's schedule tensorizes), else on int64."""
 
     def __init__(self, acc) -> None:
         self.pattern = RequantizePattern(acc)
@@ -326,12 +327,17 @@ class FixedPointEpilogue:
         multiplier = found.multiplier.blocked(out_channels, lanes)
         blocked = dataclasses.replace(found, multiplier=multiplier)
         high = high_multiply.for_target(target)
-        if high is None or not multiplier.fits_int32():
-            return blocked.emit(relax.op.astype(acc.expr, "int64"), shape, narrow=True)
+        even_odd = high_multiply.even_odd_for(target, lanes)
 
         def per_channel(values: np.ndarray) -> Emitted:  # one int32 per channel block lane (or one for all)
             values = np.broadcast_to(values, (math.prod(shape),)).reshape(shape).astype(np.int32)
             return Emitted(relax.const(values), list(shape), "int32")
+
+        if not multiplier.fits_int32() or (high is None and even_odd is None):
+            return blocked.emit(relax.op.astype(acc.expr, "int64"), shape, narrow=True)
+        if high is None:
+            product = call_te(builder, "conv_high", high_multiply.even_odd_te, [acc, per_channel(multiplier.multiplier)])
+            return blocked.finish(multiplier.divide(product.expr, shape, "int32"), "int32")
 
         product = call_te(builder, "high_mul", functools.partial(high_multiply.high_te, high=high),
                           [acc, per_channel(multiplier.multiplier)])

@@ -46,7 +46,13 @@ from tvm.tirx.analysis import undefined_vars
 
 from compile.backend.blocked_layout import blocked_layout
 from compile.backend.dot_products import DotProduct, by_name
-from compile.backend.high_multiply import HIGH_BLOCK, for_target, high_multiplies
+from compile.backend.high_multiply import (
+    EVEN_ODD_BLOCK,
+    EVEN_ODD_HIGH_MULTIPLIES,
+    HIGH_BLOCK,
+    for_target,
+    high_multiplies,
+)
 from compile.backend.kernel_boundaries import (
     LOOKUP_BLOCK,
     injective_tables,
@@ -126,22 +132,31 @@ def packed_conv_block(sch: s_tir.Schedule):
     return _annotated_block(sch, CONV_BLOCK)
 
 
-def _inline_epilogue(sch: s_tir.Schedule, name: str):
+def _inline_epilogue(sch: s_tir.Schedule, name: str, keep: str | None = None):
     """Every block after the block `name` inlined into the kernel's last block, the epilogue
-    (None if there is none)."""
+    (None if there is none); with `keep`, the block of that name is not, and what precedes it
+    is inlined into it instead: (epilogue, that block or None)."""
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     epilogue = blocks[[sch.get(b).name_hint for b in blocks].index(name) + 1:]
+    kept = next((b for b in epilogue[:-1] if sch.get(b).name_hint == keep), None)
     for block in epilogue[:-1]:
-        sch.compute_inline(block)
-    return epilogue[-1] if epilogue else None
+        if block != kept:
+            sch.compute_inline(block)
+    last = epilogue[-1] if epilogue else None
+    return (last, kept) if keep is not None else last
 
 
-def _epilogue_per_tile(sch: s_tir.Schedule, conv, epilogue, tile, reduction) -> None:
+def _epilogue_per_tile(sch: s_tir.Schedule, conv, epilogue, tile, reduction, high=None, intrin=None) -> None:
     """The epilogue computed (vectorized) under the register-tile loop `tile` while the
-    accumulators are in cache; the accumulators' init split off at the first reduction loop and
+    accumulators are in cache, after `high` (a bias add and high multiply, tensorized with
+    `intrin`) where given; the accumulators' init split off at the first reduction loop and
     vectorized. (The order of these steps is part of the tuning records' traces.)"""
     epilogue = epilogue if epilogue is not None else sch.cache_write(conv, 0, "global")
+    if high is not None:
+        sch.reverse_compute_at(high, tile)
     sch.reverse_compute_at(epilogue, tile)
+    if high is not None:
+        sch.tensorize(sch.get_loops(high)[-1], intrin)
     sch.vectorize(sch.get_loops(epilogue)[-1])
     init = sch.decompose_reduction(conv, reduction)
     sch.vectorize(sch.get_loops(init)[-1])
@@ -198,7 +213,7 @@ def schedule_packed_conv(sch: s_tir.Schedule, conv, dot: DotProduct, tile: Tile)
     groups of one input-channel block outside it, the block loop outside the chunk's tiles;
     rows and channel blocks in parallel; the epilogue (everything after the conv, inlined into
     one block) computed per chunk."""
-    epilogue = _inline_epilogue(sch, CONV_BLOCK)
+    epilogue, high = _inline_epilogue(sch, CONV_BLOCK, keep=EVEN_ODD_BLOCK)
     n, o, y, x, lane, ic, ky, kx, group, inner = sch.get_loops(conv)
     o_outer, o_inner = sch.split(o, [None, tile.out_blocks])
     if tile.chunk == tile.pixels:
@@ -208,7 +223,8 @@ def schedule_packed_conv(sch: s_tir.Schedule, conv, dot: DotProduct, tile: Tile)
         x_outer, x_tiles, x_inner = sch.split(x, [None, tile.chunk // tile.pixels, tile.pixels])
         sch.reorder(n, o_outer, y, x_outer, ic, x_tiles, ky, kx, group, o_inner, x_inner, lane, inner)
     sch.parallel(sch.fuse(n, o_outer, y))
-    _epilogue_per_tile(sch, conv, epilogue, x_outer, ic)
+    even_odd = next(e for e in EVEN_ODD_HIGH_MULTIPLIES if e.lanes == dot.lanes) if high is not None else None
+    _epilogue_per_tile(sch, conv, epilogue, x_outer, ic, high, even_odd and even_odd.intrin)
     sch.tensorize(lane, dot.intrin)
     sch.unroll(o_inner)
     sch.unroll(x_inner)
