@@ -169,6 +169,11 @@ def even_odd_for(target: tvm.target.Target, lanes: int) -> EvenOddHighMultiply |
     return next((e for e in EVEN_ODD_HIGH_MULTIPLIES if e.lanes == lanes and cpu_has(target, e.features)), None)
 
 
+def even_odd_of_lanes(lanes: int) -> EvenOddHighMultiply:
+    """The even/odd high multiply of a packed conv's `lanes` (a schedule finds its block)."""
+    return next(e for e in EVEN_ODD_HIGH_MULTIPLIES if e.lanes == lanes)
+
+
 def even_odd_te(biased: te.Tensor, multiplier: te.Tensor) -> te.Tensor:
     """The high multiply of a packed conv's biased int32 accumulators (`multiplier` per channel
     block lane, broadcast like them): with the bias add inlined into it (`schedules`), the block

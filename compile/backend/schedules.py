@@ -48,8 +48,8 @@ from compile.backend.blocked_layout import blocked_layout
 from compile.backend.dot_products import DotProduct, by_name
 from compile.backend.high_multiply import (
     EVEN_ODD_BLOCK,
-    EVEN_ODD_HIGH_MULTIPLIES,
     HIGH_BLOCK,
+    even_odd_of_lanes,
     for_target,
     high_multiplies,
 )
@@ -132,18 +132,22 @@ def packed_conv_block(sch: s_tir.Schedule):
     return _annotated_block(sch, CONV_BLOCK)
 
 
-def _inline_epilogue(sch: s_tir.Schedule, name: str, keep: str | None = None):
+def _inline_epilogue(sch: s_tir.Schedule, name: str):
     """Every block after the block `name` inlined into the kernel's last block, the epilogue
-    (None if there is none); with `keep`, the block of that name is not, and what precedes it
-    is inlined into it instead: (epilogue, that block or None)."""
+    (None if there is none)."""
+    return _inline_epilogue_but(sch, name, None)[0]
+
+
+def _inline_epilogue_but(sch: s_tir.Schedule, name: str, keep: str | None):
+    """`_inline_epilogue`, but the block named `keep` stays (what precedes it inlined into it
+    instead): (the epilogue, that block or None)."""
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     epilogue = blocks[[sch.get(b).name_hint for b in blocks].index(name) + 1:]
     kept = next((b for b in epilogue[:-1] if sch.get(b).name_hint == keep), None)
     for block in epilogue[:-1]:
         if block != kept:
             sch.compute_inline(block)
-    last = epilogue[-1] if epilogue else None
-    return (last, kept) if keep is not None else last
+    return (epilogue[-1] if epilogue else None), kept
 
 
 def _epilogue_per_tile(sch: s_tir.Schedule, conv, epilogue, tile, reduction, high=None, intrin=None) -> None:
@@ -213,7 +217,7 @@ def schedule_packed_conv(sch: s_tir.Schedule, conv, dot: DotProduct, tile: Tile)
     groups of one input-channel block outside it, the block loop outside the chunk's tiles;
     rows and channel blocks in parallel; the epilogue (everything after the conv, inlined into
     one block) computed per chunk."""
-    epilogue, high = _inline_epilogue(sch, CONV_BLOCK, keep=EVEN_ODD_BLOCK)
+    epilogue, high = _inline_epilogue_but(sch, CONV_BLOCK, EVEN_ODD_BLOCK)
     n, o, y, x, lane, ic, ky, kx, group, inner = sch.get_loops(conv)
     o_outer, o_inner = sch.split(o, [None, tile.out_blocks])
     if tile.chunk == tile.pixels:
@@ -223,8 +227,8 @@ def schedule_packed_conv(sch: s_tir.Schedule, conv, dot: DotProduct, tile: Tile)
         x_outer, x_tiles, x_inner = sch.split(x, [None, tile.chunk // tile.pixels, tile.pixels])
         sch.reorder(n, o_outer, y, x_outer, ic, x_tiles, ky, kx, group, o_inner, x_inner, lane, inner)
     sch.parallel(sch.fuse(n, o_outer, y))
-    even_odd = next(e for e in EVEN_ODD_HIGH_MULTIPLIES if e.lanes == dot.lanes) if high is not None else None
-    _epilogue_per_tile(sch, conv, epilogue, x_outer, ic, high, even_odd and even_odd.intrin)
+    intrin = even_odd_of_lanes(dot.lanes).intrin if high is not None else None
+    _epilogue_per_tile(sch, conv, epilogue, x_outer, ic, high, intrin)
     sch.tensorize(lane, dot.intrin)
     sch.unroll(o_inner)
     sch.unroll(x_inner)
