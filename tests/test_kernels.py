@@ -14,7 +14,7 @@ import re
 import numpy as np
 import pytest
 import tvm
-from tvm import te
+from tvm import s_tir, te
 from tvm.target import codegen
 
 from compile.backend import table_lookup
@@ -363,9 +363,10 @@ def test_the_even_odd_high_multiply_equals_the_int64_form():
     (`EvenOddHighMultiply`, every width this CPU has) against `(x * M + 2^30) >> 31` on int64:
     int32 extremes, the bias wrapping as int32 adds do, multipliers at both ends of [2^30, 2^31),
     negative halves that round, random values."""
-    from tvm import s_tir
-
     from compile.backend.high_multiply import EVEN_ODD_HIGH_MULTIPLIES, even_odd_for, even_odd_te
+
+    def plus(acc: te.Tensor, bias: te.Tensor) -> te.Tensor:
+        return te.compute(acc.shape, lambda r, i: acc[r, i] + bias[0, i], name="T_add")
 
     target = _host_target()
     usable = [e for e in EVEN_ODD_HIGH_MULTIPLIES if even_odd_for(target, e.lanes) is e]
@@ -375,9 +376,8 @@ def test_the_even_odd_high_multiply_equals_the_int64_form():
         lanes, rows = even_odd.lanes, 64
         acc = te.placeholder((rows, lanes), "int32", "acc")
         bias = te.placeholder((1, lanes), "int32", "bias")
-        biased = te.compute((rows, lanes), lambda r, i: acc[r, i] + bias[0, i], name="T_add")
         multiplier = te.placeholder((1, lanes), "int32", "multiplier")
-        high = even_odd_te(biased, multiplier)
+        high = even_odd_te(plus(acc, bias), multiplier)
         sch = s_tir.Schedule(te.create_prim_func([acc, bias, multiplier, high]))
         sch.compute_inline(sch.get_sblock("T_add"))
         sch.tensorize(sch.get_loops(sch.get_sblock(high.op.name))[-1], even_odd.intrin)
