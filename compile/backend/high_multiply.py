@@ -78,16 +78,21 @@ def _broadcast(values: te.Tensor, index) -> tirx.PrimExpr:
     return values[tuple(i if int(d) > 1 else 0 for i, d in zip(index, values.shape))]
 
 
+def _lanewise(x: te.Tensor, per_lane: te.Tensor, compute, name: str) -> te.Tensor:
+    """`compute(x, value)` of each element of `x` and its value of `per_lane` (broadcast like `x`)."""
+    return te.compute(x.shape, lambda *i: compute(x[i], _broadcast(per_lane, i)), name=name)
+
+
 def divide_te(x: te.Tensor, negated: te.Tensor, high: HighMultiply) -> te.Tensor:
     """RoundingDivideByPOT of int32 `x` by the exponents whose negations are `negated` (broadcast
     like `x`), with the target's instructions."""
-    return te.compute(x.shape, lambda *i: high.divide(x[i], _broadcast(negated, i)), name="rounding_shift")
+    return _lanewise(x, negated, high.divide, "rounding_shift")
 
 
 def high_te(x: te.Tensor, multiplier: te.Tensor, high: HighMultiply) -> te.Tensor:
     """The high half of int32 `x` times the int32 `multiplier` (broadcast like `x`: one per
     channel block lane), as int32."""
-    return te.compute(x.shape, lambda *i: high.compute(x[i], _broadcast(multiplier, i)), name=HIGH_BLOCK)
+    return _lanewise(x, multiplier, high.compute, HIGH_BLOCK)
 
 
 @dataclass(frozen=True)
@@ -178,7 +183,7 @@ def even_odd_te(biased: te.Tensor, multiplier: te.Tensor) -> te.Tensor:
     """The high multiply of a packed conv's biased int32 accumulators (`multiplier` per channel
     block lane, broadcast like them): with the bias add inlined into it (`schedules`), the block
     that `EvenOddHighMultiply.intrin` tensorizes."""
-    return te.compute(biased.shape, lambda *i: exact_high(biased[i], _broadcast(multiplier, i)), name=EVEN_ODD_BLOCK)
+    return _lanewise(biased, multiplier, exact_high, EVEN_ODD_BLOCK)
 
 
 def _split_left_shift(multiplier: int) -> tuple[int, int] | None:

@@ -327,21 +327,21 @@ class FixedPointEpilogue:
         multiplier = found.multiplier.blocked(out_channels, lanes)
         blocked = dataclasses.replace(found, multiplier=multiplier)
         high = high_multiply.for_target(target)
-        even_odd = high_multiply.even_odd_for(target, lanes)
+        if high is not None:  # the instruction (ARM), its rounding divide too where it has one
+            name, compute = "high_mul", functools.partial(high_multiply.high_te, high=high)
+        elif high_multiply.even_odd_for(target, lanes) is not None:  # x86: vpmuldq, tensorized
+            name, compute = "conv_high", high_multiply.even_odd_te
+        else:
+            compute = None
+        if compute is None or not multiplier.fits_int32():
+            return blocked.emit(relax.op.astype(acc.expr, "int64"), shape, narrow=True)
 
         def per_channel(values: np.ndarray) -> Emitted:  # one int32 per channel block lane (or one for all)
             values = np.broadcast_to(values, (math.prod(shape),)).reshape(shape).astype(np.int32)
             return Emitted(relax.const(values), list(shape), "int32")
 
-        if not multiplier.fits_int32() or (high is None and even_odd is None):
-            return blocked.emit(relax.op.astype(acc.expr, "int64"), shape, narrow=True)
-        if high is None:
-            product = call_te(builder, "conv_high", high_multiply.even_odd_te, [acc, per_channel(multiplier.multiplier)])
-            return blocked.finish(multiplier.divide(product.expr, shape, "int32"), "int32")
-
-        product = call_te(builder, "high_mul", functools.partial(high_multiply.high_te, high=high),
-                          [acc, per_channel(multiplier.multiplier)])
-        if high.divide is None:
+        product = call_te(builder, name, compute, [acc, per_channel(multiplier.multiplier)])
+        if high is None or high.divide is None:
             return blocked.finish(multiplier.divide(product.expr, shape, "int32"), "int32")
         divided = call_te(builder, "rounding_shift", functools.partial(high_multiply.divide_te, high=high),
                           [product, per_channel(-multiplier.right)])
