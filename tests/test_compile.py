@@ -1,6 +1,7 @@
 """Compiler tests: import, integer folding, numerics against ONNX Runtime, builds, errors."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -11,11 +12,13 @@ from onnx import helper
 from tvm import relax
 
 from compile.artifact import Manifest, sha256
+from compile.backend.kernel_names import HASH_CHARS, MAX_NAME, short_name
 from compile.backend.schedules import build_with_default_schedules
 from compile.backend.targets import all_targets, get_target
 from compile.frontend.fold import fold_qdq
 from compile.frontend.inspect import integer_ops
 from compile.frontend.onnx_loader import load_onnx, to_relax
+from compile.frontend.rewrites.exact_int8 import ExactInt8
 from compile.frontend.rewrites.exact_statistics import ExactStatistics
 from qatie.references import WITHIN_ONE_STEP_REQUIRED, OrtMode, ort_output
 from tests.conv_cases import conv_code
@@ -53,9 +56,11 @@ def test_qatie_model_folds_to_100_percent_integer_and_matches_ort_exactly(tiny_o
     assert log.applied["integer-conv"] == ops.integer_convs == 35 and ops.float_convs == 0
     assert "integer-conv" not in log.skipped
     assert ops.integer_fraction == 1.0
-    # max-pool, the 3 nearest resizes, the 5 shared-quantizer concats and the 4 tanh (as tables)
+    # max-pool, the 3 nearest resizes, the 7 concats (5 sharing their quantizer, 2 re-quantized by
+    # powers of two) and the 4 tanh (as tables)
     assert ops.ops["relax.nn.max_pool2d"] == 1 and ops.ops["relax.image.resize2d"] == 3
-    assert ops.ops["relax.concat"] == 5 and ops.ops["relax.take"] == 4
+    assert ops.ops["relax.concat"] == 7 and ops.ops["relax.take"] == 4
+    assert "exact-int8" not in log.skipped
     assert log.applied["exact-statistics"] == 10  # mean and variance of the 5 InstanceNorms
     x = np.random.default_rng(0).random((1, 3, 40, 36), dtype=np.float32)
     want = ort_output(model.proto.SerializeToString(), x)
@@ -86,6 +91,42 @@ def test_instance_norm_statistics_are_the_exact_values_rounded_once():
     exact = (codes.astype(np.float64) - zero) * scale
     assert np.array_equal(mean, exact.mean(axis=(2, 3), keepdims=True).astype(np.float32))
     assert np.array_equal(variance, exact.var(axis=(2, 3), keepdims=True).astype(np.float32))
+
+
+def test_a_concat_of_power_of_two_scales_requantizes_on_integer_codes_as_q_and_dq_do():
+    """A concat whose inputs' scales are the output's times 2^k (k = -3, -1, 0, 2; zero points
+    apart) becomes integer re-quantizes of the codes, equal to the float Q(concat(DQ)) on every
+    int8 code, ties rounded to even included; a scale ratio that is no power of two stays float."""
+    codes = np.tile(np.arange(-128, 128, dtype=np.int8), (4, 1)).reshape(4, 1, 1, 16, 16)  # every code, per input
+    out_scale, out_zero = 2.0 ** -4, -49
+    inputs = [(2.0 ** (k - 4), zero) for k, zero in ((-3, 31), (-1, -20), (0, -49), (2, 7))]
+
+    def concat_module(scales):
+        builder = relax.BlockBuilder()
+        xs = [relax.Var(f"x{i}", relax.TensorType((1, 1, 16, 16), "int8")) for i in range(4)]
+        with builder.function("main", xs):
+            with builder.dataflow():
+                real = [builder.emit(relax.op.dequantize(x, relax.const(scale, "float32"), relax.const(zero, "int8"), axis=1))
+                        for x, (scale, zero) in zip(xs, scales, strict=True)]
+                joined = builder.emit(relax.op.concat(real, axis=1))
+                out = builder.emit_output(relax.op.quantize(joined, relax.const(out_scale, "float32"),
+                                                            relax.const(out_zero, "int8"), axis=1, out_dtype="int8"))
+            builder.emit_func_output(out)
+        return builder.get()
+
+    def run(mod):
+        vm = relax.VirtualMachine(build_with_default_schedules(mod, tvm.target.Target(FMA_TARGET)), tvm.cpu())
+        return vm["main"](*(tvm.runtime.tensor(c) for c in codes)).numpy()
+
+    module = concat_module(inputs)
+    folded, log = fold_qdq(module, (ExactInt8(),))
+    assert log.applied["exact-int8"] == 1 and "relax.dequantize" not in folded.script()
+    want = np.concatenate([np.clip(np.round((c.astype(np.float64) - zero) * scale / out_scale) + out_zero, -128, 127)
+                           for c, (scale, zero) in zip(codes, inputs, strict=True)], axis=1).astype(np.int8)
+    assert np.array_equal(run(module), want)  # the float definition (numpy rounds half to even too)
+    assert np.array_equal(run(folded), want)
+    _, log = fold_qdq(concat_module([*inputs[:3], (0.1, 0)]), (ExactInt8(),))
+    assert "exact-int8" not in log.applied and "exact-int8" in log.skipped
 
 
 def test_ort_quantize_static_model_uint8_per_channel_matches_ort(ort_qdq):
@@ -196,6 +237,22 @@ def test_build_x86_host_writes_loadable_library_and_manifest(tiny_onnx, tiny_x86
     assert np.array_equal(got, ort_output(tiny_onnx[0], x))
 
 
+def test_kernel_names_are_short_enough_to_be_file_names(tiny_x86):
+    """FuseOps names the tiny net's integer concat kernels with over 300 characters (PoCL could
+    not cache one: `test_opencl_run.py`); every name is at most MAX_NAME, a shortened one is its
+    beginning and a hash of the whole, and `kernels.so` exports each under the manifest's name."""
+    out, manifest = tiny_x86
+    names = [k.name for k in manifest.kernels.kernels]
+    assert max(map(len, names)) <= MAX_NAME
+    shortened = [n for n in names if re.fullmatch(rf".+_[0-9a-f]{{{HASH_CHARS}}}", n) and len(n) == MAX_NAME]
+    assert shortened
+    library = tvm.runtime.load_module(str(out / "kernels.so"))
+    assert all(library.implements_function(n) for n in names)
+    prefix = "fused_" + "add_" * 100
+    assert short_name(prefix + "a") != short_name(prefix + "b") and short_name(prefix + "a") == short_name(prefix + "a")
+    assert short_name("fused_conv2d_add") == "fused_conv2d_add"
+
+
 def test_only_integer_codes_travel_between_kernels(tiny_x86):
     """Each kernel writes integer codes (int8, the packed int8/int16 layouts, InstanceNorm's
     int32 sums); only the last one writes float, the model's output. A dequantize with two
@@ -296,7 +353,26 @@ def test_inspect_reports_integer_mac_fraction_per_target(tiny_onnx):
     assert "conv2d 35" in integer and "max_pool2d 1" in integer and "take 4" in integer
     assert any(line.startswith("float islands: ") for line in lines)
     assert "rewrites applied: exact-int8" in result.stdout and "integer-conv 35" in result.stdout
-    assert "not rewritten by exact-int8:" in result.stdout
+
+
+def test_inspect_says_why_a_match_stays_float(tmp_path):
+    """A concat of inputs whose scales are in no power-of-two ratio to its output's stays float,
+    and `inspect` names the rewrite and the reason."""
+    def qdq(name, source, scale):
+        return [helper.make_node("QuantizeLinear", [source, f"s_{name}", "zero"], [f"q_{name}"]),
+                helper.make_node("DequantizeLinear", [f"q_{name}", f"s_{name}", "zero"], [name])]
+
+    scales = {"a": 0.1, "b": 0.07, "y": 0.05}
+    nodes = [*qdq("a", "x", scales["a"]), *qdq("b", "x", scales["b"]),
+             helper.make_node("Concat", ["a", "b"], ["c"], axis=1), *qdq("y", "c", scales["y"])]
+    inits = [helper.make_tensor(f"s_{n}", onnx.TensorProto.FLOAT, [], [v]) for n, v in scales.items()]
+    inits.append(helper.make_tensor("zero", onnx.TensorProto.INT8, [], [0]))
+    graph = helper.make_graph(nodes, "concat", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2, 4, 4])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4, 4, 4])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), tmp_path / "concat.onnx")
+    result = run_compile("inspect", tmp_path / "concat.onnx")
+    assert result.returncode == 0, result.stderr
+    assert "not rewritten by exact-int8: 1 match(es): inputs and output have different Q/DQ parameters" in result.stdout
 
 
 @pytest.mark.long

@@ -311,7 +311,8 @@ def _max_pool2d(sink: _Sink, call: relax.Call) -> Blocked | None:
 
 ELEMENTWISE_OPS = ("relax.astype", "relax.add", "relax.subtract", "relax.multiply", "relax.divide",
                    "relax.sqrt", "relax.rsqrt", "relax.nn.relu", "relax.nn.leakyrelu", "relax.clip",
-                   "relax.maximum", "relax.minimum", "relax.right_shift", "relax.bitwise_and")
+                   "relax.maximum", "relax.minimum", "relax.left_shift", "relax.right_shift",
+                   "relax.bitwise_and")
 RULES: dict[str, Rule] = {
     **dict.fromkeys(ELEMENTWISE_OPS, _elementwise),
     "relax.quantize": _quantize,

@@ -15,15 +15,17 @@ from tvm import relax, s_tir, tirx
 from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
 from compile.artifact import KernelArg, KernelInfo, KernelTable
+from compile.backend import kernel_names
 from compile.backend.dot_products import ANNOTATION, DIRECT_MACS
 
 
 @tvm.instrument.pass_instrument
 class CaptureKernels:
-    """Counts MACs right after `FuseTIR` (kernels fused, not yet scheduled: GPU schedules split
-    reductions across threads, and dlight rewrites the functions in place, so counting must
-    happen now) and keeps the module entering `CallTIRRewrite` (scheduled; calls still
-    `R.call_tir`, in order). Both passes have these names in the CPU and the GPU pipelines."""
+    """Counts MACs right after fusion and naming (`kernel_names.short_kernel_names`: kernels
+    fused, not yet scheduled: GPU schedules split reductions across threads, and dlight rewrites
+    the functions in place, so counting must happen now) and keeps the module entering
+    `CallTIRRewrite` (scheduled; calls still `R.call_tir`, in order). Both passes run in our CPU
+    and GPU pipelines."""
 
     def __init__(self) -> None:
         self.macs: dict[str, int] | None = None
@@ -31,7 +33,7 @@ class CaptureKernels:
         self.scheduled: tvm.IRModule | None = None
 
     def run_after_pass(self, mod: tvm.IRModule, info: tvm.transform.PassInfo) -> None:
-        if info.name == "FuseTIR" and self.macs is None:
+        if info.name == kernel_names.PASS_NAME and self.macs is None:
             kernels = {gvar.name_hint: func for gvar, func in mod.functions.items() if isinstance(func, tirx.PrimFunc)}
             self.macs = {name: _macs(func) for name, func in kernels.items()}
             for name, func in kernels.items():
@@ -45,7 +47,7 @@ class CaptureKernels:
 
     def table(self, tuned_names: set[str]) -> KernelTable:
         if self.macs is None or self.scheduled is None:
-            raise RuntimeError("the build pipeline ran no FuseTIR/CallTIRRewrite; cannot describe its kernels")
+            raise RuntimeError(f"the build pipeline ran no {kernel_names.PASS_NAME}/CallTIRRewrite; cannot describe its kernels")
         return kernel_table(self.scheduled, self.macs, tuned_names, self.dot_products)
 
 

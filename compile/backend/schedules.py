@@ -58,6 +58,7 @@ from compile.backend.kernel_boundaries import (
     injective_tables,
     per_consumer,
 )
+from compile.backend.kernel_names import after_fusion, gpu_pipeline
 from compile.backend.kernel_table import shape_free_key
 from compile.backend.narrow_integers import narrow_integers
 from compile.backend.packed_conv import (
@@ -848,7 +849,7 @@ def fuse_kernels(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     return (library_dispatch_passes(target)
             + [pack_convs(target), blocked_layout(), relax.transform.FoldConstant(), injective_tables(target),
                per_consumer(), *narrowing, high_multiplies(target)]
-            + legalize_passes(target))
+            + after_fusion(legalize_passes(target)))
 
 
 @dataclass
@@ -922,7 +923,8 @@ def cpu_pipeline(target: tvm.target.Target, database=None, tuned: TunedKernels |
 
 def build_with_default_schedules(mod: tvm.IRModule, target: tvm.target.Target, database=None,
                                  tuned: TunedKernels | None = None):
-    """relax.build with our CPU pipeline (tuned records first) for CPU targets, TVM's default elsewhere."""
+    """relax.build with our CPU pipeline (tuned records first) for CPU targets, TVM's default
+    elsewhere (both with short kernel names)."""
     if target_kind(target) == "cpu":
         return relax.build(mod, target, relax_pipeline=cpu_pipeline(target, database, tuned))
-    return relax.build(mod, target)
+    return relax.build(mod, target, relax_pipeline=gpu_pipeline(target))

@@ -25,6 +25,8 @@ import tvm
 import tvm_ffi
 from tvm import relax
 
+from compile.backend import kernel_names
+from compile.backend.kernel_names import gpu_pipeline
 from compile.backend.pass_config import pass_config
 from compile.offline.opencl_check import (
     OpenCLCheck,
@@ -38,7 +40,6 @@ from qatie.errors import QatieError
 from qatie.references import Agreement
 
 LAUNCH_OP = "tirx.call_ffi_kernel"
-FUSED_BEFORE_SCHEDULING = "FuseTIR"
 AXES = "xyz"
 # A kernel's result "agrees" when integer outputs differ by at most one step (a rounding boundary
 # reached through a different summation order) and float outputs by at most this (relative).
@@ -90,7 +91,7 @@ class _CaptureSplit:
         self.split: tvm.IRModule | None = None
 
     def run_after_pass(self, mod: tvm.IRModule, info) -> None:
-        if info.name == FUSED_BEFORE_SCHEDULING:
+        if info.name == kernel_names.PASS_NAME:  # fused, named, not yet scheduled
             self.fused = tvm.ir.load_json(tvm.ir.save_json(mod))
         elif info.name == "tirx.SplitHostDevice":
             self.split = mod
@@ -229,7 +230,7 @@ def run_on_opencl(mod: tvm.IRModule, target: tvm.target.Target, inputs: list[np.
     capture = _CaptureSplit()
     with tvm.transform.PassContext(instruments=[capture], config=pass_config(target) if config is None else config):
         with target:
-            relaxed = relax.get_default_pipeline(target)(mod)
+            relaxed = gpu_pipeline(target)(mod)
         link, library = link_vm_without_tir(relaxed, target)
     source = opencl_source(library)
     result = OpenCLRun(check_opencl(source))
