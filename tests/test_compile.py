@@ -20,6 +20,7 @@ from compile.frontend.inspect import integer_ops
 from compile.frontend.onnx_loader import load_onnx, to_relax
 from compile.frontend.rewrites.exact_int8 import ExactInt8
 from compile.frontend.rewrites.exact_statistics import ExactStatistics
+from compile.frontend.rewrites.integer_arithmetic import IntegerArithmetic
 from qatie.references import WITHIN_ONE_STEP_REQUIRED, OrtMode, ort_output
 from tests.conv_cases import conv_code
 from tests.helpers import assert_one_line_error, compile_here, run_compile, run_library
@@ -61,6 +62,7 @@ def test_qatie_model_folds_to_100_percent_integer_and_matches_ort_exactly(tiny_o
     assert ops.ops["relax.nn.max_pool2d"] == 1 and ops.ops["relax.image.resize2d"] == 3
     assert ops.ops["relax.concat"] == 7 and ops.ops["relax.take"] == 4
     assert "exact-int8" not in log.skipped
+    assert log.applied["integer-arithmetic"] == 7 and "integer-arithmetic" not in log.skipped  # 5 adds, 2 gates
     assert log.applied["exact-statistics"] == 10  # mean and variance of the 5 InstanceNorms
     x = np.random.default_rng(0).random((1, 3, 40, 36), dtype=np.float32)
     want = ort_output(model.proto.SerializeToString(), x)
@@ -127,6 +129,55 @@ def test_a_concat_of_power_of_two_scales_requantizes_on_integer_codes_as_q_and_d
     assert np.array_equal(run(folded), want)
     _, log = fold_qdq(concat_module([*inputs[:3], (0.1, 0)]), (ExactInt8(),))
     assert "exact-int8" not in log.applied and "exact-int8" in log.skipped
+
+
+@pytest.mark.parametrize(("op", "exponents", "dtypes"), [
+    ("add", (-7, -6, -6), ("int8", "int8", "int8")),  # QATIE's residual adds: one input re-scaled
+    ("add", (-4, -5, -3), ("int8", "int8", "int8")),  # the output coarser: sums rounded, ties to even
+    ("add", (-8, -1, -1), ("uint8", "int8", "uint8")),  # 7 apart: a coarse term shifted 7 up
+    ("multiply", (-7, -7, -8), ("int8", "int8", "int8")),  # QATIE's gate products
+    ("multiply", (-3, -4, -8), ("int8", "uint8", "int8")),  # the output finer: a left shift, clamped
+])
+def test_sums_and_products_of_power_of_two_scales_run_on_integer_codes_as_q_and_dq_do(op, exponents, dtypes):
+    """Q(DQ(a) + DQ(b)) and Q(DQ(a) * DQ(b)) become integer arithmetic on the codes, equal to the
+    float definition for every pair of codes (ties rounded half to even included); a scale that
+    is no power of two stays float, and so do sums too far apart for float32 to be exact."""
+    t_a, t_b, t_out = dtypes
+    zeros = (-7 if t_a == "int8" else 131, 23 if t_b == "int8" else 100, -3 if t_out == "int8" else 120)
+    a = np.arange(np.iinfo(t_a).min, np.iinfo(t_a).max + 1).astype(t_a).reshape(1, 1, 256, 1)
+    b = np.arange(np.iinfo(t_b).min, np.iinfo(t_b).max + 1).astype(t_b).reshape(1, 1, 1, 256)
+
+    def module(scales):
+        builder = relax.BlockBuilder()
+        xs = [relax.Var(name, relax.TensorType(x.shape, str(x.dtype))) for name, x in (("a", a), ("b", b))]
+        with builder.function("main", xs):
+            with builder.dataflow():
+                real = [builder.emit(relax.op.dequantize(x, relax.const(s, "float32"), relax.const(z, str(x.ty.dtype))))
+                        for x, s, z in zip(xs, scales, zeros, strict=False)]
+                value = builder.emit(getattr(relax.op, op)(*real))
+                out = builder.emit_output(relax.op.quantize(value, relax.const(scales[2], "float32"),
+                                                            relax.const(zeros[2], t_out), out_dtype=t_out))
+            builder.emit_func_output(out)
+        return builder.get()
+
+    def run(mod):
+        vm = relax.VirtualMachine(build_with_default_schedules(mod, tvm.target.Target(FMA_TARGET)), tvm.cpu())
+        return vm["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(b)).numpy()
+
+    scales = [2.0 ** p for p in exponents]
+    real_a, real_b = ((x.astype(np.float64) - z) * s for x, z, s in zip((a, b), zeros, scales, strict=False))
+    value = real_a + real_b if op == "add" else real_a * real_b
+    info = np.iinfo(t_out)
+    want = np.clip(np.round(value / scales[2]) + zeros[2], info.min, info.max).astype(t_out)  # numpy: half to even
+    assert len(np.unique(want)) > 100
+    folded, log = fold_qdq(module(scales), (IntegerArithmetic(),))
+    assert log.applied["integer-arithmetic"] == 1 and "relax.dequantize" not in folded.script()
+    assert np.array_equal(run(module(scales)), want)  # the float build: the definition
+    assert np.array_equal(run(folded), want)
+    for other in ([0.1, *scales[1:]], [2.0 ** -20, 2.0 ** -4, 2.0 ** -4] if op == "add" else None):
+        if other is not None:
+            _, log = fold_qdq(module(other), (IntegerArithmetic(),))
+            assert "integer-arithmetic" not in log.applied and "integer-arithmetic" in log.skipped
 
 
 def test_ort_quantize_static_model_uint8_per_channel_matches_ort(ort_qdq):
@@ -258,11 +309,15 @@ def test_only_integer_codes_travel_between_kernels(tiny_x86):
     int32 sums); only the last one writes float, the model's output. A dequantize with two
     consumers is computed in each (the gates' tanh outputs feed a multiply and a concat), and
     a tanh table lookup fuses with its index computation and its consumers; a conv's kernel
-    ends at its codes (the layout copy after it is injective, so what follows fuses forward)."""
+    ends at its codes (the layout copy after it is injective, so what follows fuses forward).
+    Only InstanceNorm's sums write int32: an integer re-quantize's final cast to int8 is not
+    computed per consumer (its producer would write the int32 values)."""
     _, manifest = tiny_x86
     table = {k.name: k for k in manifest.kernels.kernels}
     writes = [(name, table[name].args[-1].dtype) for name in manifest.kernels.call_order]
     assert [name for name, dtype in writes if not dtype.startswith(("int", "uint"))] == [writes[-1][0]]
+    wide = [name for name, dtype in writes if dtype == "int32"]
+    assert len(wide) == 10 and all(name.endswith(("sum", "sum1", "sum2")) for name in wide)
     lookups = [name for name in table if "lookup" in name]
     assert len(lookups) >= 2 and all("subtract" in name for name in lookups)
     assert "take" not in table

@@ -34,10 +34,14 @@ INJECTIVE = 2  # TVM's OpPatternKind::kInjective, the "op_pattern" FuseOps reads
 # OpPatternKind::kCommReduce: FuseOps fuses elementwise and injective producers into such a
 # kernel, and only elementwise consumers after it (a copy labelled so ends a kernel before a resize)
 COMM_REDUCE = 3
-# Relax ops computed once per consumer: a dequantize, a cast, arithmetic with a constant (the
-# zero-point shift of codes before InstanceNorm's integer sums)
-DUPLICATED_OPS = ("relax.dequantize", "relax.astype")
+# Relax ops computed once per consumer: a dequantize, a widening cast, arithmetic with a
+# constant (the zero-point shift of codes before InstanceNorm's integer sums)
+DUPLICATED_OPS = ("relax.dequantize",)
 WITH_CONSTANT_OPS = ("relax.add", "relax.subtract", "relax.multiply")
+
+
+def _bits(tensor: relax.Expr) -> int:
+    return tvm.DataType(str(tensor.ty.dtype)).bits
 
 
 def _duplicated(value: relax.Expr) -> bool:
@@ -46,6 +50,10 @@ def _duplicated(value: relax.Expr) -> bool:
         return False
     if value.op.name in WITH_CONSTANT_OPS:
         return sum(not isinstance(arg, tvm.ir.expr.Constant) for arg in value.args) == 1
+    if value.op.name == "relax.astype":
+        # a widening cast, copied, lets each consumer read the narrow input; a narrowing one
+        # (an integer re-quantize's final int32 -> int8) would make its producer write the wide one
+        return _bits(value) >= _bits(value.args[0])
     return value.op.name in DUPLICATED_OPS
 
 

@@ -6,10 +6,10 @@ Q(DQ(x)) pair that re-quantizes with the same parameters is x itself.
 
 Where a concat's input (or a Q(DQ(x)) pair) has another scale, in a power-of-two ratio to the
 output's (QATIE's scales are powers of two), its re-quantize is integer arithmetic on the codes,
-equal to the float one bit for bit: (x - z_in) * 2^k, for k < 0 rounded half to even as Q
-rounds, plus z_out, clamped. In float the same op is a conversion, a multiply, a round, a clamp
-and a conversion back per code: on the Cortex-A76 model a concat of four 32-channel tensors at
-50x50 took 2.2 M cycles, the c=32 model's largest kernel besides its convs.
+equal to the float one bit for bit (`power_of_two.requantize`). In float the same op is a
+conversion, a multiply, a round, a clamp and a conversion back per code: on the Cortex-A76
+model a concat of four 32-channel tensors at 50x50 took 2.2 M cycles, the c=32 model's largest
+kernel besides its convs.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from tvm import relax
 from tvm.relax.dpl import is_const, is_op, is_tuple, wildcard
 
 from compile.frontend.rewrite import FoldLog, Rewrite, constant
+from compile.frontend.rewrites.power_of_two import CODE_BITS, centred, requantize, working_type
 
-MAX_SHIFT = 16  # |k| of a power-of-two re-quantize: (x - z) << 16 stays well inside int32
+MAX_SHIFT = 16  # |k| of a power-of-two re-quantize
 
 
 def _power_of_two_ratio(dq: relax.Call, q: relax.Call) -> int | None:
@@ -34,30 +35,6 @@ def _power_of_two_ratio(dq: relax.Call, q: relax.Call) -> int | None:
     ratio = float(params[0].reshape(-1)[0]) / float(params[1].reshape(-1)[0])
     k = int(np.round(np.log2(ratio))) if ratio > 0 else None
     return k if k is not None and abs(k) <= MAX_SHIFT and np.ldexp(1.0, k) == ratio else None
-
-
-def _requantized(dq: relax.Call, q: relax.Call, k: int) -> relax.Expr:
-    """Q(DQ(x)) on x's integer codes for a scale ratio of 2^k: (x - z_in) * 2^k, rounded half to
-    even for k < 0 (the floor plus one where the remainder exceeds half, or equals it on an odd
-    floor), plus z_out, clamped to Q's type."""
-    def i32(value) -> relax.Expr:
-        return relax.const(int(value), "int32")
-
-    z_in, z_out = (int(constant(a).reshape(-1)[0]) for a in (dq.args[2], q.args[2]))
-    v = relax.op.subtract(relax.op.astype(dq.args[0], "int32"), i32(z_in))
-    if k >= 0:
-        scaled = relax.op.left_shift(v, i32(k))
-    else:
-        floor = relax.op.right_shift(v, i32(-k))
-        rest = relax.op.bitwise_and(v, i32((1 << -k) - 1))
-        odd = relax.op.bitwise_and(floor, i32(1))
-        # -1 where rest + odd exceeds half, else 0: the sign of half - rest - odd, by a shift
-        # (shifts, masks and adds are what the blocked layout and the narrow integer pass carry)
-        up = relax.op.right_shift(relax.op.subtract(i32(1 << (-k - 1)), relax.op.add(rest, odd)), i32(31))
-        scaled = relax.op.subtract(floor, up)
-    dtype = str(q.attrs.out_dtype)
-    info = np.iinfo(dtype)
-    return relax.op.astype(relax.op.clip(relax.op.add(scaled, i32(z_out)), int(info.min), int(info.max)), dtype)
 
 
 def _same_qparams(dq: relax.Call, q: relax.Call) -> bool:
@@ -98,7 +75,8 @@ class ExactInt8(Rewrite):
             if op_call is not None or None in shifts:
                 log.skip(self.name, "inputs and output have different Q/DQ parameters")
                 return call
-            codes = [_requantized(dq, call, k) for dq, k in zip(dequants, shifts, strict=True)]
+            types = [working_type(CODE_BITS, k) for k in shifts]
+            codes = [requantize(centred(dq, t), k, call, t) for dq, k, t in zip(dequants, shifts, types, strict=True)]
         else:
             codes = [dq.args[0] for dq in dequants]
         concat = next((match[c] for c in self.concats if c in match), None)
