@@ -26,7 +26,6 @@ import tvm_ffi
 from tvm import relax
 
 from compile.backend import kernel_names
-from compile.backend.kernel_names import gpu_pipeline
 from compile.backend.pass_config import pass_config
 from compile.offline.opencl_check import (
     OpenCLCheck,
@@ -230,7 +229,7 @@ def run_on_opencl(mod: tvm.IRModule, target: tvm.target.Target, inputs: list[np.
     capture = _CaptureSplit()
     with tvm.transform.PassContext(instruments=[capture], config=pass_config(target) if config is None else config):
         with target:
-            relaxed = gpu_pipeline(target)(mod)
+            relaxed = kernel_names.gpu_pipeline(target)(mod)
         link, library = link_vm_without_tir(relaxed, target)
     source = opencl_source(library)
     result = OpenCLRun(check_opencl(source))

@@ -4,12 +4,11 @@ Max-pool and nearest resize only select values, and DQ is monotone, so OP(x_q) i
 Q(OP(DQ(x_q))); likewise a concat of tensors that share their Q/DQ parameters, and a
 Q(DQ(x)) pair that re-quantizes with the same parameters is x itself.
 
-Where a concat's input (or a Q(DQ(x)) pair) has another scale, in a power-of-two ratio to the
-output's (QATIE's scales are powers of two), its re-quantize is integer arithmetic on the codes,
-equal to the float one bit for bit (`power_of_two.requantize`). In float the same op is a
-conversion, a multiply, a round, a clamp and a conversion back per code: on the Cortex-A76
-model a concat of four 32-channel tensors at 50x50 took 2.2 M cycles, the c=32 model's largest
-kernel besides its convs.
+Where a concat's input (or a Q(DQ(x)) pair) has another scale, it and the output's both powers
+of two (QATIE's are), its re-quantize is integer arithmetic on the codes, equal to the float one
+bit for bit (`power_of_two.requantize`). In float the same op is a conversion, a multiply, a
+round, a clamp and a conversion back per code: on the Cortex-A76 model a concat of four
+32-channel tensors at 50x50 took 2.2 M cycles, the c=32 model's largest kernel besides its convs.
 """
 
 from __future__ import annotations
@@ -22,19 +21,16 @@ from tvm import relax
 from tvm.relax.dpl import is_const, is_op, is_tuple, wildcard
 
 from compile.frontend.rewrite import FoldLog, Rewrite, constant
-from compile.frontend.rewrites.power_of_two import CODE_BITS, centred, requantize, working_type
-
-MAX_SHIFT = 16  # |k| of a power-of-two re-quantize
+from compile.frontend.rewrites.power_of_two import CODE_BITS, centred, exponent, requantize, working_type
 
 
-def _power_of_two_ratio(dq: relax.Call, q: relax.Call) -> int | None:
-    """k where DQ's scale is Q's times 2^k (per-tensor parameters, |k| <= MAX_SHIFT), else None."""
-    params = [constant(a) for a in (dq.args[1], q.args[1], dq.args[2], q.args[2])]
-    if any(p.size != 1 for p in params):
+def _shift(dq: relax.Call, q: relax.Call) -> int | None:
+    """k where DQ's and Q's scales are powers of two and DQ's is Q's times 2^k (and a
+    re-quantize by 2^k fits int32), else None."""
+    p_in, p_out = exponent(dq.args[1]), exponent(q.args[1])
+    if p_in is None or p_out is None or working_type(CODE_BITS, p_in - p_out) is None:
         return None
-    ratio = float(params[0].reshape(-1)[0]) / float(params[1].reshape(-1)[0])
-    k = int(np.round(np.log2(ratio))) if ratio > 0 else None
-    return k if k is not None and abs(k) <= MAX_SHIFT and np.ldexp(1.0, k) == ratio else None
+    return p_in - p_out
 
 
 def _same_qparams(dq: relax.Call, q: relax.Call) -> bool:
@@ -71,7 +67,7 @@ class ExactInt8(Rewrite):
         dequants = [match[d] for d in self.dequants if d in match]
         op_call = next((match[op] for op in self.selecting if op in match), None)
         if not all(_same_qparams(dq, call) for dq in dequants):
-            shifts = [_power_of_two_ratio(dq, call) for dq in dequants]
+            shifts = [_shift(dq, call) for dq in dequants]
             if op_call is not None or None in shifts:
                 log.skip(self.name, "inputs and output have different Q/DQ parameters")
                 return call
