@@ -411,8 +411,8 @@ def test_inspect_reports_integer_mac_fraction_per_target(tiny_onnx):
 
 
 def test_inspect_says_why_a_match_stays_float(tmp_path):
-    """A concat of inputs whose scales are in no power-of-two ratio to its output's stays float,
-    and `inspect` names the rewrite and the reason."""
+    """A concat of inputs whose scales differ from its output's and are not powers of two stays
+    float, and `inspect` names the rewrite and the reason."""
     def qdq(name, source, scale):
         return [helper.make_node("QuantizeLinear", [source, f"s_{name}", "zero"], [f"q_{name}"]),
                 helper.make_node("DequantizeLinear", [f"q_{name}", f"s_{name}", "zero"], [name])]

@@ -24,13 +24,12 @@ from compile.frontend.rewrite import FoldLog, Rewrite, constant
 from compile.frontend.rewrites.power_of_two import CODE_BITS, centred, exponent, requantize, working_type
 
 
-def _shift(dq: relax.Call, q: relax.Call) -> int | None:
-    """k where DQ's and Q's scales are powers of two and DQ's is Q's times 2^k (and a
-    re-quantize by 2^k fits int32), else None."""
+def _requantized(dq: relax.Call, q: relax.Call) -> relax.Expr | None:
+    """DQ's codes re-quantized to Q's parameters on integer codes (`power_of_two.requantize`),
+    where both scales are powers of two and the shift between them fits int32, else None."""
     p_in, p_out = exponent(dq.args[1]), exponent(q.args[1])
-    if p_in is None or p_out is None or working_type(CODE_BITS, p_in - p_out) is None:
-        return None
-    return p_in - p_out
+    dtype = None if p_in is None or p_out is None else working_type(CODE_BITS, p_in - p_out)
+    return None if dtype is None else requantize(centred(dq, dtype), p_in - p_out, q, dtype)
 
 
 def _same_qparams(dq: relax.Call, q: relax.Call) -> bool:
@@ -66,15 +65,13 @@ class ExactInt8(Rewrite):
     def rewrite(self, call: relax.Call, match: dict, log: FoldLog) -> relax.Expr:
         dequants = [match[d] for d in self.dequants if d in match]
         op_call = next((match[op] for op in self.selecting if op in match), None)
-        if not all(_same_qparams(dq, call) for dq in dequants):
-            shifts = [_shift(dq, call) for dq in dequants]
-            if op_call is not None or None in shifts:
+        if all(_same_qparams(dq, call) for dq in dequants):
+            codes = [dq.args[0] for dq in dequants]
+        else:
+            codes = [_requantized(dq, call) for dq in dequants]  # a max-pool or resize between them stays float
+            if op_call is not None or None in codes:
                 log.skip(self.name, "inputs and output have different Q/DQ parameters")
                 return call
-            types = [working_type(CODE_BITS, k) for k in shifts]
-            codes = [requantize(centred(dq, t), k, call, t) for dq, k, t in zip(dequants, shifts, types, strict=True)]
-        else:
-            codes = [dq.args[0] for dq in dequants]
         concat = next((match[c] for c in self.concats if c in match), None)
         if concat is not None:
             log.apply(self.name)
